@@ -1,0 +1,4 @@
+from keras_vitmsn.layers.attention import ViTMSNAttention
+from keras_vitmsn.layers.embeddings import ViTMSNEmbeddings
+from keras_vitmsn.layers.patch_embedding import ViTMSNPatchEmbedding
+from keras_vitmsn.layers.transformer_block import ViTMSNTransformerBlock

@@ -1,0 +1,129 @@
+"""Multi-head self-attention with transformers' ViT-MSN weight layout."""
+
+import keras
+from keras import ops
+
+from keras_vitmsn.layers.initializers import kernel_initializer
+
+
+@keras.saving.register_keras_serializable(package="keras_vitmsn")
+class ViTMSNAttention(keras.layers.Layer):
+    """Self-attention with separate query/key/value/output projections.
+
+    Separate projections keep a one-to-one, transpose-only mapping to the
+    ``attention.attention.{query,key,value}`` and ``attention.output.dense`` weights of
+    transformers checkpoints.
+
+    Two numerically equivalent paths:
+    - ``keras.ops.dot_product_attention`` (fused / flash kernels where the backend has
+      them) when neither attention maps nor a head mask are asked for and no
+      attention dropout is active;
+    - an explicit path otherwise: scaled scores, softmax in float32, dropout, head mask.
+
+    Args:
+        hidden_dim: int, model width (a multiple of ``num_heads``).
+        num_heads: int.
+        qkv_bias: bool, biases on the query/key/value projections.
+        attention_dropout: float, dropout on the attention probabilities.
+        dropout_rate: float, dropout on the output projection.
+
+    Call arguments:
+        x: ``(batch, tokens, hidden_dim)``.
+        head_mask: optional ``(num_heads,)`` tensor multiplying each head's
+            attention probabilities (1 keeps, 0 removes).
+        output_attentions: bool, also return the ``(batch, heads, tokens, tokens)``
+            probabilities.
+        training: bool.
+
+    Returns:
+        ``(output, attention_probs_or_None)``.
+
+    Example:
+    >>> layer = ViTMSNAttention(hidden_dim=32, num_heads=4)
+    >>> out, probs = layer(keras.ops.zeros((2, 5, 32)), output_attentions=True)
+    >>> tuple(out.shape), tuple(probs.shape)
+    ((2, 5, 32), (2, 4, 5, 5))
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        num_heads,
+        qkv_bias=True,
+        attention_dropout=0.0,
+        dropout_rate=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if hidden_dim % num_heads:
+            raise ValueError(
+                f"hidden_dim ({hidden_dim}) must be a multiple of num_heads ({num_heads})."
+            )
+        self.hidden_dim = int(hidden_dim)
+        self.num_heads = int(num_heads)
+        self.head_dim = self.hidden_dim // self.num_heads
+        self.qkv_bias = bool(qkv_bias)
+        self.attention_dropout = float(attention_dropout)
+        self.dropout_rate = float(dropout_rate)
+
+        def dense(name, use_bias):
+            return keras.layers.Dense(
+                self.hidden_dim,
+                use_bias=use_bias,
+                kernel_initializer=kernel_initializer(),
+                dtype=self.dtype_policy,
+                name=name,
+            )
+
+        self.query = dense("query", self.qkv_bias)
+        self.key = dense("key", self.qkv_bias)
+        self.value = dense("value", self.qkv_bias)
+        self.output_dense = dense("output_dense", True)
+        self.attention_probs_dropout = keras.layers.Dropout(
+            self.attention_dropout, dtype=self.dtype_policy, name="attention_probs_dropout"
+        )
+        self.output_dropout = keras.layers.Dropout(
+            self.dropout_rate, dtype=self.dtype_policy, name="output_dropout"
+        )
+
+    def build(self, input_shape=None):
+        for layer in (self.query, self.key, self.value, self.output_dense):
+            layer.build((None, None, self.hidden_dim))
+        self.built = True
+
+    def _split_heads(self, x):
+        return ops.reshape(x, (-1, x.shape[1], self.num_heads, self.head_dim))
+
+    def call(self, x, head_mask=None, output_attentions=False, training=None):
+        tokens = x.shape[1]
+        q = self._split_heads(self.query(x))
+        k = self._split_heads(self.key(x))
+        v = self._split_heads(self.value(x))
+        dropout_active = bool(training) and self.attention_dropout > 0.0
+        probs = None
+        if output_attentions or head_mask is not None or dropout_active:
+            scale = self.head_dim**-0.5
+            scores = ops.einsum("bqhd,bkhd->bhqk", q, k)
+            probs = ops.softmax(ops.cast(scores, "float32") * scale, axis=-1)
+            probs = ops.cast(probs, q.dtype)
+            probs = self.attention_probs_dropout(probs, training=training)
+            if head_mask is not None:
+                mask = ops.cast(head_mask, probs.dtype)
+                probs = probs * ops.reshape(mask, (1, self.num_heads, 1, 1))
+            context = ops.einsum("bhqk,bkhd->bqhd", probs, v)
+        else:
+            context = ops.dot_product_attention(q, k, v)
+        context = ops.reshape(context, (-1, tokens, self.hidden_dim))
+        out = self.output_dropout(self.output_dense(context), training=training)
+        return out, (probs if output_attentions else None)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            hidden_dim=self.hidden_dim,
+            num_heads=self.num_heads,
+            qkv_bias=self.qkv_bias,
+            attention_dropout=self.attention_dropout,
+            dropout_rate=self.dropout_rate,
+        )
+        return config

@@ -1,0 +1,127 @@
+"""Pre-norm transformer encoder block (transformers' ViTMSNLayer)."""
+
+import keras
+
+from keras_vitmsn.layers.activations import get_activation
+from keras_vitmsn.layers.attention import ViTMSNAttention
+from keras_vitmsn.layers.initializers import kernel_initializer
+
+
+@keras.saving.register_keras_serializable(package="keras_vitmsn")
+class ViTMSNTransformerBlock(keras.layers.Layer):
+    """``x + Attn(LN(x))`` then ``x + MLP(LN(x))``.
+
+    Args:
+        hidden_dim: int, token width.
+        num_heads: int, attention heads.
+        intermediate_dim: int, MLP width.
+        layer_norm_epsilon: float (ViT-MSN uses 1e-6, not Keras' 1e-3 default).
+        dropout_rate: float, dropout after the attention output and the MLP output.
+        attention_dropout: float, dropout on attention probabilities.
+        qkv_bias: bool.
+        hidden_act: str, a transformers activation name ("gelu" is exact erf GELU).
+
+    Call arguments:
+        x: ``(batch, tokens, hidden_dim)``.
+        head_mask: optional ``(num_heads,)`` multiplier of the attention probabilities.
+        output_attentions: bool.
+        training: bool.
+
+    Returns:
+        ``(output, attention_probs_or_None)``.
+
+    Example:
+    >>> block = ViTMSNTransformerBlock(32, num_heads=4, intermediate_dim=64)
+    >>> out, _ = block(keras.ops.zeros((2, 5, 32)))
+    >>> tuple(out.shape)
+    (2, 5, 32)
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        num_heads,
+        intermediate_dim,
+        layer_norm_epsilon=1e-6,
+        dropout_rate=0.0,
+        attention_dropout=0.0,
+        qkv_bias=True,
+        hidden_act="gelu",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_dim = int(hidden_dim)
+        self.num_heads = int(num_heads)
+        self.intermediate_dim = int(intermediate_dim)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.dropout_rate = float(dropout_rate)
+        self.attention_dropout = float(attention_dropout)
+        self.qkv_bias = bool(qkv_bias)
+        self.hidden_act = hidden_act
+        self.activation = get_activation(hidden_act)
+
+        self.layernorm_before = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="layernorm_before"
+        )
+        self.attention = ViTMSNAttention(
+            self.hidden_dim,
+            self.num_heads,
+            qkv_bias=self.qkv_bias,
+            attention_dropout=self.attention_dropout,
+            dropout_rate=self.dropout_rate,
+            dtype=self.dtype_policy,
+            name="attention",
+        )
+        self.layernorm_after = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="layernorm_after"
+        )
+        self.intermediate_dense = keras.layers.Dense(
+            self.intermediate_dim,
+            kernel_initializer=kernel_initializer(),
+            dtype=self.dtype_policy,
+            name="intermediate_dense",
+        )
+        self.output_dense = keras.layers.Dense(
+            self.hidden_dim,
+            kernel_initializer=kernel_initializer(),
+            dtype=self.dtype_policy,
+            name="output_dense",
+        )
+        self.output_dropout = keras.layers.Dropout(
+            self.dropout_rate, dtype=self.dtype_policy, name="output_dropout"
+        )
+
+    def build(self, input_shape=None):
+        token_shape = (None, None, self.hidden_dim)
+        self.layernorm_before.build(token_shape)
+        self.attention.build(token_shape)
+        self.layernorm_after.build(token_shape)
+        self.intermediate_dense.build(token_shape)
+        self.output_dense.build((None, None, self.intermediate_dim))
+        self.built = True
+
+    def call(self, x, head_mask=None, output_attentions=False, training=None):
+        attended, probs = self.attention(
+            self.layernorm_before(x),
+            head_mask=head_mask,
+            output_attentions=output_attentions,
+            training=training,
+        )
+        x = x + attended
+        hidden = self.activation(self.intermediate_dense(self.layernorm_after(x)))
+        x = x + self.output_dropout(self.output_dense(hidden), training=training)
+        return x, probs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            hidden_dim=self.hidden_dim,
+            num_heads=self.num_heads,
+            intermediate_dim=self.intermediate_dim,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            dropout_rate=self.dropout_rate,
+            attention_dropout=self.attention_dropout,
+            qkv_bias=self.qkv_bias,
+            hidden_act=self.hidden_act,
+        )
+        return config

@@ -1,0 +1,2 @@
+from keras_vitmsn.models.backbone import ViTMSNBackbone
+from keras_vitmsn.models.classifier import ViTMSNClassifier

@@ -1,0 +1,281 @@
+"""ViTMSNBackbone: the ViT-MSN encoder (transformers' ViTMSNModel) as a Keras model."""
+
+import keras
+from keras import ops
+
+from keras_vitmsn.layers.embeddings import ViTMSNEmbeddings
+from keras_vitmsn.layers.transformer_block import ViTMSNTransformerBlock
+from keras_vitmsn.models.naming import default_name
+
+
+@keras.saving.register_keras_serializable(package="keras_vitmsn")
+class ViTMSNBackbone(keras.Model):
+    """ViT-MSN encoder: patch embedding, pre-norm transformer blocks, final LayerNorm.
+
+    Numerically the same network as ``transformers.ViTMSNModel``; the defaults are the
+    vit-msn-base architecture. All sublayers follow the model's dtype policy, with
+    LayerNorm and the explicit-path softmax computed in float32.
+
+    Args:
+        image_shape: ``(height, width, channels)`` the position embeddings are trained
+            for, always in this order whatever ``data_format`` is.
+        patch_size: int, side of the square patches.
+        hidden_dim: int, token width.
+        num_layers: int, transformer blocks.
+        num_heads: int, attention heads.
+        intermediate_dim: int, MLP width.
+        layer_norm_epsilon: float, epsilon of every LayerNorm.
+        dropout_rate: float, dropout on embeddings, attention output and MLP output.
+        attention_dropout: float, dropout on attention probabilities.
+        qkv_bias: bool, biases on the query/key/value projections.
+        hidden_act: str, MLP activation: "gelu" (exact), "gelu_new" /
+            "gelu_pytorch_tanh" (tanh approximation), "relu", "selu", "silu".
+        use_mask_token: bool, add the learned mask token used by ``bool_masked_pos``.
+        data_format: "channels_last" (``(B, H, W, C)`` images) or "channels_first"
+            (``(B, C, H, W)``, like transformers' ``pixel_values``); defaults to
+            ``keras.config.image_data_format()``.
+        dtype: dtype or dtype policy, e.g. "float32", "bfloat16", "mixed_bfloat16".
+
+    Call arguments:
+        images: float images in ``data_format`` layout.
+        bool_masked_pos: optional ``(batch, num_patches)`` bool; True patches are
+            replaced by the mask token (needs ``use_mask_token=True``).
+        head_mask: optional ``(num_heads,)`` or ``(num_layers, num_heads)``; multiplies
+            the attention probabilities (1 keeps a head, 0 removes it).
+        output_hidden_states: bool, also return the embeddings output and each
+            block's output (before the final LayerNorm).
+        output_attentions: bool, also return each block's attention probabilities.
+        interpolate_pos_encoding: bool, accept images of another size (a multiple of
+            the patch size) by bicubically resampling the position embeddings.
+        training: bool, dropout switch.
+
+    Returns:
+        A dict with ``"last_hidden_state"`` ``(batch, 1 + num_patches, hidden_dim)``
+        (after the final LayerNorm), plus ``"hidden_states"`` (a list of
+        ``num_layers + 1`` tensors) and ``"attentions"`` (a list of ``num_layers``
+        ``(batch, heads, tokens, tokens)`` tensors) when asked for.
+
+    Example:
+    >>> import numpy as np
+    >>> backbone = ViTMSNBackbone(image_shape=(32, 32, 3), patch_size=8, hidden_dim=64,
+    ...                           num_layers=2, num_heads=4, intermediate_dim=128)
+    >>> out = backbone(np.zeros((2, 32, 32, 3), "float32"), output_hidden_states=True)
+    >>> tuple(out["last_hidden_state"].shape), len(out["hidden_states"])
+    ((2, 17, 64), 3)
+    """
+
+    def __init__(
+        self,
+        image_shape=(224, 224, 3),
+        patch_size=16,
+        hidden_dim=768,
+        num_layers=12,
+        num_heads=12,
+        intermediate_dim=3072,
+        layer_norm_epsilon=1e-6,
+        dropout_rate=0.0,
+        attention_dropout=0.0,
+        qkv_bias=True,
+        hidden_act="gelu",
+        use_mask_token=False,
+        data_format=None,
+        dtype=None,
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(dtype=dtype, name=default_name(name, "vit_msn_backbone"), **kwargs)
+        image_shape = tuple(int(s) for s in image_shape)
+        if len(image_shape) != 3:
+            raise ValueError(
+                f"`image_shape` must be (height, width, channels), got {image_shape}."
+            )
+        if image_shape[0] % patch_size or image_shape[1] % patch_size:
+            raise ValueError(
+                f"`image_shape` {image_shape[:2]} must be divisible by "
+                f"`patch_size` ({patch_size})."
+            )
+        data_format = data_format or keras.config.image_data_format()
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(
+                f"`data_format` must be 'channels_last' or 'channels_first', "
+                f"got {data_format!r}."
+            )
+        self.image_shape = image_shape
+        self.patch_size = int(patch_size)
+        self.hidden_dim = int(hidden_dim)
+        self.num_layers = int(num_layers)
+        self.num_heads = int(num_heads)
+        self.intermediate_dim = int(intermediate_dim)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.dropout_rate = float(dropout_rate)
+        self.attention_dropout = float(attention_dropout)
+        self.qkv_bias = bool(qkv_bias)
+        self.hidden_act = hidden_act
+        self.use_mask_token = bool(use_mask_token)
+        self.data_format = data_format
+
+        self.embeddings = ViTMSNEmbeddings(
+            self.hidden_dim,
+            self.patch_size,
+            image_shape[:2],
+            num_channels=image_shape[2],
+            dropout_rate=self.dropout_rate,
+            use_mask_token=self.use_mask_token,
+            dtype=self.dtype_policy,
+            name="embeddings",
+        )
+        self.encoder_layers = [
+            ViTMSNTransformerBlock(
+                self.hidden_dim,
+                self.num_heads,
+                self.intermediate_dim,
+                layer_norm_epsilon=self.layer_norm_epsilon,
+                dropout_rate=self.dropout_rate,
+                attention_dropout=self.attention_dropout,
+                qkv_bias=self.qkv_bias,
+                hidden_act=self.hidden_act,
+                dtype=self.dtype_policy,
+                name=f"encoder_layer_{i}",
+            )
+            for i in range(self.num_layers)
+        ]
+        self.layernorm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="layernorm"
+        )
+        # Create every variable now, so weights can be loaded before any call.
+        self.build((None,) + self._layout(image_shape))
+
+    @property
+    def grid_size(self):
+        """The pretrained patch grid ``(rows, cols)``."""
+        return self.embeddings.grid_size
+
+    @property
+    def num_patches(self):
+        return self.embeddings.num_patches
+
+    def _layout(self, hwc):
+        if self.data_format == "channels_first":
+            return (hwc[2], hwc[0], hwc[1])
+        return tuple(hwc)
+
+    def build(self, input_shape=None):
+        self.embeddings.build(None)
+        for block in self.encoder_layers:
+            block.build(None)
+        self.layernorm.build((None, None, self.hidden_dim))
+        self.built = True
+
+    def call(
+        self,
+        images,
+        bool_masked_pos=None,
+        head_mask=None,
+        output_hidden_states=False,
+        output_attentions=False,
+        interpolate_pos_encoding=False,
+        training=None,
+    ):
+        images = self._to_channels_last(images)
+        self._check_size(images.shape, interpolate_pos_encoding)
+        head_masks = self._per_layer_head_masks(head_mask)
+
+        x = self.embeddings(
+            images,
+            bool_masked_pos=bool_masked_pos,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            training=training,
+        )
+        hidden_states = [x]
+        attentions = []
+        for block, layer_head_mask in zip(self.encoder_layers, head_masks):
+            x, probs = block(
+                x,
+                head_mask=layer_head_mask,
+                output_attentions=output_attentions,
+                training=training,
+            )
+            hidden_states.append(x)
+            attentions.append(probs)
+
+        outputs = {"last_hidden_state": self.layernorm(x)}
+        if output_hidden_states:
+            outputs["hidden_states"] = hidden_states
+        if output_attentions:
+            outputs["attentions"] = attentions
+        return outputs
+
+    def _to_channels_last(self, images):
+        if len(images.shape) != 4:
+            raise ValueError(
+                f"`images` must be a batch of shape (batch, height, width, channels) "
+                f"for data_format='channels_last' or (batch, channels, height, width) "
+                f"for 'channels_first'; got shape {tuple(images.shape)} "
+                f"(data_format={self.data_format!r})."
+            )
+        if self.data_format == "channels_first":
+            return ops.transpose(images, (0, 2, 3, 1))
+        return images
+
+    def _check_size(self, shape, interpolate_pos_encoding):
+        height, width, channels = shape[1], shape[2], shape[3]
+        expected_h, expected_w, expected_c = self.image_shape
+        if channels is not None and channels != expected_c:
+            raise ValueError(
+                f"Images have {channels} channels but the model expects {expected_c} "
+                f"(image_shape={self.image_shape}, data_format={self.data_format!r})."
+            )
+        if height is None or width is None:
+            raise ValueError(
+                "Image height and width must be known when the model is traced; got "
+                f"channels-last shape {tuple(shape)}."
+            )
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"Image size ({height}x{width}) must be divisible by the patch size "
+                f"({self.patch_size})."
+            )
+        if not interpolate_pos_encoding and (height, width) != (expected_h, expected_w):
+            raise ValueError(
+                f"Input image size ({height}x{width}) doesn't match the model "
+                f"({expected_h}x{expected_w}). Pass `interpolate_pos_encoding=True` to "
+                "resample the position embeddings to the input size."
+            )
+
+    def _per_layer_head_masks(self, head_mask):
+        if head_mask is None:
+            return [None] * self.num_layers
+        shape = tuple(head_mask.shape)
+        if shape == (self.num_heads,):
+            return [head_mask] * self.num_layers
+        if shape == (self.num_layers, self.num_heads):
+            return [head_mask[i] for i in range(self.num_layers)]
+        raise ValueError(
+            f"`head_mask` must have shape (num_heads,) = ({self.num_heads},) or "
+            f"(num_layers, num_heads) = ({self.num_layers}, {self.num_heads}); "
+            f"got {shape}."
+        )
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "image_shape": self.image_shape,
+            "patch_size": self.patch_size,
+            "hidden_dim": self.hidden_dim,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "intermediate_dim": self.intermediate_dim,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "dropout_rate": self.dropout_rate,
+            "attention_dropout": self.attention_dropout,
+            "qkv_bias": self.qkv_bias,
+            "hidden_act": self.hidden_act,
+            "use_mask_token": self.use_mask_token,
+            "data_format": self.data_format,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

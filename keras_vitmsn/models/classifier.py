@@ -1,0 +1,134 @@
+"""ViTMSNClassifier: a Dense head on the CLS token (transformers' ViTMSNForImageClassification)."""
+
+import keras
+from keras import ops
+
+from keras_vitmsn.layers.initializers import kernel_initializer
+from keras_vitmsn.models.backbone import ViTMSNBackbone
+from keras_vitmsn.models.naming import default_name
+
+
+@keras.saving.register_keras_serializable(package="keras_vitmsn")
+class ViTMSNClassifier(keras.Model):
+    """Image classifier: ``Dense(num_classes)`` on the final CLS token of a backbone.
+
+    The model is compiled on construction so ``fit`` works at once: AdamW
+    (learning rate 5e-5, weight decay 0.01), sparse categorical cross-entropy
+    (``from_logits`` when ``activation`` is None) and accuracy; with
+    ``num_classes=1`` it is a regressor trained with mean squared error. Call
+    ``compile`` again for other choices. Logits are returned in float32 under
+    every dtype policy, so losses stay stable under mixed precision.
+
+    Args:
+        backbone: a :class:`ViTMSNBackbone`.
+        num_classes: int, outputs of the head (1 means regression).
+        activation: None (logits), "softmax", or any Keras activation.
+        dropout: float, dropout on the CLS feature before the head.
+        interpolate_pos_encoding: bool, accept images of another size than the
+            backbone's ``image_shape`` (e.g. fine-tune at 384 px from a 224 px model).
+        dtype: dtype policy of the head; defaults to the backbone's.
+
+    Example:
+    >>> import numpy as np
+    >>> backbone = ViTMSNBackbone(image_shape=(32, 32, 3), patch_size=8, hidden_dim=64,
+    ...                           num_layers=2, num_heads=4, intermediate_dim=128)
+    >>> clf = ViTMSNClassifier(backbone=backbone, num_classes=10)
+    >>> tuple(clf(np.zeros((2, 32, 32, 3), "float32")).shape)
+    (2, 10)
+    >>> history = clf.fit(np.zeros((4, 32, 32, 3), "float32"), np.arange(4), verbose=0)
+    """
+
+    def __init__(
+        self,
+        backbone,
+        num_classes,
+        activation=None,
+        dropout=0.0,
+        interpolate_pos_encoding=False,
+        dtype=None,
+        name=None,
+        **kwargs,
+    ):
+        if not isinstance(backbone, ViTMSNBackbone):
+            raise ValueError(
+                f"`backbone` must be a ViTMSNBackbone, got {type(backbone).__name__}."
+            )
+        if int(num_classes) < 1:
+            raise ValueError(f"`num_classes` must be >= 1, got {num_classes}.")
+        super().__init__(
+            dtype=dtype or backbone.dtype_policy,
+            name=default_name(name, "vit_msn_classifier"),
+            **kwargs,
+        )
+        self.backbone = backbone
+        self.num_classes = int(num_classes)
+        self.activation = keras.activations.get(activation)
+        self.dropout = float(dropout)
+        self.interpolate_pos_encoding = bool(interpolate_pos_encoding)
+        self.head_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="head_dropout"
+        )
+        self.classifier = keras.layers.Dense(
+            self.num_classes,
+            kernel_initializer=kernel_initializer(),
+            dtype=self.dtype_policy,
+            name="classifier",
+        )
+        self.build(None)
+        self.compile()
+
+    def build(self, input_shape=None):
+        self.classifier.build((None, self.backbone.hidden_dim))
+        self.built = True
+
+    def call(self, images, training=None):
+        outputs = self.backbone(
+            images,
+            interpolate_pos_encoding=self.interpolate_pos_encoding,
+            training=training,
+        )
+        cls = outputs["last_hidden_state"][:, 0, :]
+        logits = self.classifier(self.head_dropout(cls, training=training))
+        return ops.cast(self.activation(logits), "float32")
+
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
+        """Compile with ViT-MSN fine-tuning defaults wherever "auto" is left.
+
+        Args:
+            optimizer: "auto" gives ``keras.optimizers.AdamW(5e-5, weight_decay=0.01)``.
+            loss: "auto" gives sparse categorical cross-entropy (or MSE when
+                ``num_classes == 1``).
+            metrics: "auto" gives sparse categorical accuracy (none for regression).
+            **kwargs: passed to ``keras.Model.compile``.
+        """
+        regression = self.num_classes == 1
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(learning_rate=5e-5, weight_decay=0.01)
+        if loss == "auto":
+            if regression:
+                loss = keras.losses.MeanSquaredError()
+            else:
+                from_logits = self.activation is keras.activations.linear
+                loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+        if metrics == "auto":
+            metrics = [] if regression else [keras.metrics.SparseCategoricalAccuracy()]
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "backbone": keras.layers.serialize(self.backbone),
+            "num_classes": self.num_classes,
+            "activation": keras.activations.serialize(self.activation),
+            "dropout": self.dropout,
+            "interpolate_pos_encoding": self.interpolate_pos_encoding,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config["backbone"], dict):
+            config["backbone"] = keras.layers.deserialize(config["backbone"])
+        return cls(**config)

@@ -1,0 +1,124 @@
+"""Numerical parity with transformers' ViTMSNModel / ViTMSNForImageClassification (float32)."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import (
+    BACKEND,
+    SMALL,
+    TINY,
+    keras_backbone_from,
+    keras_classifier_from,
+    make_hf_model,
+    max_abs_diff,
+    nchw_to_nhwc,
+)
+
+TOL = 1e-4
+
+
+def run_reference(model, pixels, **kwargs):
+    with torch.no_grad():
+        return model(
+            torch.from_numpy(pixels),
+            output_hidden_states=True,
+            output_attentions=True,
+            **kwargs,
+        )
+
+
+def assert_full_parity(keras_out, ref, label):
+    diffs = {"last_hidden_state": max_abs_diff(keras_out["last_hidden_state"], ref.last_hidden_state)}
+    assert len(keras_out["hidden_states"]) == len(ref.hidden_states)
+    assert len(keras_out["attentions"]) == len(ref.attentions)
+    diffs["hidden_states"] = max(
+        max_abs_diff(k, r) for k, r in zip(keras_out["hidden_states"], ref.hidden_states)
+    )
+    diffs["attentions"] = max(
+        max_abs_diff(k, r) for k, r in zip(keras_out["attentions"], ref.attentions)
+    )
+    print(f"\n[parity {BACKEND} {label}] " + ", ".join(f"{k}={v:.2e}" for k, v in diffs.items()))
+    for name, diff in diffs.items():
+        assert diff <= TOL, f"{label}: {name} differs by {diff:.3e} > {TOL}"
+
+
+@pytest.mark.parametrize(
+    "config,label",
+    [(TINY, "tiny"), pytest.param(SMALL, "vit-msn-small", marks=pytest.mark.large)],
+)
+def test_backbone_parity(tmp_path, rng, config, label):
+    ref_model, state, cfg = make_hf_model(tmp_path, config)
+    backbone = keras_backbone_from(state, cfg)
+    size = config["image_size"]
+    pixels = rng.standard_normal((2, 3, size, size)).astype("float32")
+    ref = run_reference(ref_model, pixels)
+    out = backbone(nchw_to_nhwc(pixels), output_hidden_states=True, output_attentions=True)
+    assert_full_parity(out, ref, label)
+
+
+def test_channels_first_matches_pixel_values(tmp_path, rng):
+    ref_model, state, cfg = make_hf_model(tmp_path, TINY)
+    backbone = keras_backbone_from(state, cfg, data_format="channels_first")
+    pixels = rng.standard_normal((2, 3, 32, 32)).astype("float32")
+    ref = run_reference(ref_model, pixels)
+    out = backbone(pixels, output_hidden_states=True, output_attentions=True)
+    assert_full_parity(out, ref, "tiny channels_first")
+
+
+def test_bool_masked_pos_parity(tmp_path, rng):
+    ref_model, state, cfg = make_hf_model(tmp_path, TINY, use_mask_token=True)
+    assert np.abs(state["embeddings.mask_token"]).max() > 0
+    backbone = keras_backbone_from(state, cfg, use_mask_token=True)
+    pixels = rng.standard_normal((2, 3, 32, 32)).astype("float32")
+    mask = rng.random((2, 16)) < 0.5
+    ref = run_reference(ref_model, pixels, bool_masked_pos=torch.from_numpy(mask))
+    out = backbone(
+        nchw_to_nhwc(pixels), bool_masked_pos=mask, output_hidden_states=True, output_attentions=True
+    )
+    assert_full_parity(out, ref, "tiny bool_masked_pos")
+    unmasked = backbone(nchw_to_nhwc(pixels))["last_hidden_state"]
+    assert max_abs_diff(unmasked, ref.last_hidden_state) > 1e-3, "the mask had no effect"
+
+
+@pytest.mark.parametrize(
+    "height,width", [(48, 48), (48, 40), (24, 56), (16, 16)], ids=["up", "non-square", "mixed", "down"]
+)
+def test_interpolate_pos_encoding_parity(tmp_path, rng, height, width):
+    ref_model, state, cfg = make_hf_model(tmp_path, TINY)
+    backbone = keras_backbone_from(state, cfg)
+    pixels = rng.standard_normal((2, 3, height, width)).astype("float32")
+    ref = run_reference(ref_model, pixels, interpolate_pos_encoding=True)
+    out = backbone(
+        nchw_to_nhwc(pixels),
+        interpolate_pos_encoding=True,
+        output_hidden_states=True,
+        output_attentions=True,
+    )
+    assert_full_parity(out, ref, f"tiny interpolate {height}x{width}")
+
+
+@pytest.mark.large
+def test_interpolate_pos_encoding_parity_small(tmp_path, rng):
+    ref_model, state, cfg = make_hf_model(tmp_path, SMALL)
+    backbone = keras_backbone_from(state, cfg)
+    pixels = rng.standard_normal((1, 3, 256, 192)).astype("float32")
+    with torch.no_grad():
+        ref = ref_model(torch.from_numpy(pixels), interpolate_pos_encoding=True)
+    out = backbone(nchw_to_nhwc(pixels), interpolate_pos_encoding=True)
+    diff = max_abs_diff(out["last_hidden_state"], ref.last_hidden_state)
+    print(f"\n[parity {BACKEND} vit-msn-small interpolate 256x192] last_hidden_state={diff:.2e}")
+    assert diff <= TOL
+
+
+def test_classifier_parity(tmp_path, rng):
+    config = dict(TINY, num_labels=5)
+    ref_model, state, cfg = make_hf_model(tmp_path, config, cls_name="ViTMSNForImageClassification")
+    clf = keras_classifier_from(state, cfg)
+    pixels = rng.standard_normal((3, 3, 32, 32)).astype("float32")
+    with torch.no_grad():
+        ref = ref_model(torch.from_numpy(pixels)).logits
+    logits = clf(nchw_to_nhwc(pixels))
+    diff = max_abs_diff(logits, ref)
+    print(f"\n[parity {BACKEND} classifier logits] {diff:.2e}")
+    assert diff <= TOL
