@@ -75,7 +75,7 @@ class ViTMSNClassifier(keras.Model):
             name="classifier",
         )
         self.build(None)
-        self.compile()
+        self._compile_defaults()
 
     def build(self, input_shape=None):
         self.classifier.build((None, self.backbone.hidden_dim))
@@ -91,28 +91,20 @@ class ViTMSNClassifier(keras.Model):
         logits = self.classifier(self.head_dropout(cls, training=training))
         return ops.cast(self.activation(logits), "float32")
 
-    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
-        """Compile with ViT-MSN fine-tuning defaults wherever "auto" is left.
-
-        Args:
-            optimizer: "auto" gives ``keras.optimizers.AdamW(5e-5, weight_decay=0.01)``.
-            loss: "auto" gives sparse categorical cross-entropy (or MSE when
-                ``num_classes == 1``).
-            metrics: "auto" gives sparse categorical accuracy (none for regression).
-            **kwargs: passed to ``keras.Model.compile``.
-        """
-        regression = self.num_classes == 1
-        if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(learning_rate=5e-5, weight_decay=0.01)
-        if loss == "auto":
-            if regression:
-                loss = keras.losses.MeanSquaredError()
-            else:
-                from_logits = self.activation is keras.activations.linear
-                loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-        if metrics == "auto":
-            metrics = [] if regression else [keras.metrics.SparseCategoricalAccuracy()]
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+    def _compile_defaults(self):
+        # Not an override of `compile`: Keras only restores the compile state of a
+        # loaded model whose class keeps Model.compile.
+        if self.num_classes == 1:
+            loss, metrics = keras.losses.MeanSquaredError(), []
+        else:
+            from_logits = self.activation is keras.activations.linear
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+            metrics = [keras.metrics.SparseCategoricalAccuracy()]
+        self.compile(
+            optimizer=keras.optimizers.AdamW(learning_rate=5e-5, weight_decay=0.01),
+            loss=loss,
+            metrics=metrics,
+        )
 
     def get_config(self):
         return {

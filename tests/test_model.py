@@ -1,0 +1,202 @@
+"""Backbone/classifier behaviour: config round trips, saving, dtype policies, fit, errors."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_vitmsn as kv
+from conftest import max_abs_diff, to_numpy
+
+TINY_KWARGS = dict(
+    image_shape=(32, 32, 3), patch_size=8, hidden_dim=32, num_layers=2, num_heads=4,
+    intermediate_dim=64,
+)
+
+
+def tiny_backbone(**overrides):
+    return kv.ViTMSNBackbone(**dict(TINY_KWARGS, **overrides))
+
+
+def randomize(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        v.assign((0.1 * rng.standard_normal(v.shape)).astype(v.dtype))
+    return model
+
+
+@pytest.fixture
+def images(rng):
+    return rng.standard_normal((2, 32, 32, 3)).astype("float32")
+
+
+# --- configuration and serialisation ---------------------------------------------------
+
+def test_defaults_are_vit_msn_base():
+    config = kv.ViTMSNBackbone().get_config()
+    expected = dict(
+        image_shape=(224, 224, 3), patch_size=16, hidden_dim=768, num_layers=12, num_heads=12,
+        intermediate_dim=3072, layer_norm_epsilon=1e-6, dropout_rate=0.0, attention_dropout=0.0,
+        qkv_bias=True, hidden_act="gelu", use_mask_token=False,
+    )
+    assert {k: config[k] for k in expected} == expected
+
+
+def test_parameter_count_matches_vit_msn_small():
+    backbone = kv.ViTMSNBackbone(hidden_dim=384, num_heads=6, intermediate_dim=1536)
+    # transformers' ViTMSNModel at vit-msn-small has 21,665,664 parameters.
+    assert backbone.count_params() == 21_665_664
+
+
+@pytest.mark.parametrize("overrides", [{}, {"use_mask_token": True, "hidden_act": "gelu_new",
+                                            "data_format": "channels_first", "qkv_bias": False}])
+def test_backbone_config_round_trip(overrides):
+    backbone = tiny_backbone(**overrides)
+    config = backbone.get_config()
+    clone = kv.ViTMSNBackbone.from_config(config)
+    assert clone.get_config() == config
+    assert len(clone.weights) == len(backbone.weights)
+
+
+def test_classifier_config_round_trip():
+    clf = kv.ViTMSNClassifier(tiny_backbone(), num_classes=7, activation="softmax", dropout=0.1)
+    config = clf.get_config()
+    clone = kv.ViTMSNClassifier.from_config(config)
+    assert clone.get_config() == config
+
+
+@pytest.mark.parametrize("with_mask_token", [False, True])
+def test_backbone_save_and_load(tmp_path, images, with_mask_token):
+    backbone = randomize(tiny_backbone(use_mask_token=with_mask_token))
+    path = str(tmp_path / "backbone.keras")
+    backbone.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, kv.ViTMSNBackbone)
+    assert loaded.get_config() == backbone.get_config()
+    expected = to_numpy(backbone(images)["last_hidden_state"])
+    assert max_abs_diff(loaded(images)["last_hidden_state"], expected) == 0.0
+
+
+def test_classifier_save_and_load(tmp_path, images):
+    clf = randomize(kv.ViTMSNClassifier(tiny_backbone(), num_classes=3))
+    path = str(tmp_path / "clf.keras")
+    clf.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, kv.ViTMSNClassifier)
+    assert max_abs_diff(loaded.predict(images, verbose=0), to_numpy(clf.predict(images, verbose=0))) == 0.0
+
+
+# --- dtype policies ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("policy", ["float32", "bfloat16", "mixed_bfloat16", "mixed_float16"])
+def test_dtype_policies(images, policy):
+    backbone = tiny_backbone(dtype=policy)
+    clf = kv.ViTMSNClassifier(backbone, num_classes=3)
+    policy_obj = keras.dtype_policies.get(policy)
+    for layer in backbone._flatten_layers(include_self=False):
+        assert layer.dtype_policy.name == policy_obj.name, layer.name
+    for var in backbone.weights:
+        assert var.dtype == policy_obj.variable_dtype, var.path
+    out = backbone(images, output_attentions=True)
+    assert keras.backend.standardize_dtype(out["last_hidden_state"].dtype) == policy_obj.compute_dtype
+    assert np.isfinite(to_numpy(out["last_hidden_state"])).all()
+    logits = clf(images)
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    assert np.isfinite(to_numpy(logits)).all()
+    # Outputs stay close to float32 ones computed with the same weights.
+    reference = tiny_backbone()
+    reference.set_weights([np.asarray(w, "float32") for w in
+                           [keras.ops.convert_to_numpy(keras.ops.cast(v, "float32")) for v in backbone.weights]])
+    expected = to_numpy(reference(images)["last_hidden_state"])
+    tol = 1e-5 if policy == "float32" else 0.15
+    assert max_abs_diff(out["last_hidden_state"], expected) < tol
+
+
+def test_global_mixed_policy_is_followed(images):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        backbone = tiny_backbone()
+        assert backbone.dtype_policy.name == "mixed_bfloat16"
+        assert backbone.encoder_layers[0].attention.query.dtype_policy.name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+# --- training ---------------------------------------------------------------------------
+
+def test_one_fit_step_updates_weights(images):
+    clf = kv.ViTMSNClassifier(tiny_backbone(), num_classes=3)
+    before = [to_numpy(v) for v in clf.trainable_weights]
+    history = clf.fit(images, np.array([0, 2]), epochs=1, batch_size=2, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    after = [to_numpy(v) for v in clf.trainable_weights]
+    assert sum(not np.array_equal(a, b) for a, b in zip(before, after)) == len(before)
+
+
+def test_regression_head_uses_mse(images):
+    clf = kv.ViTMSNClassifier(tiny_backbone(), num_classes=1)
+    assert isinstance(clf.loss, keras.losses.MeanSquaredError)
+    history = clf.fit(images, np.array([0.5, -1.0], "float32"), verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_dropout_only_in_training(images):
+    backbone = randomize(tiny_backbone(dropout_rate=0.5, attention_dropout=0.5))
+    a = to_numpy(backbone(images, training=False)["last_hidden_state"])
+    b = to_numpy(backbone(images, training=False)["last_hidden_state"])
+    c = to_numpy(backbone(images, training=True)["last_hidden_state"])
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3
+
+
+# --- errors -----------------------------------------------------------------------------
+
+def test_wrong_channel_count(rng):
+    with pytest.raises(ValueError, match=r"4 channels but the model expects 3"):
+        tiny_backbone()(rng.standard_normal((1, 32, 32, 4)).astype("float32"))
+
+
+def test_wrong_size_without_interpolation(rng):
+    with pytest.raises(ValueError, match=r"\(48x40\) doesn't match the model \(32x32\).*interpolate_pos_encoding=True"):
+        tiny_backbone()(rng.standard_normal((1, 48, 40, 3)).astype("float32"))
+
+
+def test_size_not_divisible_by_patch(rng):
+    with pytest.raises(ValueError, match=r"\(36x32\) must be divisible by the patch size \(8\)"):
+        tiny_backbone()(rng.standard_normal((1, 36, 32, 3)).astype("float32"), interpolate_pos_encoding=True)
+
+
+def test_wrong_rank(rng):
+    with pytest.raises(ValueError, match=r"must be a batch of shape.*got shape \(32, 32, 3\)"):
+        tiny_backbone()(rng.standard_normal((32, 32, 3)).astype("float32"))
+
+
+def test_mask_without_mask_token(images):
+    with pytest.raises(ValueError, match="use_mask_token=True"):
+        tiny_backbone()(images, bool_masked_pos=np.zeros((2, 16), bool))
+
+
+def test_mask_of_wrong_shape(images):
+    with pytest.raises(ValueError, match=r"\(batch, 16\) for a 4x4 patch grid; got shape \(2, 15\)"):
+        tiny_backbone(use_mask_token=True)(images, bool_masked_pos=np.zeros((2, 15), bool))
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"image_shape": (30, 32, 3)}, r"\(30, 32\) must be divisible by `patch_size` \(8\)"),
+        ({"image_shape": (32, 32)}, r"must be \(height, width, channels\)"),
+        ({"hidden_dim": 30}, r"hidden_dim \(30\) must be a multiple of num_heads \(4\)"),
+        ({"hidden_act": "mish"}, r"Unsupported hidden_act 'mish'. Supported: gelu, gelu_new"),
+        ({"data_format": "nhwc"}, r"'channels_last' or 'channels_first', got 'nhwc'"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_backbone(**kwargs)
+
+
+def test_classifier_argument_errors():
+    with pytest.raises(ValueError, match="must be a ViTMSNBackbone, got Dense"):
+        kv.ViTMSNClassifier(keras.layers.Dense(2), num_classes=2)
+    with pytest.raises(ValueError, match=r"`num_classes` must be >= 1, got 0"):
+        kv.ViTMSNClassifier(tiny_backbone(), num_classes=0)
