@@ -24,9 +24,10 @@ class ViTMSNEmbeddings(keras.layers.Layer):
         num_channels: int, input channels.
         dropout_rate: float, dropout on the summed embeddings.
         use_mask_token: bool, create a learned mask token for ``bool_masked_pos``.
+        data_format: "channels_last" or "channels_first" layout of the images.
 
     Call arguments:
-        images: channels-last ``(batch, height, width, channels)``.
+        images: ``(batch, height, width, channels)`` (or channels first).
         bool_masked_pos: optional ``(batch, num_patches)`` bool; where True the patch
             embedding is replaced by the mask token (needs ``use_mask_token=True``).
         interpolate_pos_encoding: bool, resample the table to the input's grid.
@@ -46,6 +47,7 @@ class ViTMSNEmbeddings(keras.layers.Layer):
         num_channels=3,
         dropout_rate=0.0,
         use_mask_token=False,
+        data_format="channels_last",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -55,6 +57,7 @@ class ViTMSNEmbeddings(keras.layers.Layer):
         self.num_channels = int(num_channels)
         self.dropout_rate = float(dropout_rate)
         self.use_mask_token = bool(use_mask_token)
+        self.data_format = data_format
         self.grid_size = (
             self.image_size[0] // self.patch_size,
             self.image_size[1] // self.patch_size,
@@ -64,6 +67,7 @@ class ViTMSNEmbeddings(keras.layers.Layer):
             self.hidden_dim,
             self.patch_size,
             self.num_channels,
+            data_format=self.data_format,
             dtype=self.dtype_policy,
             name="patch_embedding",
         )
@@ -91,7 +95,8 @@ class ViTMSNEmbeddings(keras.layers.Layer):
     def call(
         self, images, bool_masked_pos=None, interpolate_pos_encoding=False, training=None
     ):
-        grid = (images.shape[1] // self.patch_size, images.shape[2] // self.patch_size)
+        spatial = images.shape[2:4] if self.data_format == "channels_first" else images.shape[1:3]
+        grid = (spatial[0] // self.patch_size, spatial[1] // self.patch_size)
         tokens = self.patch_embedding(images)
         if bool_masked_pos is not None:
             self._check_mask(bool_masked_pos, grid)
@@ -142,5 +147,6 @@ class ViTMSNEmbeddings(keras.layers.Layer):
             num_channels=self.num_channels,
             dropout_rate=self.dropout_rate,
             use_mask_token=self.use_mask_token,
+            data_format=self.data_format,
         )
         return config

@@ -1,4 +1,11 @@
-"""Patch embedding: a Conv2D with kernel = stride = patch size, flattened to tokens."""
+"""Patch embedding: a Conv2D with kernel = stride = patch size, flattened to tokens.
+
+Because the patches do not overlap, that convolution is exactly one matmul of the
+flattened patches with the reshaped kernel. We apply it that way: it reads either
+image layout directly, so neither the user's layout nor a backend's preferred conv
+layout costs a transpose of the whole image (the torch backend otherwise transposes
+channels-last inputs to NCHW and back), and the matmul is the same size.
+"""
 
 import keras
 from keras import ops
@@ -8,16 +15,21 @@ from keras_vitmsn.layers.initializers import kernel_initializer
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
 class ViTMSNPatchEmbedding(keras.layers.Layer):
-    """Cut channels-last images into patches and project each to ``hidden_dim``.
+    """Cut images into patches and project each to ``hidden_dim``.
+
+    The weights are those of a ``Conv2D(hidden_dim, patch_size, strides=patch_size)``
+    (``projection.kernel`` of shape ``(patch, patch, channels, hidden_dim)``), and so
+    are the outputs, tokens in row-major patch order.
 
     Args:
         hidden_dim: int, width of each patch token.
         patch_size: int, side of the square patches (kernel and stride).
         num_channels: int, input channels.
+        data_format: "channels_last" or "channels_first" layout of the images.
 
     Call arguments:
-        images: ``(batch, height, width, num_channels)``; height and width must be
-            multiples of ``patch_size`` (the backbone checks this).
+        images: ``(batch, height, width, num_channels)`` (or channels first); height
+            and width must be multiples of ``patch_size`` (the backbone checks this).
 
     Returns:
         ``(batch, (height // patch_size) * (width // patch_size), hidden_dim)``.
@@ -28,13 +40,16 @@ class ViTMSNPatchEmbedding(keras.layers.Layer):
     (2, 16, 32)
     """
 
-    def __init__(self, hidden_dim, patch_size, num_channels=3, **kwargs):
+    def __init__(
+        self, hidden_dim, patch_size, num_channels=3, data_format="channels_last", **kwargs
+    ):
         super().__init__(**kwargs)
         self.hidden_dim = int(hidden_dim)
         self.patch_size = int(patch_size)
         self.num_channels = int(num_channels)
-        # The backbone hands us channels-last images whatever the user's layout,
-        # so the kernel layout (p, p, C, D) never depends on a global setting.
+        self.data_format = data_format
+        # Holds the variables only (see the module docstring); its kernel layout
+        # (p, p, C, D) does not depend on the image layout.
         self.projection = keras.layers.Conv2D(
             self.hidden_dim,
             kernel_size=self.patch_size,
@@ -51,14 +66,26 @@ class ViTMSNPatchEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, images):
-        patches = self.projection(images)
-        grid_h, grid_w = patches.shape[1], patches.shape[2]
-        return ops.reshape(patches, (-1, grid_h * grid_w, self.hidden_dim))
+        p, c = self.patch_size, self.num_channels
+        if self.data_format == "channels_first":
+            grid_h, grid_w = images.shape[2] // p, images.shape[3] // p
+            patches = ops.reshape(images, (-1, c, grid_h, p, grid_w, p))
+            patches = ops.transpose(patches, (0, 2, 4, 3, 5, 1))
+        else:
+            grid_h, grid_w = images.shape[1] // p, images.shape[2] // p
+            patches = ops.reshape(images, (-1, grid_h, p, grid_w, p, c))
+            patches = ops.transpose(patches, (0, 1, 3, 2, 4, 5))
+        # (batch, rows, cols, kh, kw, C) flattens in the kernel's (kh, kw, C) order.
+        patches = ops.reshape(patches, (-1, grid_h * grid_w, p * p * c))
+        patches = ops.cast(patches, self.compute_dtype)
+        kernel = ops.reshape(self.projection.kernel, (p * p * c, self.hidden_dim))
+        return ops.matmul(patches, kernel) + self.projection.bias
 
     def compute_output_shape(self, input_shape):
-        grid_h = input_shape[1] // self.patch_size if input_shape[1] else None
-        grid_w = input_shape[2] // self.patch_size if input_shape[2] else None
-        tokens = grid_h * grid_w if grid_h and grid_w else None
+        spatial = input_shape[2:4] if self.data_format == "channels_first" else input_shape[1:3]
+        if None in spatial:
+            return (input_shape[0], None, self.hidden_dim)
+        tokens = (spatial[0] // self.patch_size) * (spatial[1] // self.patch_size)
         return (input_shape[0], tokens, self.hidden_dim)
 
     def get_config(self):
@@ -67,5 +94,6 @@ class ViTMSNPatchEmbedding(keras.layers.Layer):
             hidden_dim=self.hidden_dim,
             patch_size=self.patch_size,
             num_channels=self.num_channels,
+            data_format=self.data_format,
         )
         return config

@@ -1,15 +1,15 @@
 """ViTMSNBackbone: the ViT-MSN encoder (transformers' ViTMSNModel) as a Keras model."""
 
 import keras
-from keras import ops
 
 from keras_vitmsn.layers.embeddings import ViTMSNEmbeddings
 from keras_vitmsn.layers.transformer_block import ViTMSNTransformerBlock
 from keras_vitmsn.models.naming import default_name
+from keras_vitmsn.models.preset_io import PresetMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
-class ViTMSNBackbone(keras.Model):
+class ViTMSNBackbone(PresetMixin, keras.Model):
     """ViT-MSN encoder: patch embedding, pre-norm transformer blocks, final LayerNorm.
 
     Numerically the same network as ``transformers.ViTMSNModel``; the defaults are the
@@ -121,6 +121,7 @@ class ViTMSNBackbone(keras.Model):
             num_channels=image_shape[2],
             dropout_rate=self.dropout_rate,
             use_mask_token=self.use_mask_token,
+            data_format=self.data_format,
             dtype=self.dtype_policy,
             name="embeddings",
         )
@@ -176,7 +177,6 @@ class ViTMSNBackbone(keras.Model):
         interpolate_pos_encoding=False,
         training=None,
     ):
-        images = self._to_channels_last(images)
         self._check_size(images.shape, interpolate_pos_encoding)
         head_masks = self._per_layer_head_masks(head_mask)
 
@@ -205,20 +205,18 @@ class ViTMSNBackbone(keras.Model):
             outputs["attentions"] = attentions
         return outputs
 
-    def _to_channels_last(self, images):
-        if len(images.shape) != 4:
+    def _check_size(self, shape, interpolate_pos_encoding):
+        if len(shape) != 4:
             raise ValueError(
                 f"`images` must be a batch of shape (batch, height, width, channels) "
                 f"for data_format='channels_last' or (batch, channels, height, width) "
-                f"for 'channels_first'; got shape {tuple(images.shape)} "
+                f"for 'channels_first'; got shape {tuple(shape)} "
                 f"(data_format={self.data_format!r})."
             )
         if self.data_format == "channels_first":
-            return ops.transpose(images, (0, 2, 3, 1))
-        return images
-
-    def _check_size(self, shape, interpolate_pos_encoding):
-        height, width, channels = shape[1], shape[2], shape[3]
+            channels, height, width = shape[1], shape[2], shape[3]
+        else:
+            height, width, channels = shape[1], shape[2], shape[3]
         expected_h, expected_w, expected_c = self.image_shape
         if channels is not None and channels != expected_c:
             raise ValueError(
@@ -228,7 +226,7 @@ class ViTMSNBackbone(keras.Model):
         if height is None or width is None:
             raise ValueError(
                 "Image height and width must be known when the model is traced; got "
-                f"channels-last shape {tuple(shape)}."
+                f"shape {tuple(shape)} (data_format={self.data_format!r})."
             )
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(
@@ -279,3 +277,15 @@ class ViTMSNBackbone(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    @classmethod
+    def _from_preset_source(cls, source, load_weights=True, **kwargs):
+        return source.build_backbone(load_weights=load_weights, **kwargs)
+
+    def save_to_preset(self, preset_dir):
+        """Write this backbone as a Keras preset (config.json, model.weights.h5,
+        metadata.json) that ``ViTMSNBackbone.from_preset(preset_dir)`` loads back
+        exactly."""
+        from keras_vitmsn.models import preset_io
+
+        preset_io.write_backbone(self, preset_dir)
