@@ -6,6 +6,8 @@ the checkpoint has but nothing uses, or a shape that does not fit raises an erro
 naming them all.
 """
 
+import re
+
 import numpy as np
 
 from keras_vitmsn.layers.activations import SUPPORTED_ACTIVATIONS
@@ -76,8 +78,8 @@ def classifier_weight_map(classifier, backbone_prefix="vit."):
     return mapping
 
 
-def assign_weights(weight_map, state_dict, optional_keys=(), ignore_keys=()):
-    """Assign ``state_dict`` to the variables of ``weight_map``, strictly.
+def convert_weights(weight_map, state_dict, optional_keys=(), ignore_keys=(), key_names=None):
+    """Check ``state_dict`` against ``weight_map`` strictly and convert it to Keras layout.
 
     Args:
         weight_map: ``{key: (variable, transform)}`` from :func:`backbone_weight_map`.
@@ -85,12 +87,24 @@ def assign_weights(weight_map, state_dict, optional_keys=(), ignore_keys=()):
         optional_keys: keys that may be absent from ``state_dict`` (the variable keeps
             its initial value).
         ignore_keys: keys of ``state_dict`` that are known and deliberately unused.
+        key_names: optional ``{key: name_in_the_file}`` for keys that were renamed
+            before assignment, so errors quote the checkpoint's own names.
+
+    Returns:
+        ``{key: (variable, value)}`` with each value transformed, contiguous and cast
+        to its variable's dtype (a new array, never a view of ``state_dict``).
 
     Raises:
         ValueError: listing missing keys, unexpected keys and shape mismatches.
     """
+    key_names = key_names or {}
+
+    def shown(key):
+        original = key_names.get(key, key)
+        return key if original == key else f"{original} (as {key})"
+
     missing = [k for k in weight_map if k not in state_dict and k not in optional_keys]
-    unexpected = [k for k in state_dict if k not in weight_map and k not in ignore_keys]
+    unexpected = [shown(k) for k in state_dict if k not in weight_map and k not in ignore_keys]
     mismatched = []
     converted = {}
     for key, (variable, transform) in weight_map.items():
@@ -99,7 +113,7 @@ def assign_weights(weight_map, state_dict, optional_keys=(), ignore_keys=()):
         value = transform(np.asarray(state_dict[key]))
         if tuple(value.shape) != tuple(variable.shape):
             mismatched.append(
-                f"{key}: checkpoint {tuple(np.shape(state_dict[key]))} "
+                f"{shown(key)}: checkpoint {tuple(np.shape(state_dict[key]))} "
                 f"(as Keras {tuple(value.shape)}) vs model {tuple(variable.shape)}"
             )
         converted[key] = value
@@ -114,9 +128,26 @@ def assign_weights(weight_map, state_dict, optional_keys=(), ignore_keys=()):
         raise ValueError(
             "The checkpoint does not fit the model: " + " | ".join(parts) + "."
         )
+    out = {}
     for key, value in converted.items():
         variable = weight_map[key][0]
-        variable.assign(value.astype(variable.dtype))
+        # A copy in any case: the source may be a read-only memory map of the file.
+        out[key] = (variable, np.array(value, dtype=variable.dtype, order="C"))
+    return out
+
+
+def assign_weights(weight_map, state_dict, optional_keys=(), ignore_keys=(), key_names=None):
+    """Assign ``state_dict`` to the variables of ``weight_map``, strictly.
+
+    Nothing is assigned unless everything fits (see :func:`convert_weights` for the
+    arguments).
+
+    Raises:
+        ValueError: listing missing keys, unexpected keys and shape mismatches.
+    """
+    converted = convert_weights(weight_map, state_dict, optional_keys, ignore_keys, key_names)
+    for variable, value in converted.values():
+        variable.assign(value)
 
 
 def backbone_kwargs_from_hf_config(config):
@@ -148,3 +179,164 @@ def backbone_kwargs_from_hf_config(config):
         "qkv_bias": bool(config.get("qkv_bias", True)),
         "hidden_act": hidden_act,
     }
+
+
+# transformers 5.x renamed the in-memory modules (``model.state_dict()`` and
+# ``torch.save`` of it use these names) while ``save_pretrained`` still writes the
+# hub's names; both are accepted.
+_RENAMED_BLOCK_KEYS = {
+    "attention.q_proj": "attention.attention.query",
+    "attention.k_proj": "attention.attention.key",
+    "attention.v_proj": "attention.attention.value",
+    "attention.o_proj": "attention.output.dense",
+    "mlp.fc1": "intermediate.dense",
+    "mlp.fc2": "output.dense",
+}
+_IN_MEMORY_BLOCK = re.compile(r"^layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def canonicalize_transformers_state(state_dict):
+    """Split a transformers ViT-MSN state dict into backbone and head, with hub names.
+
+    Accepted key spellings:
+    - the hub's (``save_pretrained``): ``embeddings.*``, ``encoder.layer.N.*``,
+      ``layernorm.*``;
+    - the same behind a ``vit.`` prefix (ViTMSNForImageClassification checkpoints),
+      including transformers 5.x's mix of ``vit.embeddings.*`` with an unprefixed
+      ``encoder.layer.N.*``;
+    - transformers 5.x in-memory names (``layers.N.attention.q_proj.weight``,
+      ``layers.N.mlp.fc1.bias`` ...), with or without ``vit.``.
+
+    Args:
+        state_dict: ``{key: np.ndarray}``.
+
+    Returns:
+        ``(backbone_state, head_state, key_names)``: the backbone with hub keys (no
+        prefix), ``{"classifier.weight", "classifier.bias"}`` if present, and
+        ``{new_key: original_key}`` for every renamed key (for error messages).
+        Unknown keys are kept in ``backbone_state`` under their name, so strict
+        assignment reports them.
+
+    Raises:
+        ValueError: two checkpoint keys map to the same weight.
+    """
+    backbone, head, key_names = {}, {}, {}
+    for original, value in state_dict.items():
+        key = original[len("vit.") :] if original.startswith("vit.") else original
+        match = _IN_MEMORY_BLOCK.match(key)
+        if match and match.group(2) in _RENAMED_BLOCK_KEYS:
+            key = f"encoder.layer.{match.group(1)}.{_RENAMED_BLOCK_KEYS[match.group(2)]}.{match.group(3)}"
+        elif match and match.group(2) in ("layernorm_before", "layernorm_after"):
+            key = f"encoder.layer.{match.group(1)}.{match.group(2)}.{match.group(3)}"
+        target = head if key.startswith("classifier.") else backbone
+        if key in target:
+            raise ValueError(
+                f"The checkpoint holds two copies of {key!r}: {key_names.get(key, key)!r} "
+                f"and {original!r}. Keep one of them."
+            )
+        target[key] = value
+        if key != original:
+            key_names[key] = original
+    return backbone, head, key_names
+
+
+def classifier_head_weight_map(classifier):
+    """``{checkpoint_key: (variable, transform)}`` for the Dense head alone."""
+    return {
+        "classifier.weight": (classifier.classifier.kernel, _linear),
+        "classifier.bias": (classifier.classifier.bias, _same),
+    }
+
+
+def num_classes_from_hf_config(config, head_state):
+    """Classes of a checkpoint's ``classifier.*`` head, checked against ``id2label``."""
+    if not head_state:
+        return None
+    if "classifier.weight" not in head_state:
+        raise ValueError(
+            "The checkpoint has a classification head without 'classifier.weight' "
+            f"(found {', '.join(sorted(head_state))})."
+        )
+    rows = int(np.shape(head_state["classifier.weight"])[0])
+    id2label = config.get("id2label")
+    if id2label and len(id2label) != rows:
+        raise ValueError(
+            f"The checkpoint's classifier has {rows} outputs but its config's id2label "
+            f"lists {len(id2label)} labels."
+        )
+    return rows
+
+
+# PIL resampling filters as stored in ``preprocessor_config.json`` (``resample``).
+_PIL_RESAMPLE = {0: "nearest", 1: "lanczos3", 2: "bilinear", 3: "bicubic"}
+_PROCESSOR_TYPES = ("ViTImageProcessor", "ViTImageProcessorFast", "ViTFeatureExtractor")
+_RELEASED_PROCESSOR = dict(
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    interpolation="bilinear",
+    rescale_factor=1.0 / 255.0,
+)
+
+
+def image_converter_kwargs_from_hf(preprocessor_config, model_config):
+    """ViTMSNImageConverter kwargs from a ``preprocessor_config.json`` dict.
+
+    With ``preprocessor_config=None`` (a checkpoint saved without one) the released
+    ViT-MSN processor is used: resize to the model's ``image_size`` (bilinear),
+    rescale by 1/255, ImageNet mean/std.
+
+    Raises:
+        ValueError: a processor type or option the converter cannot reproduce
+            (center crop, shortest-edge resizing, an unknown resample filter).
+    """
+    image_size = model_config.get("image_size", 224)
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    if preprocessor_config is None:
+        return dict(_RELEASED_PROCESSOR, image_size=tuple(image_size))
+    kind = preprocessor_config.get("image_processor_type") or preprocessor_config.get(
+        "feature_extractor_type"
+    )
+    if kind not in _PROCESSOR_TYPES:
+        raise ValueError(
+            f"Unsupported image processor {kind!r} in preprocessor_config.json; "
+            f"supported: {', '.join(_PROCESSOR_TYPES)}."
+        )
+    if preprocessor_config.get("do_center_crop"):
+        raise ValueError(
+            "preprocessor_config.json asks for a center crop, which "
+            "ViTMSNImageConverter does not do (ViT-MSN's processor resizes only)."
+        )
+    kwargs = {}
+    if preprocessor_config.get("do_resize", True):
+        size = preprocessor_config.get("size", image_size)
+        if isinstance(size, int):
+            size = (size, size)
+        elif isinstance(size, dict):
+            if "height" not in size or "width" not in size:
+                raise ValueError(
+                    f"Unsupported resize size {size} in preprocessor_config.json: only "
+                    "{'height': H, 'width': W} (or an int) is supported."
+                )
+            size = (size["height"], size["width"])
+        kwargs["image_size"] = (int(size[0]), int(size[1]))
+        resample = preprocessor_config.get("resample", 2)
+        if resample not in _PIL_RESAMPLE:
+            raise ValueError(
+                f"Unsupported resample filter {resample!r} in preprocessor_config.json; "
+                f"supported: {_PIL_RESAMPLE}."
+            )
+        kwargs["interpolation"] = _PIL_RESAMPLE[resample]
+    else:
+        kwargs["image_size"] = None
+    if preprocessor_config.get("do_rescale", True):
+        kwargs["rescale_factor"] = float(preprocessor_config.get("rescale_factor", 1.0 / 255.0))
+    else:
+        kwargs["rescale_factor"] = None
+    if preprocessor_config.get("do_normalize", True):
+        # Missing values take ViTImageProcessor's own defaults (0.5), not ImageNet's.
+        kwargs["mean"] = tuple(preprocessor_config.get("image_mean", (0.5, 0.5, 0.5)))
+        kwargs["std"] = tuple(preprocessor_config.get("image_std", (0.5, 0.5, 0.5)))
+    else:
+        kwargs["mean"] = kwargs["std"] = None
+    return kwargs

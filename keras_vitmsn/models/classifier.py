@@ -6,10 +6,13 @@ from keras import ops
 from keras_vitmsn.layers.initializers import kernel_initializer
 from keras_vitmsn.models.backbone import ViTMSNBackbone
 from keras_vitmsn.models.naming import default_name
+from keras_vitmsn.models.preset_io import PresetMixin
+
+_AUTO = object()  # from_preset's "attach the preset's image converter" default.
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
-class ViTMSNClassifier(keras.Model):
+class ViTMSNClassifier(PresetMixin, keras.Model):
     """Image classifier: ``Dense(num_classes)`` on the final CLS token of a backbone.
 
     The model is compiled on construction so ``fit`` works at once: AdamW
@@ -26,6 +29,12 @@ class ViTMSNClassifier(keras.Model):
         dropout: float, dropout on the CLS feature before the head.
         interpolate_pos_encoding: bool, accept images of another size than the
             backbone's ``image_shape`` (e.g. fine-tune at 384 px from a 224 px model).
+        preprocessor: None (the model takes images already resized and normalised) or
+            a :class:`keras_vitmsn.ViTMSNImageConverter` applied at the start of
+            ``call``, so raw uint8 images can be passed. Its ``data_format`` must be
+            the backbone's. ``from_preset`` attaches the preset's converter; pass
+            ``preprocessor=None`` there to leave preprocessing to your input
+            pipeline (e.g. ``tf.data.Dataset.map(converter)``).
         dtype: dtype policy of the head; defaults to the backbone's.
 
     Example:
@@ -45,6 +54,7 @@ class ViTMSNClassifier(keras.Model):
         activation=None,
         dropout=0.0,
         interpolate_pos_encoding=False,
+        preprocessor=None,
         dtype=None,
         name=None,
         **kwargs,
@@ -65,6 +75,9 @@ class ViTMSNClassifier(keras.Model):
         self.activation = keras.activations.get(activation)
         self.dropout = float(dropout)
         self.interpolate_pos_encoding = bool(interpolate_pos_encoding)
+        self.preprocessor = _check_preprocessor(
+            preprocessor, backbone, self.interpolate_pos_encoding
+        )
         self.head_dropout = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy, name="head_dropout"
         )
@@ -82,6 +95,8 @@ class ViTMSNClassifier(keras.Model):
         self.built = True
 
     def call(self, images, training=None):
+        if self.preprocessor is not None:
+            images = self.preprocessor(images)
         outputs = self.backbone(
             images,
             interpolate_pos_encoding=self.interpolate_pos_encoding,
@@ -116,6 +131,9 @@ class ViTMSNClassifier(keras.Model):
             "activation": keras.activations.serialize(self.activation),
             "dropout": self.dropout,
             "interpolate_pos_encoding": self.interpolate_pos_encoding,
+            "preprocessor": (
+                None if self.preprocessor is None else keras.layers.serialize(self.preprocessor)
+            ),
         }
 
     @classmethod
@@ -123,4 +141,94 @@ class ViTMSNClassifier(keras.Model):
         config = dict(config)
         if isinstance(config["backbone"], dict):
             config["backbone"] = keras.layers.deserialize(config["backbone"])
+        if isinstance(config.get("preprocessor"), dict):
+            config["preprocessor"] = keras.layers.deserialize(config["preprocessor"])
         return cls(**config)
+
+    @classmethod
+    def _from_preset_source(
+        cls,
+        source,
+        load_weights=True,
+        num_classes=None,
+        preprocessor=_AUTO,
+        activation=_AUTO,
+        dropout=_AUTO,
+        interpolate_pos_encoding=_AUTO,
+        name=None,
+        **backbone_kwargs,
+    ):
+        """Classifier from a preset: the preset's head when it has one and
+        ``num_classes`` is not given, otherwise a new ``num_classes`` head."""
+        fresh_head = num_classes is not None or not source.has_task
+        if num_classes is None:
+            num_classes = source.num_classes
+        if num_classes is None:
+            raise ValueError(
+                f"The preset {source.origin} has no classification head: pass "
+                "`num_classes` to build a new one, e.g. "
+                "ViTMSNClassifier.from_preset(preset, num_classes=10)."
+            )
+        task_kwargs = {} if fresh_head else dict(source.task_kwargs)
+        task_kwargs.pop("name", None)
+        for key, value in (
+            ("activation", activation),
+            ("dropout", dropout),
+            ("interpolate_pos_encoding", interpolate_pos_encoding),
+        ):
+            if value is not _AUTO:
+                task_kwargs[key] = value
+        backbone = source.build_backbone(load_weights=load_weights, **backbone_kwargs)
+        if preprocessor is _AUTO:
+            preprocessor = None
+            if source.has_image_converter:
+                from keras_vitmsn.image_converter import ViTMSNImageConverter
+
+                overrides = {"data_format": backbone.data_format}
+                if "image_shape" in backbone_kwargs:  # resize to the new resolution
+                    overrides["image_size"] = backbone.image_shape[:2]
+                preprocessor = source.build_image_converter(ViTMSNImageConverter, **overrides)
+        classifier = cls(
+            backbone,
+            num_classes=num_classes,
+            preprocessor=preprocessor,
+            dtype=backbone_kwargs.get("dtype"),
+            name=name,
+            **task_kwargs,
+        )
+        if load_weights and not fresh_head:
+            source.load_task_weights(classifier)
+        return classifier
+
+    def save_to_preset(self, preset_dir):
+        """Write the backbone preset plus task.json, task.weights.h5 and (with a
+        preprocessor) image_converter.json; ``from_preset`` loads it back exactly."""
+        from keras_vitmsn.models import preset_io
+
+        self.backbone.save_to_preset(preset_dir)
+        preset_io.write_task(self, preset_dir)
+
+
+def _check_preprocessor(preprocessor, backbone, interpolate_pos_encoding):
+    if preprocessor is None:
+        return None
+    from keras_vitmsn.image_converter import ViTMSNImageConverter
+
+    if not isinstance(preprocessor, ViTMSNImageConverter):
+        raise ValueError(
+            "`preprocessor` must be a keras_vitmsn.ViTMSNImageConverter or None, got "
+            f"{type(preprocessor).__name__}."
+        )
+    if preprocessor.data_format != backbone.data_format:
+        raise ValueError(
+            f"The preprocessor's data_format ({preprocessor.data_format!r}) must match "
+            f"the backbone's ({backbone.data_format!r})."
+        )
+    size = preprocessor.image_size
+    if size is not None and size != backbone.image_shape[:2] and not interpolate_pos_encoding:
+        raise ValueError(
+            f"The preprocessor resizes to {size} but the backbone expects "
+            f"{backbone.image_shape[:2]}; set the converter's image_size to match, or "
+            "pass interpolate_pos_encoding=True."
+        )
+    return preprocessor

@@ -1,0 +1,294 @@
+"""Original facebookresearch/msn checkpoints (``vits16_800ep.pth.tar`` ...) in NumPy.
+
+A checkpoint is a torch pickle ``{"encoder", "target_encoder", "prototypes", "opt",
+"epoch", ...}``. Each encoder dict carries the DistributedDataParallel ``module.``
+prefix, timm-style ViT names with a fused ``attn.qkv`` projection, and the MSN
+projection head ``fc.{fc1,bn1,fc2,bn2,fc3}``. Like transformers' converter we use the
+``target_encoder`` (the EMA encoder used for evaluation): its backbone is re-keyed to
+the hub names (so the transformers mapping applies unchanged) and its projection head
+and the prototypes are kept, in Keras layout, for continued MSN training.
+
+Pretraining-state layout (``load_msn_pretraining_state`` / ``msn_head.weights.h5``),
+all float arrays, Dense kernels as ``(in, out)``:
+
+- ``fc1/kernel`` ``(hidden_dim, 2048)``, ``fc1/bias``
+- ``bn1/gamma``, ``bn1/beta``, ``bn1/moving_mean``, ``bn1/moving_variance`` ``(2048,)``
+- ``fc2/kernel`` ``(2048, 2048)``, ``fc2/bias``, ``bn2/*`` as ``bn1``
+- ``fc3/kernel`` ``(2048, 256)``, ``fc3/bias``
+- ``prototypes`` ``(1024, 256)``
+
+Head: ``fc1 -> bn1 -> GELU (exact) -> fc2 -> bn2 -> GELU -> fc3``; the BatchNorms are
+torch's (epsilon 1e-5, momentum 0.1, i.e. Keras ``momentum=0.9``). ``bn*`` entries are
+absent for heads trained without BatchNorm (``use_bn=False``).
+"""
+
+import os
+import re
+
+import h5py
+import numpy as np
+
+from keras_vitmsn.conversion.safetensors_io import CheckpointError
+
+MSN_HEAD_FILE = "msn_head.weights.h5"
+BATCHNORM_EPSILON = 1e-5
+BATCHNORM_MOMENTUM = 0.9  # Keras convention; torch's momentum=0.1.
+HEAD_ACTIVATION = "gelu"
+MSN_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar")
+
+_BLOCK_RENAMES = {
+    "norm1": "layernorm_before",
+    "norm2": "layernorm_after",
+    "attn.proj": "attention.output.dense",
+    "mlp.fc1": "intermediate.dense",
+    "mlp.fc2": "output.dense",
+}
+_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$")
+_TOP_RENAMES = {
+    "cls_token": "embeddings.cls_token",
+    "pos_embed": "embeddings.position_embeddings",
+    "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+    "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+    "norm.weight": "layernorm.weight",
+    "norm.bias": "layernorm.bias",
+}
+_HEAD = re.compile(r"^fc\.(fc[123]|bn[12])\.(.+)$")
+_BN_NAMES = {
+    "weight": "gamma",
+    "bias": "beta",
+    "running_mean": "moving_mean",
+    "running_var": "moving_variance",
+}
+
+
+def split_msn_encoder(encoder_state):
+    """Re-key an MSN encoder state dict (``module.`` prefix allowed) to hub names.
+
+    Returns:
+        ``(backbone_state, head_state, key_names)``: the backbone with transformers'
+        hub keys (fused qkv split into query/key/value), the raw projection-head
+        tensors ``{"fc1.weight": ..., "bn1.running_mean": ...}``, and
+        ``{new_key: original_key}`` for error messages. Unknown keys are kept under
+        their original name so strict assignment reports them.
+    """
+    backbone, head, key_names = {}, {}, {}
+
+    def put(key, value, original):
+        if key in backbone:
+            raise ValueError(
+                f"The MSN checkpoint holds two copies of {key!r}: "
+                f"{key_names.get(key, key)!r} and {original!r}."
+            )
+        backbone[key] = value
+        key_names[key] = original
+
+    for original, value in encoder_state.items():
+        key = original[len("module.") :] if original.startswith("module.") else original
+        head_match = _HEAD.match(key)
+        block = _BLOCK.match(key)
+        if head_match:
+            head[f"{head_match.group(1)}.{head_match.group(2)}"] = value
+        elif key in _TOP_RENAMES:
+            put(_TOP_RENAMES[key], value, original)
+        elif block and block.group(2) == "attn.qkv":
+            i, kind = block.group(1), block.group(3)
+            value = np.asarray(value)
+            if value.shape[0] % 3:
+                raise ValueError(
+                    f"{original}: a fused qkv {kind} needs a first dimension divisible "
+                    f"by 3, got shape {value.shape}."
+                )
+            # Rows are stacked q, k, v (timm's Attention reshapes (B, N, 3, H, d)).
+            for name, part in zip(("query", "key", "value"), np.split(value, 3, axis=0)):
+                put(f"encoder.layer.{i}.attention.attention.{name}.{kind}", part, original)
+        elif block and block.group(2) in _BLOCK_RENAMES:
+            i = block.group(1)
+            put(f"encoder.layer.{i}.{_BLOCK_RENAMES[block.group(2)]}.{block.group(3)}", value, original)
+        else:
+            put(key, value, original)
+    return backbone, head, {k: v for k, v in key_names.items() if k != v}
+
+
+def msn_head_to_keras(head_state):
+    """The raw ``fc.*`` tensors in the documented Keras layout (see module docstring)."""
+    if not head_state:
+        return None
+    out = {}
+    unexpected = []
+    for key, value in head_state.items():
+        layer, _, param = key.partition(".")
+        value = np.asarray(value)
+        if layer.startswith("fc") and param in ("weight", "bias"):
+            out[f"{layer}/{'kernel' if param == 'weight' else 'bias'}"] = (
+                np.transpose(value) if param == "weight" else value
+            )
+        elif layer.startswith("bn") and param in _BN_NAMES:
+            out[f"{layer}/{_BN_NAMES[param]}"] = value
+        elif layer.startswith("bn") and param == "num_batches_tracked":
+            continue  # torch bookkeeping only; Keras BatchNorm has no counterpart.
+        else:
+            unexpected.append(f"fc.{key}")
+    required = [f"fc{i}/{p}" for i in (1, 2, 3) for p in ("kernel", "bias")]
+    missing = [k for k in required if k not in out]
+    for bn in ("bn1", "bn2"):
+        present = [k for k in out if k.startswith(bn + "/")]
+        if present:
+            missing += [f"{bn}/{p}" for p in _BN_NAMES.values() if f"{bn}/{p}" not in out]
+    if missing or unexpected:
+        raise ValueError(
+            "The MSN projection head does not have the fc1-bn1-fc2-bn2-fc3 layout: "
+            f"missing {missing or 'nothing'}, unexpected {unexpected or 'nothing'}."
+        )
+    return out
+
+
+def msn_backbone_kwargs(backbone_state, head_dim=64):
+    """ViTMSNBackbone kwargs implied by the shapes of a re-keyed MSN encoder.
+
+    The number of heads is not stored in the weights: every released MSN model uses
+    64-dimensional heads (S: 6, B: 12, L: 16 heads), hence ``head_dim=64``; pass
+    ``num_heads`` to ``from_preset`` for other models.
+    """
+    try:
+        patch = backbone_state["embeddings.patch_embeddings.projection.weight"]
+        table = backbone_state["embeddings.position_embeddings"]
+    except KeyError as e:
+        raise ValueError(
+            f"Not a ViT encoder: {e.args[0]!r} (from module.patch_embed.proj.weight / "
+            "module.pos_embed) is missing."
+        ) from None
+    hidden_dim, channels, patch_size = int(patch.shape[0]), int(patch.shape[1]), int(patch.shape[2])
+    grid = int(round(np.sqrt(table.shape[1] - 1)))
+    if grid * grid != table.shape[1] - 1:
+        raise ValueError(
+            f"pos_embed has {table.shape[1] - 1} patch rows, not a square grid."
+        )
+    layers = sorted(
+        {int(k.split(".")[2]) for k in backbone_state if k.startswith("encoder.layer.")}
+    )
+    if layers != list(range(len(layers))) or not layers:
+        raise ValueError(f"Transformer blocks are not numbered 0..N-1: {layers}.")
+    intermediate = backbone_state.get("encoder.layer.0.intermediate.dense.weight")
+    return {
+        "image_shape": (grid * patch_size, grid * patch_size, channels),
+        "patch_size": patch_size,
+        "hidden_dim": hidden_dim,
+        "num_layers": len(layers),
+        # None when the rule does not apply: from_preset then asks for num_heads.
+        "num_heads": hidden_dim // head_dim if hidden_dim % head_dim == 0 else None,
+        "intermediate_dim": int(intermediate.shape[0]) if intermediate is not None else 4 * hidden_dim,
+        "layer_norm_epsilon": 1e-6,
+        "qkv_bias": "encoder.layer.0.attention.attention.query.bias" in backbone_state,
+        "hidden_act": "gelu",
+    }
+
+
+def read_msn_checkpoint(path, encoder="target_encoder"):
+    """Open an original MSN checkpoint (torch, ``weights_only=True``) and split it.
+
+    Returns:
+        dict with ``backbone_state`` (hub keys), ``key_names``, ``head`` (Keras
+        layout or None), ``prototypes`` (array or None) and ``epoch``.
+    """
+    from keras_vitmsn.conversion.torch_io import load_torch_file
+
+    checkpoint = load_torch_file(path)
+    if not isinstance(checkpoint, dict) or encoder not in checkpoint:
+        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(
+            f"{path} is not an MSN checkpoint: no {encoder!r} entry (found {found}). "
+            "Expected the facebookresearch/msn layout {'encoder', 'target_encoder', "
+            "'prototypes', ...}."
+        )
+    backbone_state, head_state, key_names = split_msn_encoder(checkpoint[encoder])
+    prototypes = checkpoint.get("prototypes")
+    return {
+        "backbone_state": backbone_state,
+        "key_names": key_names,
+        "head": msn_head_to_keras(head_state),
+        "prototypes": None if prototypes is None else np.asarray(prototypes),
+        "epoch": checkpoint.get("epoch"),
+        "encoder": encoder,
+    }
+
+
+def save_msn_pretraining_state(state, path):
+    """Write ``{"head": {...} or None, "prototypes": array or None, ...}`` to an h5 file."""
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "keras_vitmsn.msn_head/1"
+        f.attrs["batchnorm_epsilon"] = BATCHNORM_EPSILON
+        f.attrs["batchnorm_momentum"] = BATCHNORM_MOMENTUM
+        f.attrs["activation"] = HEAD_ACTIVATION
+        f.attrs["encoder"] = state.get("encoder", "target_encoder")
+        if state.get("epoch") is not None:
+            f.attrs["epoch"] = int(state["epoch"])
+        for key, value in (state.get("head") or {}).items():
+            f.create_dataset(f"head/{key}", data=np.asarray(value))
+        if state.get("prototypes") is not None:
+            f.create_dataset("prototypes", data=np.asarray(state["prototypes"]))
+
+
+def load_msn_pretraining_state(path):
+    """The MSN projection head and prototypes, for continuing MSN pretraining.
+
+    Args:
+        path: an original ``*.pth.tar`` checkpoint (needs torch), a Keras preset
+            directory converted from one (holding ``msn_head.weights.h5``), or that
+            ``.h5`` file itself.
+
+    Returns:
+        ``{"head": {"fc1/kernel": ..., "bn1/gamma": ..., ...} or None,
+        "prototypes": (K, D) array or None, "batchnorm_epsilon": 1e-5,
+        "batchnorm_momentum": 0.9, "activation": "gelu", "encoder":
+        "target_encoder", "epoch": int or None}`` (layout in the module docstring).
+
+    Raises:
+        FileNotFoundError: nothing MSN-like at ``path``.
+        CheckpointError: the file is truncated or corrupted.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        h5_path = os.path.join(path, MSN_HEAD_FILE)
+        if not os.path.exists(h5_path):
+            raise FileNotFoundError(
+                f"{path} has no {MSN_HEAD_FILE}: only presets converted from an original "
+                "MSN .pth.tar checkpoint carry the projection head and prototypes."
+            )
+        path = h5_path
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such file or directory: {path}")
+    if path.endswith(".h5"):
+        try:
+            with h5py.File(path, "r") as f:
+                head = {}
+                if "head" in f:
+                    f["head"].visititems(
+                        lambda name, obj: head.__setitem__(name, obj[()])
+                        if isinstance(obj, h5py.Dataset)
+                        else None
+                    )
+                return {
+                    "head": head or None,
+                    "prototypes": f["prototypes"][()] if "prototypes" in f else None,
+                    "batchnorm_epsilon": float(f.attrs["batchnorm_epsilon"]),
+                    "batchnorm_momentum": float(f.attrs["batchnorm_momentum"]),
+                    "activation": str(f.attrs["activation"]),
+                    "encoder": str(f.attrs["encoder"]),
+                    "epoch": int(f.attrs["epoch"]) if "epoch" in f.attrs else None,
+                }
+        except (OSError, KeyError) as e:
+            raise CheckpointError(f"{path} is truncated or corrupted: {e}.") from e
+    raw = read_msn_checkpoint(path)
+    return {
+        "head": raw["head"],
+        "prototypes": raw["prototypes"],
+        "batchnorm_epsilon": BATCHNORM_EPSILON,
+        "batchnorm_momentum": BATCHNORM_MOMENTUM,
+        "activation": HEAD_ACTIVATION,
+        "encoder": raw["encoder"],
+        "epoch": raw["epoch"],
+    }
+
+
+def is_msn_checkpoint_path(path):
+    return os.fspath(path).endswith(MSN_SUFFIXES)

@@ -1,0 +1,213 @@
+"""ViTMSNImageConverter: the released models' image preprocessing as a Keras layer."""
+
+import keras
+
+from keras_vitmsn.models.naming import default_name
+from keras_vitmsn.models.preset_io import PresetMixin
+
+try:  # Keras >= 3.11 (renamed when grain support was added).
+    from keras.src.layers.preprocessing.data_layer import DataLayer as _DataLayer
+except ImportError:  # pragma: no cover - Keras 3.8-3.10
+    try:
+        from keras.src.layers.preprocessing.tf_data_layer import TFDataLayer as _DataLayer
+    except ImportError as e:
+        raise ImportError(
+            "keras_vitmsn.ViTMSNImageConverter needs Keras' data-pipeline layer base "
+            "class (keras.src.layers.preprocessing.data_layer.DataLayer, or "
+            f"tf_data_layer.TFDataLayer before Keras 3.11); not found in Keras "
+            f"{keras.__version__}."
+        ) from e
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "lanczos3", "lanczos5")
+
+
+@keras.saving.register_keras_serializable(package="keras_vitmsn")
+class ViTMSNImageConverter(PresetMixin, _DataLayer):
+    """Resize, rescale and normalise images the way the released ViT-MSN processor does.
+
+    ``facebook/vit-msn-*`` use transformers' ``ViTImageProcessor``: resize straight to
+    224x224 with PIL's bilinear filter (no crop), multiply by 1/255, subtract the
+    ImageNet mean and divide by the ImageNet std. This layer does the same with
+    ``keras.ops.image.resize``. PIL's bilinear filter widens with the downscaling
+    factor (it antialiases), so ``antialias=True`` is the default; without it,
+    downscaled images differ from the processor by up to ~2.4 after normalisation.
+    PIL also rounds to uint8 after each resize pass, which this float pipeline does
+    not: outputs stay within one uint8 step (1 / (255 * std), at most 0.0175) of
+    ``ViTImageProcessor``, with a mean difference around 0.005.
+
+    It is a Keras preprocessing layer: call it eagerly on NumPy arrays or any
+    backend's tensors, inside a model (``ViTMSNClassifier(preprocessor=...)``), or in
+    a ``tf.data`` pipeline under any backend (it then runs TensorFlow ops).
+
+    Args:
+        image_size: ``(height, width)`` to resize to, or None to keep the input size.
+        mean: per-channel mean subtracted after rescaling, or None to skip
+            normalisation (then ``std`` must be None too).
+        std: per-channel std dividing after the mean is subtracted.
+        interpolation: one of "bilinear", "nearest", "bicubic", "lanczos3", "lanczos5".
+        antialias: bool, widen the resize filter when downscaling (matches PIL).
+        rescale_factor: multiplier applied after resizing, 1/255 by default (inputs
+            are uint8 or floats in [0, 255]); None for images already in [0, 1].
+        data_format: "channels_last" or "channels_first"; defaults to
+            ``keras.config.image_data_format()``.
+        dtype: output dtype, "float32" by default whatever the global policy is
+            (bfloat16 would cost about 1e-2 of precision on normalised pixels).
+
+    Call arguments:
+        images: one image ``(height, width, channels)`` or a batch
+            ``(batch, height, width, channels)`` (channels first with
+            ``data_format="channels_first"``), uint8 or float.
+
+    Returns:
+        Float images of the same rank, ``image_size`` spatially.
+
+    Example:
+    >>> import numpy as np
+    >>> converter = ViTMSNImageConverter(image_size=(224, 224))
+    >>> images = np.random.randint(0, 256, (2, 300, 400, 3), dtype="uint8")
+    >>> tuple(converter(images).shape)
+    (2, 224, 224, 3)
+    >>> import tensorflow as tf  # in a tf.data pipeline, under any backend
+    >>> ds = tf.data.Dataset.from_tensor_slices(images).map(converter)
+    >>> next(iter(ds)).shape
+    TensorShape([224, 224, 3])
+    """
+
+    def __init__(
+        self,
+        image_size=(224, 224),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        interpolation="bilinear",
+        antialias=True,
+        rescale_factor=1.0 / 255.0,
+        data_format=None,
+        dtype="float32",
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(
+            dtype=dtype, name=default_name(name, "vit_msn_image_converter"), **kwargs
+        )
+        if image_size is not None:
+            image_size = tuple(int(s) for s in image_size)
+            if len(image_size) != 2 or min(image_size) < 1:
+                raise ValueError(
+                    f"`image_size` must be (height, width) with positive sizes, or None; "
+                    f"got {image_size}."
+                )
+        if (mean is None) != (std is None):
+            raise ValueError(
+                "`mean` and `std` must both be given or both be None; got "
+                f"mean={mean!r}, std={std!r}."
+            )
+        if mean is not None:
+            mean = tuple(float(m) for m in mean)
+            std = tuple(float(s) for s in std)
+            if len(mean) != len(std):
+                raise ValueError(
+                    f"`mean` and `std` need one value per channel each; got {len(mean)} "
+                    f"and {len(std)} values."
+                )
+            if min(std) <= 0:
+                raise ValueError(f"`std` values must be positive, got {std}.")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"`interpolation` must be one of {', '.join(INTERPOLATIONS)}; "
+                f"got {interpolation!r}."
+            )
+        data_format = data_format or keras.config.image_data_format()
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(
+                f"`data_format` must be 'channels_last' or 'channels_first', "
+                f"got {data_format!r}."
+            )
+        self.image_size = image_size
+        self.mean = mean
+        self.std = std
+        self.interpolation = interpolation
+        self.antialias = bool(antialias)
+        self.rescale_factor = None if rescale_factor is None else float(rescale_factor)
+        self.data_format = data_format
+        self.built = True
+
+    @property
+    def _channel_axis(self):
+        return -1 if self.data_format == "channels_last" else -3
+
+    def _spatial(self, shape):
+        if self.data_format == "channels_last":
+            return tuple(shape[-3:-1])
+        return tuple(shape[-2:])
+
+    def call(self, images):
+        # `self.backend` is the running backend, or TensorFlow inside a tf.data graph
+        # (set by the DataLayer base class), so only its ops are used here.
+        ops = self.backend
+        rank = len(images.shape)
+        if rank not in (3, 4):
+            raise ValueError(
+                "Images must be (height, width, channels) or (batch, height, width, "
+                f"channels) ({self.data_format}); got shape {tuple(images.shape)}."
+            )
+        channels = images.shape[self._channel_axis]
+        if self.mean is not None and channels is not None and channels != len(self.mean):
+            raise ValueError(
+                f"Images have {channels} channels ({self.data_format}, shape "
+                f"{tuple(images.shape)}) but `mean`/`std` have {len(self.mean)} values."
+            )
+        x = ops.cast(images, self.compute_dtype)
+        if rank == 3:
+            x = ops.numpy.expand_dims(x, 0)
+        if self.image_size is not None and self._spatial(x.shape) != self.image_size:
+            x = ops.image.resize(
+                x,
+                self.image_size,
+                interpolation=self.interpolation,
+                antialias=self.antialias,
+                data_format=self.data_format,
+            )
+        if self.rescale_factor is not None:
+            x = x * ops.cast(self.rescale_factor, x.dtype)
+        if self.mean is not None:
+            shape = (1, 1, 1, -1) if self.data_format == "channels_last" else (1, -1, 1, 1)
+            mean = ops.numpy.reshape(ops.convert_to_tensor(self.mean, x.dtype), shape)
+            std = ops.numpy.reshape(ops.convert_to_tensor(self.std, x.dtype), shape)
+            x = (x - mean) / std
+        if rank == 3:
+            x = ops.numpy.squeeze(x, 0)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        if self.image_size is not None:
+            if self.data_format == "channels_last":
+                shape[-3], shape[-2] = self.image_size
+            else:
+                shape[-2], shape[-1] = self.image_size
+        return tuple(shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            image_size=self.image_size,
+            mean=self.mean,
+            std=self.std,
+            interpolation=self.interpolation,
+            antialias=self.antialias,
+            rescale_factor=self.rescale_factor,
+            data_format=self.data_format,
+        )
+        return config
+
+    @classmethod
+    def _from_preset_source(cls, source, load_weights=True, **kwargs):
+        return source.build_image_converter(cls, **kwargs)
+
+    def save_to_preset(self, preset_dir):
+        """Write ``image_converter.json`` into ``preset_dir`` (created if needed)."""
+        from keras_vitmsn.models import preset_io
+
+        preset_io.write_image_converter(self, preset_dir)
