@@ -1,13 +1,211 @@
-"""The ``keras-vitmsn`` command line (also ``python -m keras_vitmsn``)."""
+"""The ``keras-vitmsn`` command line (also ``python -m keras_vitmsn``).
+
+Commands: ``demo``, ``presets``, ``convert``, ``finetune``, ``lowshot``, ``predict``.
+Bad input (a missing folder, too few classes, an unreadable image, an unknown preset,
+more shots than the smallest class has images) ends with a one-line ``error:`` message
+and exit status 2, never a traceback.
+"""
 
 import argparse
+import json
+import os
 import sys
+
+USER_ERROR_EXIT = 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported on one line."""
+
+
+def _user_errors():
+    # Raised by our own validation (ValueError), by preset resolution and by the
+    # checkpoint readers; anything else is a bug and keeps its traceback.
+    from keras_vitmsn.conversion import CheckpointError, PresetDownloadError
+
+    return (UsageError, ValueError, FileNotFoundError, CheckpointError, PresetDownloadError)
+
+
+def _backend_banner():
+    import keras
+
+    print(f"Keras {keras.__version__}, backend {keras.backend.backend()}", file=sys.stderr)
+
+
+def _classes_file(model_path):
+    return model_path + ".classes.json"
 
 
 def _demo(args):
     from keras_vitmsn.demo import run_demo
 
     run_demo(epochs=args.epochs, output=args.output)
+    return 0
+
+
+def _presets(args):
+    from keras_vitmsn.presets import list_presets
+
+    rows = [("name", "params", "patch", "hub repository", "original checkpoint")]
+    for name, entry in list_presets().items():
+        meta = entry["metadata"]
+        rows.append(
+            (name, f"{meta['params'] / 1e6:.1f}M", str(meta["patch_size"]),
+             entry["hf_handle"], meta["original_checkpoint"])
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _convert(args):
+    from keras_vitmsn.conversion import convert_to_preset
+
+    convert_to_preset(args.source, args.output)
+    print(f"Wrote a Keras preset to {args.output}")
+    return 0
+
+
+def _load_folder(path, what):
+    from keras_vitmsn.data import ImageFolder
+
+    folder = ImageFolder(path)
+    print(f"{what}: {len(folder)} images in {len(folder.class_names)} classes from {path}",
+          file=sys.stderr)
+    return folder
+
+
+def _finetune(args):
+    import keras
+
+    import keras_vitmsn as kv
+
+    if not args.output.endswith(".keras"):
+        raise UsageError(f"--output must end in .keras, got {args.output!r}.")
+    train = _load_folder(args.train, "train")
+    val = _load_folder(args.val, "val") if args.val else None
+    if val is not None and val.class_names != train.class_names:
+        raise UsageError(
+            f"--val classes {val.class_names} differ from --train classes {train.class_names}."
+        )
+    if args.mixed_precision:
+        keras.mixed_precision.set_global_policy(args.mixed_precision)
+    _backend_banner()
+    overrides = {}
+    if args.image_size:
+        overrides["image_shape"] = (args.image_size, args.image_size, 3)
+    model = kv.ViTMSNClassifier.from_preset(
+        args.preset, num_classes=len(train.class_names), **overrides
+    )
+    learning_rate = args.learning_rate or (1e-3 if args.linear_probe else 5e-5)
+    if args.linear_probe:
+        model.backbone.trainable = False
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=args.weight_decay),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    size = model.backbone.image_shape[:2]
+    train_data = train.as_dataset(size, args.batch_size, shuffle=True, seed=args.seed)
+    val_data = val.as_dataset(size, args.batch_size) if val is not None else None
+    model.fit(train_data, validation_data=val_data, epochs=args.epochs)
+    model.save(args.output)
+    with open(_classes_file(args.output), "w") as f:
+        json.dump(train.class_names, f)
+    print(f"Saved {args.output} (class names in {_classes_file(args.output)})")
+    return 0
+
+
+def _parse_shots(text):
+    shots = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            shots.append(float(part) if "." in part else int(part))
+        except ValueError:
+            raise UsageError(
+                f"--shots takes comma-separated images per class (e.g. 1,2,5) or label "
+                f"fractions (e.g. 0.01); got {text!r}."
+            ) from None
+    return tuple(shots)
+
+
+def _lowshot(args):
+    import keras_vitmsn as kv
+    from keras_vitmsn import lowshot
+
+    shots = _parse_shots(args.shots)
+    train = _load_folder(args.train, "train")
+    test = _load_folder(args.test, "test")
+    missing = sorted(set(test.class_names) - set(train.class_names))
+    if missing:
+        raise UsageError(f"--test has classes {missing} that --train lacks.")
+    counts = train.class_counts()
+    smallest = min(counts, key=counts.get)
+    largest_shot = max((s for s in shots if isinstance(s, int)), default=0)
+    if largest_shot > counts[smallest]:
+        raise UsageError(
+            f"--shots asks for {largest_shot} images per class but class {smallest!r} "
+            f"in {args.train} has only {counts[smallest]}."
+        )
+    _backend_banner()
+    backbone = kv.ViTMSNBackbone.from_preset(args.preset)
+    converter = kv.ViTMSNImageConverter.from_preset(args.preset)
+    size = backbone.image_shape[:2]
+    # Test labels must index the same class list as the training labels.
+    remap = [train.class_names.index(name) for name in test.class_names]
+    results = lowshot.lowshot_eval(
+        backbone,
+        train.load(size),
+        test.load(size),
+        train_labels=train.labels,
+        test_labels=[remap[i] for i in test.labels],
+        shots=shots,
+        num_splits=args.splits,
+        seed=args.seed,
+        feature=args.feature,
+        batch_size=args.batch_size,
+        preprocessing=converter,
+    )
+    print(lowshot.format_table(results, title=f"Low-shot top-1, {args.preset}"))
+    return 0
+
+
+def _predict(args):
+    import keras
+    import numpy as np
+
+    import keras_vitmsn as kv
+    from keras_vitmsn.data import load_image
+
+    for path in args.images:
+        if not os.path.isfile(path):
+            raise UsageError(f"Image {path!r} does not exist.")
+    if args.model.endswith(".keras"):
+        if not os.path.isfile(args.model):
+            raise UsageError(f"Model file {args.model!r} does not exist.")
+        model = keras.saving.load_model(args.model)
+    else:
+        model = kv.ViTMSNClassifier.from_preset(args.model)
+    if not isinstance(model, kv.ViTMSNClassifier):
+        raise UsageError(f"{args.model!r} holds a {type(model).__name__}, not a ViTMSNClassifier.")
+    names = None
+    if os.path.isfile(_classes_file(args.model)):
+        with open(_classes_file(args.model)) as f:
+            names = json.load(f)
+    size = model.backbone.image_shape[:2]
+    images = np.stack([load_image(p, size) for p in args.images])
+    if model.preprocessor is None:
+        images = kv.ViTMSNImageConverter(image_size=size)(images)
+    probs = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(images, verbose=0)))
+    k = min(args.top_k, probs.shape[-1])
+    for path, p in zip(args.images, probs):
+        top = np.argsort(-p)[:k]
+        labels = ", ".join(
+            f"{names[i] if names else i}: {p[i]:.3f}" for i in top
+        )
+        print(f"{path}\t{labels}")
     return 0
 
 
@@ -18,16 +216,68 @@ def build_parser():
         "Select the backend with KERAS_BACKEND=jax|torch|tensorflow.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+
     demo = commands.add_parser("demo", help="Offline example: fit and evaluate a small ViT-MSN.")
     demo.add_argument("--epochs", type=int, default=10)
     demo.add_argument("--output", default="vit_msn_demo.keras", help="Where to save the model ('' to skip).")
     demo.set_defaults(handler=_demo)
+
+    presets = commands.add_parser("presets", help="List the built-in presets.")
+    presets.set_defaults(handler=_presets)
+
+    convert = commands.add_parser(
+        "convert", help="Convert a transformers or original MSN checkpoint to a Keras preset."
+    )
+    convert.add_argument("--source", required=True, help="hf://org/repo, a directory, or a .pth.tar file.")
+    convert.add_argument("--output", required=True, help="Directory to write the preset to.")
+    convert.set_defaults(handler=_convert)
+
+    finetune = commands.add_parser("finetune", help="Fine-tune a classifier on an image folder.")
+    finetune.add_argument("--preset", required=True, help="Preset name, hf://org/repo or directory.")
+    finetune.add_argument("--train", required=True, help="Folder with one sub-folder per class.")
+    finetune.add_argument("--val", help="Validation folder with the same classes.")
+    finetune.add_argument("--epochs", type=int, default=3)
+    finetune.add_argument("--batch-size", type=int, default=32)
+    finetune.add_argument("--image-size", type=int, help="Train at this size (position embeddings resampled).")
+    finetune.add_argument("--linear-probe", action="store_true", help="Freeze the backbone; train the head only.")
+    finetune.add_argument(
+        "--mixed-precision", nargs="?", const="mixed_bfloat16", default=None,
+        choices=["mixed_bfloat16", "mixed_float16"], help="Mixed-precision policy (default mixed_bfloat16).",
+    )
+    finetune.add_argument("--learning-rate", type=float, help="Default 1e-3 (linear probe) or 5e-5.")
+    finetune.add_argument("--weight-decay", type=float, default=0.01)
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--output", required=True, help="FILE.keras to save the fine-tuned model to.")
+    finetune.set_defaults(handler=_finetune)
+
+    lowshot = commands.add_parser("lowshot", help="MSN low-shot evaluation (logistic regression on frozen features).")
+    lowshot.add_argument("--preset", required=True)
+    lowshot.add_argument("--train", required=True, help="Labelled pool: one sub-folder per class.")
+    lowshot.add_argument("--test", required=True, help="Test folder with the same classes.")
+    lowshot.add_argument("--shots", default="1,2,5", help="Images per class (ints) or label fractions.")
+    lowshot.add_argument("--splits", type=int, default=3)
+    lowshot.add_argument("--seed", type=int, default=0)
+    lowshot.add_argument("--feature", choices=["cls_pre_norm", "cls"], default=None,
+                         help="CLS before (paper, default) or after the final LayerNorm.")
+    lowshot.add_argument("--batch-size", type=int, default=32)
+    lowshot.set_defaults(handler=_lowshot)
+
+    predict = commands.add_parser("predict", help="Classify images with a fine-tuned model.")
+    predict.add_argument("--model", required=True, help="A FILE.keras from finetune, or a classifier preset.")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.set_defaults(handler=_predict)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except _user_errors() as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return USER_ERROR_EXIT
 
 
 if __name__ == "__main__":

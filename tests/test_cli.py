@@ -1,0 +1,164 @@
+"""The keras-vitmsn command line end to end, on a tiny preset and image folders made here."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import keras_vitmsn as kv
+from keras_vitmsn.cli import main
+
+SIZE = 32
+
+
+def write_folder(root, classes=("cat", "dog"), per_class=4, seed=0):
+    """Classes told apart by colour, so a few steps can learn them."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        os.makedirs(root / name, exist_ok=True)
+        for i in range(per_class):
+            image = rng.integers(0, 60, (40, 48, 3)).astype("uint8")
+            image[..., c % 3] += 180
+            Image.fromarray(image).save(root / name / f"{i}.png")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("preset")
+    backbone = kv.ViTMSNBackbone(
+        image_shape=(SIZE, SIZE, 3), patch_size=8, hidden_dim=32, num_layers=2,
+        num_heads=4, intermediate_dim=64,
+    )
+    backbone.save_to_preset(str(path))
+    kv.ViTMSNImageConverter(image_size=(SIZE, SIZE)).save_to_preset(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    return write_folder(root / "train", per_class=4), write_folder(root / "test", per_class=3, seed=1)
+
+
+def test_presets_lists_every_release(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("vit_msn_small", "vit_msn_base", "vit_msn_large", "vit_msn_base_4", "vit_msn_large_7"):
+        assert name in out
+    assert "hf://facebook/vit-msn-base-4" in out
+
+
+def test_finetune_then_predict(tmp_path, preset, folders, capsys):
+    train, test = folders
+    output = str(tmp_path / "model.keras")
+    code = main(["finetune", "--preset", preset, "--train", train, "--val", test,
+                 "--epochs", "2", "--batch-size", "4", "--learning-rate", "1e-3", "--output", output])
+    assert code == 0
+    assert os.path.isfile(output)
+    assert json.load(open(output + ".classes.json")) == ["cat", "dog"]
+    images = [os.path.join(test, "cat", "0.png"), os.path.join(test, "dog", "1.png")]
+    capsys.readouterr()
+    assert main(["predict", "--model", output, *images, "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for line, path in zip(lines, images):
+        name, scores = line.split("\t")
+        assert name == path
+        assert scores.startswith(("cat: ", "dog: ")) and ", " in scores
+
+
+def test_finetune_linear_probe_at_another_size(tmp_path, preset, folders):
+    train, _ = folders
+    output = str(tmp_path / "probe.keras")
+    assert main(["finetune", "--preset", preset, "--train", train, "--epochs", "1",
+                 "--batch-size", "8", "--image-size", "48", "--linear-probe", "--output", output]) == 0
+    import keras
+
+    model = keras.saving.load_model(output)
+    assert model.backbone.image_shape == (48, 48, 3)
+    assert not model.backbone.trainable
+
+
+def test_lowshot_prints_a_table(preset, folders, capsys):
+    train, test = folders
+    assert main(["lowshot", "--preset", preset, "--train", train, "--test", test,
+                 "--shots", "1,2", "--splits", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Low-shot top-1" in out
+    table = out[out.index("Low-shot top-1"):].splitlines()
+    assert table[1].split()[:2] == ["shots", "splits"]
+    rows = [line.split() for line in table[2:] if line.strip()]
+    assert [r[0] for r in rows] == ["1/class", "2/class"]
+    for row in rows:
+        assert 0.0 <= float(row[3]) <= 100.0 and row[4] == "+-"
+
+
+def test_convert_transformers_checkpoint(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTMSNConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                       intermediate_size=64, image_size=32, patch_size=8)
+    transformers.ViTMSNModel(config).save_pretrained(tmp_path / "hf")
+    out_dir = str(tmp_path / "preset")
+    assert main(["convert", "--source", str(tmp_path / "hf"), "--output", out_dir]) == 0
+    assert kv.ViTMSNBackbone.from_preset(out_dir).hidden_dim == 32
+
+
+def expect_user_error(capsys, argv, pattern):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    assert pattern in lines[0], lines[0]
+
+
+def test_missing_folder(capsys, preset, tmp_path):
+    expect_user_error(capsys, ["lowshot", "--preset", preset, "--train", str(tmp_path / "nope"),
+                               "--test", str(tmp_path)], "does not exist")
+
+
+def test_single_class_folder(capsys, preset, tmp_path):
+    root = write_folder(tmp_path / "one", classes=("only",))
+    expect_user_error(capsys, ["finetune", "--preset", preset, "--train", root, "--output",
+                               str(tmp_path / "m.keras")], "at least 2 are needed")
+
+
+def test_unreadable_image(capsys, preset, tmp_path):
+    root = write_folder(tmp_path / "bad")
+    (tmp_path / "bad" / "cat" / "broken.png").write_bytes(b"not a png")
+    expect_user_error(capsys, ["finetune", "--preset", preset, "--train", root, "--epochs", "1",
+                               "--output", str(tmp_path / "m.keras")], "broken.png")
+
+
+def test_unknown_preset(capsys, folders, tmp_path):
+    train, _ = folders
+    expect_user_error(capsys, ["finetune", "--preset", "vit_msn_tiny", "--train", train,
+                               "--output", str(tmp_path / "m.keras")], "vit_msn_small")
+
+
+def test_too_many_shots(capsys, preset, folders):
+    train, test = folders
+    expect_user_error(capsys, ["lowshot", "--preset", preset, "--train", train, "--test", test,
+                               "--shots", "1,5"], "class 'cat'")
+
+
+def test_bad_shots_syntax(capsys, preset, folders):
+    train, test = folders
+    expect_user_error(capsys, ["lowshot", "--preset", preset, "--train", train, "--test", test,
+                               "--shots", "one"], "--shots takes")
+
+
+def test_error_in_a_real_process_has_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_vitmsn", "lowshot", "--preset", "x", "--train",
+         str(tmp_path / "missing"), "--test", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "error: Image folder" in result.stderr
