@@ -2,6 +2,7 @@
 
 from keras_vitmsn import layers
 from keras_vitmsn import lowshot
+from keras_vitmsn import msn
 from keras_vitmsn.models.backbone import ViTMSNBackbone
 from keras_vitmsn.models.classifier import ViTMSNClassifier
 from keras_vitmsn.image_converter import ViTMSNImageConverter

@@ -32,6 +32,10 @@ class ViTMSNEmbeddings(keras.layers.Layer):
             embedding is replaced by the mask token (needs ``use_mask_token=True``).
         interpolate_pos_encoding: bool, resample the table to the input's grid.
         training: bool, dropout switch.
+        patch_keep_indices: optional ``(batch, num_keep)`` int indices (0-based, patches
+            only, each in ``[0, num_patches)``) of the patch tokens to keep; the others
+            are dropped after the position embeddings are added, the CLS token is
+            always kept (MSN's masking). Output: ``(batch, 1 + num_keep, hidden_dim)``.
 
     Example:
     >>> layer = ViTMSNEmbeddings(hidden_dim=32, patch_size=4, image_size=(16, 16))
@@ -93,7 +97,12 @@ class ViTMSNEmbeddings(keras.layers.Layer):
         self.built = True
 
     def call(
-        self, images, bool_masked_pos=None, interpolate_pos_encoding=False, training=None
+        self,
+        images,
+        bool_masked_pos=None,
+        interpolate_pos_encoding=False,
+        training=None,
+        patch_keep_indices=None,
     ):
         spatial = images.shape[2:4] if self.data_format == "channels_first" else images.shape[1:3]
         grid = (spatial[0] // self.patch_size, spatial[1] // self.patch_size)
@@ -112,7 +121,42 @@ class ViTMSNEmbeddings(keras.layers.Layer):
         tokens = tokens + ops.cast(
             self.position_table(grid if interpolate_pos_encoding else None), tokens.dtype
         )
+        if patch_keep_indices is not None:
+            tokens = self._keep_patches(tokens, patch_keep_indices, grid)
+        # Dropping before dropout: the same distribution as MSN's order (dropout is
+        # elementwise), and no dropout work on tokens that are thrown away.
         return self.dropout(tokens, training=training)
+
+    def _keep_patches(self, tokens, patch_keep_indices, grid):
+        """Gather CLS + the kept patch tokens (MSN: drop after position embeddings)."""
+        indices = ops.convert_to_tensor(patch_keep_indices)
+        num_patches = grid[0] * grid[1]
+        shape = tuple(indices.shape)
+        if len(shape) != 2 or (shape[1] is not None and not 1 <= shape[1] <= num_patches):
+            raise ValueError(
+                "`patch_keep_indices` must have shape (batch, num_keep) with "
+                f"1 <= num_keep <= {num_patches} (the {grid[0]}x{grid[1]} patch grid); "
+                f"got shape {shape}."
+            )
+        if not keras.backend.standardize_dtype(indices.dtype).startswith(("int", "uint")):
+            raise ValueError(
+                f"`patch_keep_indices` must be integers; got dtype {indices.dtype}."
+            )
+        batch = tokens.shape[0]
+        if batch is not None and shape[0] is not None and shape[0] != batch:
+            raise ValueError(
+                f"`patch_keep_indices` has {shape[0]} rows but the batch has {batch} images."
+            )
+        indices = ops.cast(indices, "int32")
+        # Token 0 is CLS: always keep it, and shift patch indices past it.
+        cls_index = ops.zeros_like(indices[:, :1])
+        token_indices = ops.concatenate([cls_index, indices + 1], axis=1)
+        # Broadcast the indices over the channel axis explicitly (every backend).
+        token_indices = ops.broadcast_to(
+            ops.expand_dims(token_indices, -1),
+            (ops.shape(token_indices)[0], ops.shape(token_indices)[1], self.hidden_dim),
+        )
+        return ops.take_along_axis(tokens, token_indices, axis=1)
 
     def position_table(self, grid=None):
         """The ``(1, 1 + N, hidden_dim)`` table, resampled to ``grid`` if given."""

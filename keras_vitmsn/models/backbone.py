@@ -48,12 +48,20 @@ class ViTMSNBackbone(PresetMixin, keras.Model):
         interpolate_pos_encoding: bool, accept images of another size (a multiple of
             the patch size) by bicubically resampling the position embeddings.
         training: bool, dropout switch.
+        patch_keep_indices: optional ``(batch, num_keep)`` int indices of the patches
+            to keep (0-based over the input's patch grid, CLS not counted); the other
+            patch tokens are dropped right after the position embeddings are added and
+            the CLS token is always kept, as MSN masks its anchor views. The encoder
+            then runs on ``1 + num_keep`` tokens. Draw them with
+            :func:`keras_vitmsn.msn.random_patch_keep_indices`. Combines with
+            ``interpolate_pos_encoding`` (e.g. masked 96-px focal views).
 
     Returns:
         A dict with ``"last_hidden_state"`` ``(batch, 1 + num_patches, hidden_dim)``
         (after the final LayerNorm), plus ``"hidden_states"`` (a list of
         ``num_layers + 1`` tensors) and ``"attentions"`` (a list of ``num_layers``
-        ``(batch, heads, tokens, tokens)`` tensors) when asked for.
+        ``(batch, heads, tokens, tokens)`` tensors) when asked for. With
+        ``patch_keep_indices`` every token axis has ``1 + num_keep`` entries.
 
     Example:
     >>> import numpy as np
@@ -176,6 +184,7 @@ class ViTMSNBackbone(PresetMixin, keras.Model):
         output_attentions=False,
         interpolate_pos_encoding=False,
         training=None,
+        patch_keep_indices=None,
     ):
         self._check_size(images.shape, interpolate_pos_encoding)
         head_masks = self._per_layer_head_masks(head_mask)
@@ -185,6 +194,7 @@ class ViTMSNBackbone(PresetMixin, keras.Model):
             bool_masked_pos=bool_masked_pos,
             interpolate_pos_encoding=interpolate_pos_encoding,
             training=training,
+            patch_keep_indices=patch_keep_indices,
         )
         hidden_states = [x]
         attentions = []
