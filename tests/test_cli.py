@@ -117,6 +117,66 @@ def expect_user_error(capsys, argv, pattern):
     assert pattern in lines[0], lines[0]
 
 
+def test_pretrain_then_lowshot_on_the_result(tmp_path, preset, folders, capsys):
+    # MSN pretraining on an unlabelled folder (class sub-folders are ignored), continuing
+    # from a preset, then the exported preset goes straight into lowshot.
+    train, test = folders
+    output = str(tmp_path / "pretrained")
+    code = main(["pretrain", "--data", train, "--preset", preset, "--epochs", "2",
+                 "--batch-size", "4", "--focal-size", "16", "--num-focal-views", "2",
+                 "--num-prototypes", "8", "--output", output])
+    assert code == 0, capsys.readouterr().err
+    assert "Wrote the pretrained target encoder" in capsys.readouterr().out
+    pretrained = kv.ViTMSNBackbone.from_preset(output)
+    start = kv.ViTMSNBackbone.from_preset(preset)
+    assert pretrained.get_config() == start.get_config()
+    moved = max(float(np.abs(kv_np(a) - kv_np(b)).max())
+                for a, b in zip(pretrained.weights, start.weights))
+    assert moved > 0  # the EMA target followed the trained encoder
+    resumed = kv.msn.MSNPretrainer.from_preset(output)
+    assert resumed.prototypes.num_prototypes == 8
+    assert main(["lowshot", "--preset", output, "--train", train, "--test", test,
+                 "--shots", "1", "--splits", "2"]) == 0
+    assert "1/class" in capsys.readouterr().out
+
+
+def test_pretrain_from_scratch_at_another_size(tmp_path, preset, folders, capsys):
+    train, _ = folders
+    output = str(tmp_path / "scratch")
+    code = main(["pretrain", "--data", train, "--preset", preset, "--from-scratch",
+                 "--image-size", "16", "--epochs", "1", "--batch-size", "8",
+                 "--num-focal-views", "0", "--num-prototypes", "4", "--output", output])
+    assert code == 0, capsys.readouterr().err
+    assert kv.ViTMSNBackbone.from_preset(output).image_shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "MISSING"], "does not exist or is not a directory"),
+        (["--epochs", "0"], "--epochs must be a positive integer; got 0"),
+        (["--focal-size", "12"], "--focal-size 12 must be a multiple of the patch size 8"),
+    ],
+)
+def test_pretrain_errors(capsys, preset, folders, tmp_path, args, message):
+    train, _ = folders
+    base = {"--data": train, "--preset": preset, "--output": str(tmp_path / "out"),
+            "--num-focal-views": "1", "--epochs": "1"}
+    for key, value in zip(args[::2], args[1::2]):
+        base[key] = str(tmp_path / value) if value == "MISSING" else value
+    argv = ["pretrain"] + [x for kv_pair in base.items() for x in kv_pair]
+    assert main(argv) == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith("error:") and message in last_line, last_line
+    assert not os.path.exists(tmp_path / "out")
+
+
+def kv_np(x):
+    import keras
+
+    return keras.ops.convert_to_numpy(x)
+
+
 def test_missing_folder(capsys, preset, tmp_path):
     expect_user_error(capsys, ["lowshot", "--preset", preset, "--train", str(tmp_path / "nope"),
                                "--test", str(tmp_path)], "does not exist")

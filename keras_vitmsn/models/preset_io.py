@@ -446,16 +446,21 @@ def _serialize(layer, drop_data_format=False):
     return config
 
 
-def write_backbone(backbone, preset_dir, metadata=None, drop_data_format=False):
+def write_backbone(
+    backbone, preset_dir, metadata=None, drop_data_format=False, config_overrides=None
+):
     """Write config.json, model.weights.h5 and metadata.json.
 
     ``drop_data_format=True`` leaves the layout to the loading machine's
     ``keras.config.image_data_format()`` (converted checkpoints, the hf:// cache).
+    ``config_overrides`` replaces config entries (e.g. the name of an EMA copy).
     """
     from keras_vitmsn.version import __version__
 
     os.makedirs(preset_dir, exist_ok=True)
-    _json_dump(_serialize(backbone, drop_data_format), os.path.join(preset_dir, CONFIG_FILE))
+    config = _serialize(backbone, drop_data_format)
+    config["config"].update(config_overrides or {})
+    _json_dump(config, os.path.join(preset_dir, CONFIG_FILE))
     backbone.save_weights(os.path.join(preset_dir, MODEL_WEIGHTS_FILE))
     meta = {
         "preset_format": PRESET_FORMAT_VERSION,

@@ -5,6 +5,10 @@
   them to ``ViTMSNBackbone(..., patch_keep_indices=...)``).
 - :class:`MSNProjectionHead`, :class:`MSNPrototypes`: the head and the prototypes,
   loadable from ``keras_vitmsn.load_msn_pretraining_state``.
+- :class:`MSNPretrainer`: anchor + EMA target encoder, trained with ``compile()`` +
+  ``fit()``; :func:`msn_optimizer` and the schedules are its default recipe.
+- :class:`MSNAugmentation`, :func:`msn_multiview_dataset`: the multi-view tf.data
+  pipeline (2 global + M focal crops) that feeds it.
 """
 
 from keras_vitmsn.msn.head import MSNProjectionHead
@@ -17,3 +21,12 @@ from keras_vitmsn.msn.loss import sharpened_targets
 from keras_vitmsn.msn.loss import sinkhorn
 from keras_vitmsn.msn.masking import num_kept_patches
 from keras_vitmsn.msn.masking import random_patch_keep_indices
+from keras_vitmsn.msn.optimizer import ScheduledAdamW
+from keras_vitmsn.msn.optimizer import msn_optimizer
+from keras_vitmsn.msn.pretrainer import MSNPretrainer
+from keras_vitmsn.msn.schedules import CosineSchedule
+from keras_vitmsn.msn.schedules import LinearSchedule
+from keras_vitmsn.msn.schedules import msn_learning_rate
+from keras_vitmsn.msn.augment import MSNAugmentation
+from keras_vitmsn.msn.augment import msn_multiview_dataset
+from keras_vitmsn.msn.augment import random_resized_crop_box

@@ -48,6 +48,11 @@ class MSNProjectionHead(keras.layers.Layer):
         features: ``(batch, input_dim)``, e.g. the CLS token of ``last_hidden_state``.
         training: bool; BatchNorm uses batch statistics (and updates its moving
             averages) when True, the moving averages otherwise.
+        use_batch_statistics: bool; normalise with the batch's statistics without
+            updating the moving averages, whatever ``training`` and ``trainable``
+            say. MSN's EMA target head runs like this (the original runs it in
+            train mode under ``torch.no_grad``), while Keras' BatchNormalization
+            would fall back to its moving averages once the layer is frozen.
 
     Example:
     >>> import numpy as np
@@ -125,22 +130,33 @@ class MSNProjectionHead(keras.layers.Layer):
                 bn.build((None, self.hidden_dim))
         self.built = True
 
-    def call(self, features, training=None):
+    def call(self, features, training=None, use_batch_statistics=False):
         if features.shape[-1] not in (None, self.input_dim):
             raise ValueError(
                 f"This head takes {self.input_dim}-dimensional features; got shape "
                 f"{tuple(features.shape)}."
             )
         x = self.fc1(features)
-        if self.bn1 is not None:
-            x = self.bn1(x, training=training)
+        x = self._normalize(self.bn1, x, training, use_batch_statistics)
         # Exact (erf) GELU, as torch.nn.GELU() in the original head.
         x = ops.gelu(x, approximate=False)
         x = self.fc2(x)
-        if self.bn2 is not None:
-            x = self.bn2(x, training=training)
+        x = self._normalize(self.bn2, x, training, use_batch_statistics)
         x = ops.gelu(x, approximate=False)
         return self.fc3(x)
+
+    @staticmethod
+    def _normalize(bn, x, training, use_batch_statistics):
+        if bn is None:
+            return x
+        if not use_batch_statistics:
+            return bn(x, training=training)
+        # torch train-mode BatchNorm1d: biased batch variance, statistics in float32.
+        x32 = ops.cast(x, "float32")
+        mean, variance = ops.moments(x32, axes=[0])
+        y = (x32 - mean) * ops.rsqrt(variance + bn.epsilon)
+        y = y * ops.cast(bn.gamma, "float32") + ops.cast(bn.beta, "float32")
+        return ops.cast(y, x.dtype)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.output_dim,)

@@ -1,0 +1,370 @@
+"""MSNPretrainer: EMA target, gradients, schedules, optimizer, fit, export, errors."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_vitmsn as kv
+from keras_vitmsn import msn
+
+from conftest import BACKEND, max_abs_diff, to_numpy
+
+ENCODER = dict(
+    image_shape=(16, 16, 3), patch_size=4, hidden_dim=16, num_layers=2, num_heads=2,
+    intermediate_dim=32,
+)
+HEAD = dict(head_hidden_dim=32, head_output_dim=8, num_prototypes=10)
+
+
+def make_pretrainer(seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    options = dict(mask_ratio=0.5, total_steps=10, seed=seed, **HEAD)
+    options.update(kwargs)
+    return msn.MSNPretrainer(kv.ViTMSNBackbone(**ENCODER), **options)
+
+
+def make_views(batch=4, focal=2, seed=0):
+    rng = np.random.default_rng(seed)
+    views = {
+        "target": rng.normal(size=(batch, 16, 16, 3)).astype("float32"),
+        "anchor": rng.normal(size=(batch, 16, 16, 3)).astype("float32"),
+    }
+    if focal:
+        views["focal"] = rng.normal(size=(batch, focal, 8, 8, 3)).astype("float32")
+    return views
+
+
+def values(variables):
+    return [to_numpy(v).copy() for v in variables]
+
+
+def test_target_starts_as_a_frozen_copy():
+    pretrainer = make_pretrainer()
+    pairs = pretrainer._ema_pairs()
+    # Every encoder and head weight has a twin; the teacher trains nothing.
+    assert len(pairs) == len(pretrainer.encoder.weights) + len(pretrainer.projection_head.weights)
+    for source, target in pairs:
+        np.testing.assert_array_equal(to_numpy(source), to_numpy(target))
+    assert pretrainer.target_encoder.trainable_weights == []
+    assert pretrainer.target_projection_head.trainable_weights == []
+    trainable = {id(v) for v in pretrainer.trainable_weights}
+    assert id(pretrainer.prototypes.prototypes) in trainable
+    assert not trainable & {id(t) for _, t in pairs}
+
+
+def test_ema_update_is_exact_after_one_step():
+    pretrainer = make_pretrainer(total_steps=4, ema_momentum=0.9, final_ema_momentum=1.0)
+    pretrainer.compile(optimizer=keras.optimizers.Adam(1e-2))
+    pairs = pretrainer._ema_pairs()
+    target_before = values(t for _, t in pairs)
+    pretrainer.fit(make_views(), batch_size=4, epochs=1, verbose=0)
+    # The first update uses the schedule's start value: m = 0.9.
+    worst = max(
+        max_abs_diff(t, 0.9 * t0 + 0.1 * to_numpy(s))
+        for (s, t), t0 in zip(pairs, target_before)
+    )
+    assert worst <= 1e-6
+    assert int(to_numpy(pretrainer.ema_steps)) == 1
+    # The encoder did move, so the check above is not vacuous.
+    assert any(max_abs_diff(s, t0) > 1e-4 for (s, _), t0 in zip(pairs, target_before))
+    # Linear schedule: 0.9 + 0.1 * 1 / 4 for the next update.
+    assert abs(float(to_numpy(pretrainer.current_ema_momentum())) - 0.925) <= 1e-6
+
+
+def test_target_gets_no_gradient_and_prototypes_train():
+    # With momentum 1 the EMA leaves the target alone, so any change would be a gradient.
+    pretrainer = make_pretrainer(ema_momentum=1.0, final_ema_momentum=1.0)
+    pretrainer.compile(optimizer=keras.optimizers.Adam(1e-2))
+    pairs = pretrainer._ema_pairs()
+    target_before = values(t for _, t in pairs)
+    encoder_before = values(s for s, _ in pairs)
+    prototypes_before = to_numpy(pretrainer.prototypes.prototypes).copy()
+    pretrainer.fit(make_views(), batch_size=4, epochs=2, verbose=0)
+    for (_, target), before in zip(pairs, target_before):
+        np.testing.assert_array_equal(to_numpy(target), before)
+    assert max_abs_diff(pretrainer.prototypes.prototypes, prototypes_before) > 1e-4
+    # Every trainable anchor weight moved (BatchNorm moving statistics move too, by the
+    # forward pass, but they are not the point here).
+    for (source, _), before in zip(pairs, encoder_before):
+        if source.trainable:
+            assert max_abs_diff(source, before) > 0, source.path
+
+
+def test_fit_lowers_the_loss_on_a_toy_set():
+    # A fixed batch, no masking (deterministic objective): a few Adam steps must lower it.
+    pretrainer = make_pretrainer(mask_ratio=0.0)
+    pretrainer.compile(optimizer=keras.optimizers.Adam(3e-3))
+    views = make_views(batch=8)
+    history = pretrainer.fit(views, batch_size=8, epochs=8, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0] - 0.05, history["loss"]
+    for part in msn.pretrainer.LOGGED_PARTS:
+        assert np.all(np.isfinite(history[part])), part
+
+
+def test_forward_matches_the_parts_composed_by_hand():
+    pretrainer = make_pretrainer(mask_ratio=0.0)
+    views = make_views(batch=4, focal=3)
+    parts = pretrainer(views, training=False)
+
+    encoder, target_encoder = pretrainer.encoder, pretrainer.target_encoder
+    cls = lambda enc, x, **kw: to_numpy(enc(x, **kw)["last_hidden_state"])[:, 0]
+    focal = views["focal"].transpose(1, 0, 2, 3, 4).reshape(12, 8, 8, 3)  # view-major
+    features = np.concatenate(
+        [cls(encoder, views["anchor"]), cls(encoder, focal, interpolate_pos_encoding=True)]
+    )
+    anchors = pretrainer.projection_head(features, training=False)
+    targets = pretrainer.target_projection_head(
+        cls(target_encoder, views["target"]), use_batch_statistics=True
+    )
+    expected = msn.msn_loss(anchors, targets, pretrainer.prototypes.prototypes)
+    for key in ("loss", "ce", "me_max"):
+        assert abs(float(to_numpy(parts[key])) - float(to_numpy(expected[key]))) <= 1e-5
+
+
+def test_masking_drops_anchor_tokens_only():
+    pretrainer = make_pretrainer(mask_ratio=0.5)
+    seen = []
+    original = pretrainer.encoder.call
+
+    def spy(images, **kwargs):
+        outputs = original(images, **kwargs)
+        seen.append((tuple(images.shape), tuple(outputs["last_hidden_state"].shape)))
+        return outputs
+
+    pretrainer.encoder.call = spy
+    pretrainer(make_views(batch=4, focal=2), training=True)
+    # Anchor: 16 patches -> CLS + 8 kept; focal views: 8x8 -> 4 patches, all kept.
+    assert seen == [((4, 16, 16, 3), (4, 9, 16)), ((8, 8, 8, 3), (8, 5, 16))]
+
+
+def test_target_head_uses_batch_statistics():
+    pretrainer = make_pretrainer()
+    head = pretrainer.target_projection_head
+    x = np.random.default_rng(1).normal(3.0, 2.0, (6, 16)).astype("float32")
+    # Independent computation: torch train-mode BatchNorm1d (biased variance).
+    def bn(h, layer):
+        mean, var = h.mean(0), h.var(0)
+        return (h - mean) / np.sqrt(var + layer.epsilon) * to_numpy(layer.gamma) + to_numpy(layer.beta)
+
+    gelu = lambda h: to_numpy(keras.ops.gelu(h, approximate=False))
+    dense = lambda h, layer: h @ to_numpy(layer.kernel) + to_numpy(layer.bias)
+    h = gelu(bn(dense(x, head.fc1), head.bn1))
+    h = gelu(bn(dense(h, head.fc2), head.bn2))
+    expected = dense(h, head.fc3)
+    moving = values([head.bn1.moving_mean, head.bn1.moving_variance])
+    assert max_abs_diff(head(x, use_batch_statistics=True), expected) <= 1e-4
+    np.testing.assert_array_equal(to_numpy(head.bn1.moving_mean), moving[0])
+
+
+def test_weight_decay_exclusions_and_scheduled_decay():
+    pretrainer = make_pretrainer(total_steps=4)
+    pretrainer.compile()  # the default recipe
+    optimizer = pretrainer.optimizer
+    assert isinstance(optimizer, msn.ScheduledAdamW)
+    assert optimizer.global_clipnorm == 3.0
+    decayed = {v.path for v in pretrainer.trainable_variables if optimizer._use_weight_decay(v)}
+    excluded = {v.path for v in pretrainer.trainable_variables} - decayed
+    assert pretrainer.prototypes.prototypes.path in excluded
+    for path in decayed:
+        assert path.endswith(("kernel", "cls_token", "position_embeddings")), path
+    for path in excluded:
+        assert path.endswith(("bias", "gamma", "beta", "prototypes")), path
+    # lr warms up 2e-4 -> 1e-3 (1 warm-up step of 4), weight decay rises 0.04 -> 0.4.
+    assert abs(float(to_numpy(optimizer.learning_rate)) - 2e-4) <= 1e-9
+    assert abs(float(to_numpy(optimizer.weight_decay)) - 0.04) <= 1e-7
+    pretrainer.fit(make_views(), batch_size=4, epochs=2, verbose=0)
+    assert abs(float(to_numpy(optimizer.weight_decay)) - 0.22) <= 1e-6  # half way
+
+
+@pytest.mark.parametrize("schedule", [True, False])
+def test_scheduled_adamw_decays_like_torch_adamw(schedule):
+    # Zero gradients: AdamW's update is the decoupled decay alone, v *= 1 - lr * wd_t.
+    weight_decay = msn.CosineSchedule(0.5, 1.0, steps=2) if schedule else 0.5
+    variable = keras.Variable(np.ones((3,), "float32"))
+    optimizer = msn.ScheduledAdamW(learning_rate=0.1, weight_decay=weight_decay)
+    optimizer.build([variable])
+    factors = [0.5, 0.75, 1.0] if schedule else [0.5] * 3
+    expected = 1.0
+    for factor in factors:
+        optimizer.apply([keras.ops.zeros((3,))], [variable])
+        expected *= 1 - 0.1 * factor
+        assert abs(float(to_numpy(variable)[0]) - expected) <= 1e-6
+    clone = msn.ScheduledAdamW.from_config(optimizer.get_config())
+    assert float(to_numpy(clone.weight_decay)) == pytest.approx(float(weight_decay(0)) if schedule else 0.5)
+
+
+def test_schedules():
+    lr = msn.msn_learning_rate(total_steps=100, warmup_steps=10)
+    values_at = lambda s, steps: [float(to_numpy(s(t))) for t in steps]
+    np.testing.assert_allclose(values_at(lr, [0, 5, 10, 55, 100, 150]),
+                               [2e-4, 6e-4, 1e-3, 1e-6 + (1e-3 - 1e-6) * 0.5, 1e-6, 1e-6], rtol=1e-5)
+    np.testing.assert_allclose(values_at(msn.LinearSchedule(0.996, 1.0, 4), [0, 1, 4, 9]),
+                               [0.996, 0.997, 1.0, 1.0], rtol=1e-7)
+    wd = msn.CosineSchedule(0.04, 0.4, 100)
+    np.testing.assert_allclose(values_at(wd, [0, 25, 100]),
+                               [0.04, 0.4 - 0.36 * (1 + np.cos(np.pi / 4)) / 2, 0.4], rtol=1e-6)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        msn.msn_learning_rate(10, warmup_steps=10)
+    with pytest.raises(ValueError, match="`steps` must be a positive int"):
+        msn.LinearSchedule(0.9, 1.0, 0)
+
+
+def test_errors():
+    pretrainer = make_pretrainer(total_steps=None)
+    with pytest.raises(ValueError, match="pass `total_steps`"):
+        pretrainer.compile()
+    with pytest.raises(ValueError, match="`loss` cannot be given"):
+        pretrainer.compile(optimizer="adam", loss="mse")
+    views = make_views()
+    with pytest.raises(ValueError, match=r"takes a dict of views .* got \['anchor'\]"):
+        pretrainer({"anchor": views["anchor"]})
+    with pytest.raises(ValueError, match=r"Unknown view keys \['extra'\]"):
+        pretrainer({**views, "extra": views["anchor"]})
+    with pytest.raises(ValueError, match="View 'focal' must have rank 5"):
+        pretrainer({**views, "focal": views["anchor"]})
+    encoder = kv.ViTMSNBackbone(**ENCODER)
+    with pytest.raises(ValueError, match=r"`mask_ratio` must be in \[0, 1\)"):
+        msn.MSNPretrainer(encoder, mask_ratio=1.0)
+    with pytest.raises(ValueError, match="ema_momentum <= final_ema_momentum"):
+        msn.MSNPretrainer(encoder, ema_momentum=0.999, final_ema_momentum=0.99)
+    with pytest.raises(TypeError, match="must be a ViTMSNBackbone"):
+        msn.MSNPretrainer(keras.layers.Dense(3))
+    with pytest.raises(ValueError, match="takes 24-dimensional features but the encoder outputs 16"):
+        msn.MSNPretrainer(encoder, projection_head=msn.MSNProjectionHead(32, 8, input_dim=24))
+    with pytest.raises(ValueError, match="outputs 8 features but the prototypes have 4"):
+        msn.MSNPretrainer(encoder, prototypes=msn.MSNPrototypes(10, 4), **HEAD)
+    other = kv.ViTMSNBackbone(**{**ENCODER, "num_layers": 1})
+    with pytest.raises(ValueError, match="`target_encoder` must have the encoder's architecture"):
+        msn.MSNPretrainer(encoder, target_encoder=other)
+
+
+def test_config_and_keras_file_round_trip(tmp_path):
+    pretrainer = make_pretrainer(use_sinkhorn=True, me_max_weight=5.0)
+    pretrainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    pretrainer.fit(make_views(), batch_size=4, epochs=1, verbose=0)
+    clone = msn.MSNPretrainer.from_config(pretrainer.get_config())
+    assert clone.get_config() == pretrainer.get_config()
+    path = str(tmp_path / "pretrainer.keras")
+    pretrainer.save(path)
+    loaded = keras.saving.load_model(path)
+    for a, b in zip(pretrainer.weights, loaded.weights):
+        assert a.path.split("/", 1)[-1] == b.path.split("/", 1)[-1]
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    assert int(to_numpy(loaded.ema_steps)) == 1
+    # Compiled again on load, optimizer state restored: training resumes where it was.
+    assert loaded.compiled and int(to_numpy(loaded.optimizer.iterations)) == 1
+    for a, b in zip(pretrainer.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
+def test_export_target_encoder_and_continue(tmp_path):
+    pretrainer = make_pretrainer(ema_momentum=0.5, final_ema_momentum=0.5)
+    pretrainer.compile(optimizer=keras.optimizers.Adam(1e-2))
+    pretrainer.fit(make_views(), batch_size=4, epochs=2, verbose=0)
+    preset = str(tmp_path / "msn_preset")
+    pretrainer.save_to_preset(preset)
+    assert sorted(os.listdir(preset)) == [
+        "config.json", "image_converter.json", "metadata.json", "model.weights.h5",
+        "msn_head.weights.h5",
+    ]
+    with open(os.path.join(preset, "config.json")) as f:
+        config = json.load(f)["config"]
+    assert config["name"] == pretrainer.encoder.name and config["trainable"] is True
+    images = make_views()["target"]
+    backbone = kv.ViTMSNBackbone.from_preset(preset)
+    expected = pretrainer.target_encoder(images)["last_hidden_state"]
+    assert max_abs_diff(backbone(images)["last_hidden_state"], expected) == 0.0
+    # The anchor differs from the target (momentum 0.5), so this is the target's export.
+    assert max_abs_diff(pretrainer.encoder(images)["last_hidden_state"], expected) > 1e-4
+    classifier = kv.ViTMSNClassifier.from_preset(preset, num_classes=3)
+    assert classifier.preprocessor.image_size == (16, 16)
+
+    resumed = msn.MSNPretrainer.from_preset(preset, mask_ratio=0.5, seed=0)
+    np.testing.assert_array_equal(
+        to_numpy(resumed.prototypes.prototypes), to_numpy(pretrainer.prototypes.prototypes)
+    )
+    for a, b in zip(resumed.projection_head.weights, pretrainer.target_projection_head.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    for a, b in zip(resumed.target_encoder.weights, pretrainer.target_encoder.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+
+def test_from_original_msn_checkpoint(tmp_path, rng):
+    from checkpoint_helpers import hub_state_to_msn_encoder, write_msn_checkpoint
+    from conftest import TINY, make_hf_model
+
+    _, state, config = make_hf_model(tmp_path, TINY)
+    encoder_state = hub_state_to_msn_encoder(state, TINY["num_hidden_layers"], rng, hidden=64, out=32)
+    path = str(tmp_path / "vit_tiny.pth.tar")
+    prototypes = write_msn_checkpoint(path, encoder_state, rng, num_prototypes=16, prototype_dim=32)
+    pretrainer = msn.MSNPretrainer.from_preset(
+        path, num_heads=TINY["num_attention_heads"], total_steps=3, mask_ratio=0.3
+    )
+    np.testing.assert_array_equal(to_numpy(pretrainer.prototypes.prototypes), prototypes)
+    np.testing.assert_allclose(
+        to_numpy(pretrainer.projection_head.fc1.kernel),
+        encoder_state["module.fc.fc1.weight"].T,
+    )
+    size = TINY["image_size"]
+    views = {k: np.random.default_rng(0).normal(size=(4, size, size, 3)).astype("float32")
+             for k in ("target", "anchor")}
+    pretrainer.compile()
+    history = pretrainer.fit(views, batch_size=4, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0])
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution.DataParallel is JAX-only")
+def test_data_parallel_equals_single_device(tmp_path):
+    # 8 virtual CPU devices need XLA_FLAGS before JAX starts: run both in a fresh process.
+    script = textwrap.dedent(
+        """
+        import os, sys, json
+        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+        os.environ["KERAS_BACKEND"] = "jax"
+        import jax, keras, numpy as np
+        import keras_vitmsn as kv
+        from keras_vitmsn import msn
+        assert len(jax.devices()) == 8
+
+        def run(distributed):
+            if distributed:
+                keras.distribution.set_distribution(keras.distribution.DataParallel())
+            keras.utils.set_random_seed(0)
+            encoder = kv.ViTMSNBackbone(image_shape=(16, 16, 3), patch_size=4, hidden_dim=16,
+                                        num_layers=2, num_heads=2, intermediate_dim=32)
+            pretrainer = msn.MSNPretrainer(encoder, mask_ratio=0.5, total_steps=3, seed=0,
+                                           head_hidden_dim=32, head_output_dim=8,
+                                           num_prototypes=10, use_sinkhorn=True)
+            pretrainer.compile()
+            rng = np.random.default_rng(0)
+            views = {"target": rng.normal(size=(16, 16, 16, 3)).astype("float32"),
+                     "anchor": rng.normal(size=(16, 16, 16, 3)).astype("float32"),
+                     "focal": rng.normal(size=(16, 2, 8, 8, 3)).astype("float32")}
+            history = pretrainer.fit(views, batch_size=16, epochs=3, verbose=0, shuffle=False)
+            shards = len(pretrainer.encoder.weights[0].value.sharding.device_set)
+            weights = [np.asarray(v.value) for v in pretrainer.weights]
+            keras.distribution.set_distribution(None)
+            return history.history, weights, shards
+
+        single, w_single, _ = run(False)
+        multi, w_multi, shards = run(True)
+        print(json.dumps({
+            "shards": shards,
+            "loss_single": single["loss"], "loss_multi": multi["loss"],
+            "max_weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(w_single, w_multi)),
+        }))
+        """
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["shards"] == 8  # replicated weights: the run really used 8 devices
+    np.testing.assert_allclose(result["loss_multi"], result["loss_single"], rtol=1e-4)
+    assert result["max_weight_diff"] <= 1e-4, result
