@@ -189,7 +189,8 @@ def run_msn_demo(
     # Random init = the encoder MSN starts from (same seed, same architecture).
     random_init = demo_backbone(config, seed)
     t0 = time.perf_counter()
-    pretrainer, history = pretrain(images[pool], config, seed=seed, verbose=verbose)
+    # One line per epoch: progress bars flood a terminal over 70 epochs.
+    pretrainer, history = pretrain(images[pool], config, seed=seed, verbose=2 if verbose else 0)
     pretrain_seconds = time.perf_counter() - t0
 
     converter = _converter(config)
