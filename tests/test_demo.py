@@ -29,8 +29,10 @@ def test_msn_demo_end_to_end_reduced(tmp_path, capsys):
             assert len(entry["splits"]) == 3 and 0 <= entry["mean"] <= 100
     assert os.path.exists(output / "lowshot.png")
     # The exported preset is a normal backbone preset, equal to the EMA target encoder.
+    from keras_vitmsn.msn.demo import DEMO_CONFIG
+
     backbone = kv.ViTMSNBackbone.from_preset(str(output / "preset"))
-    assert backbone.image_shape == (16, 16, 3)
+    assert backbone.image_shape == (DEMO_CONFIG["image_size"],) * 2 + (3,)
 
 
 def test_digits_split_is_stratified_and_disjoint():
