@@ -12,6 +12,8 @@ from PIL import Image
 import keras_vitmsn as kv
 from keras_vitmsn.cli import main
 
+from conftest import max_abs_diff
+
 SIZE = 32
 
 
@@ -130,8 +132,7 @@ def test_pretrain_then_lowshot_on_the_result(tmp_path, preset, folders, capsys):
     pretrained = kv.ViTMSNBackbone.from_preset(output)
     start = kv.ViTMSNBackbone.from_preset(preset)
     assert pretrained.get_config() == start.get_config()
-    moved = max(float(np.abs(kv_np(a) - kv_np(b)).max())
-                for a, b in zip(pretrained.weights, start.weights))
+    moved = max(max_abs_diff(a, b) for a, b in zip(pretrained.weights, start.weights))
     assert moved > 0  # the EMA target followed the trained encoder
     resumed = kv.msn.MSNPretrainer.from_preset(output)
     assert resumed.prototypes.num_prototypes == 8
@@ -169,12 +170,6 @@ def test_pretrain_errors(capsys, preset, folders, tmp_path, args, message):
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.startswith("error:") and message in last_line, last_line
     assert not os.path.exists(tmp_path / "out")
-
-
-def kv_np(x):
-    import keras
-
-    return keras.ops.convert_to_numpy(x)
 
 
 def test_missing_folder(capsys, preset, tmp_path):

@@ -361,9 +361,9 @@ class MSNPretrainer(keras.Model):
         mapping += list(zip(self.non_trainable_variables, non_trainable))
         with keras.StatelessScope(state_mapping=mapping) as scope:
             self.update_target()
+        updated = [scope.get_current_value(v) for v in self.non_trainable_variables]
         non_trainable = [
-            scope.get_current_value(v) if scope.get_current_value(v) is not None else value
-            for v, value in zip(self.non_trainable_variables, non_trainable)
+            value if new is None else new for new, value in zip(updated, non_trainable)
         ]
         return logs, (trainable, non_trainable, *rest)
 
