@@ -97,6 +97,56 @@ def keras_classifier_from(state, config_dict):
     return clf
 
 
+def keras_gradients(model, inputs, loss_fn):
+    """``{variable.path: gradient}`` of ``loss_fn(model(inputs))`` for every trainable variable.
+
+    Uses each backend's own autodiff (jax.grad over ``stateless_call``, torch autograd,
+    ``tf.GradientTape``): the same machinery ``fit`` differentiates with.
+    """
+    variables = model.trainable_variables
+    if BACKEND == "jax":
+        import jax
+
+        frozen = [v.value for v in model.non_trainable_variables]
+
+        def loss(values):
+            outputs, _ = model.stateless_call(values, frozen, inputs, training=True)
+            return loss_fn(outputs)
+
+        grads = jax.grad(loss)([v.value for v in variables])
+    elif BACKEND == "torch":
+        for v in variables:
+            v.value.grad = None
+        loss_fn(model(inputs, training=True)).backward()
+        grads = [v.value.grad for v in variables]
+    else:
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = loss_fn(model(inputs, training=True))
+        grads = tape.gradient(loss, variables)
+    return {v.path: to_numpy(g) for v, g in zip(variables, grads)}
+
+
+def hf_gradients(model, tmp_path, loss_fn, pixels):
+    """Checkpoint-keyed (hub-named) gradients of ``loss_fn(model(pixels))``.
+
+    transformers 5.x renamed the modules in memory, so parameter names are not hub
+    keys; writing the gradients in place of the weights through ``save_pretrained``
+    applies transformers' own renaming.
+    """
+    model.zero_grad(set_to_none=True)
+    loss_fn(model(torch.from_numpy(pixels))).backward()
+    with torch.no_grad():
+        saved = {name: p.detach().clone() for name, p in model.named_parameters()}
+        for p in model.parameters():
+            p.copy_(p.grad if p.grad is not None else torch.zeros_like(p))
+        model.save_pretrained(tmp_path)
+        for name, p in model.named_parameters():
+            p.copy_(saved[name])
+    return safetensors_numpy.load_file(os.path.join(tmp_path, "model.safetensors"))
+
+
 def to_numpy(x):
     return np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float32)
 

@@ -1,5 +1,6 @@
 """Numerical parity with transformers' ViTMSNModel / ViTMSNForImageClassification (float32)."""
 
+import keras
 import numpy as np
 import pytest
 import torch
@@ -8,12 +9,16 @@ from conftest import (
     BACKEND,
     SMALL,
     TINY,
+    hf_gradients,
     keras_backbone_from,
+    keras_gradients,
     keras_classifier_from,
     make_hf_model,
     max_abs_diff,
     nchw_to_nhwc,
+    strip_vit_prefix,
 )
+from keras_vitmsn.conversion.transformers_weights import backbone_weight_map
 
 TOL = 1e-4
 
@@ -109,6 +114,51 @@ def test_interpolate_pos_encoding_parity_small(tmp_path, rng):
     diff = max_abs_diff(out["last_hidden_state"], ref.last_hidden_state)
     print(f"\n[parity {BACKEND} vit-msn-small interpolate 256x192] last_hidden_state={diff:.2e}")
     assert diff <= TOL
+
+
+@pytest.mark.parametrize(
+    "config,label",
+    [(TINY, "tiny"), pytest.param(SMALL, "vit-msn-small", marks=pytest.mark.large)],
+)
+def test_gradient_parity(tmp_path, rng, config, label):
+    """Every weight's gradient equals transformers' (autograd), mapped to Keras layout.
+
+    The loss weighs every output token and feature differently, so a gradient routed
+    to the wrong token, head or feature cannot cancel out.
+    """
+    ref_model, state, cfg = make_hf_model(tmp_path / "model", config)
+    backbone = keras_backbone_from(state, cfg)
+    size = config["image_size"]
+    pixels = rng.standard_normal((2, 3, size, size)).astype("float32")
+    weight = rng.standard_normal((2, (size // config["patch_size"]) ** 2 + 1, config["hidden_size"]))
+    weight = weight.astype("float32")
+
+    def keras_loss(outputs):
+        return keras.ops.sum(keras.ops.multiply(outputs["last_hidden_state"], weight))
+
+    ref_grads = strip_vit_prefix(
+        hf_gradients(
+            ref_model,
+            tmp_path / "grads",
+            lambda out: (out.last_hidden_state * torch.from_numpy(weight)).sum(),
+            pixels,
+        )
+    )
+    grads = keras_gradients(backbone, nchw_to_nhwc(pixels), keras_loss)
+    mapping = backbone_weight_map(backbone)
+    compared, worst = 0, (0.0, None)
+    for key, (variable, transform) in mapping.items():
+        if key not in ref_grads or not variable.trainable:
+            continue  # the mask token takes no part in an unmasked forward pass
+        expected = np.asarray(transform(ref_grads[key]), dtype=np.float32)
+        got = grads[variable.path]
+        # Relative to the tensor's largest gradient: they span orders of magnitude.
+        diff = float(np.max(np.abs(got - expected))) / max(1.0, float(np.max(np.abs(expected))))
+        worst = max(worst, (diff, key), key=lambda t: t[0])
+        compared += 1
+    assert compared == len(grads), f"compared {compared} of {len(grads)} gradients"
+    print(f"\n[gradient parity {BACKEND} {label}] worst scaled diff {worst[0]:.2e} ({worst[1]})")
+    assert worst[0] <= TOL, f"{worst[1]}: gradient differs by {worst[0]:.3e} (scaled) > {TOL}"
 
 
 def test_classifier_parity(tmp_path, rng):

@@ -101,7 +101,9 @@ class ViTMSNAttention(keras.layers.Layer):
         if self.qkv_bias:
             qkv = qkv + ops.concatenate([p.bias for p in projections], axis=-1)
         qkv = ops.reshape(qkv, (-1, x.shape[1], 3, self.num_heads, self.head_dim))
-        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # unstack, not three slices: torch's backward of a slice zero-fills a full
+        # qkv-sized buffer per slice, unstack's backward is one stack.
+        return ops.unstack(qkv, num=3, axis=2)
 
     def call(self, x, head_mask=None, output_attentions=False, training=None):
         tokens = x.shape[1]

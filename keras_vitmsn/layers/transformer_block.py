@@ -4,6 +4,7 @@ import keras
 
 from keras_vitmsn.layers.activations import get_activation
 from keras_vitmsn.layers.attention import ViTMSNAttention
+from keras_vitmsn.layers.gradient_barrier import gradient_fusion_barrier
 from keras_vitmsn.layers.initializers import kernel_initializer
 
 
@@ -110,7 +111,9 @@ class ViTMSNTransformerBlock(keras.layers.Layer):
         x = x + attended
         hidden = self.activation(self.intermediate_dense(self.layernorm_after(x)))
         x = x + self.output_dropout(self.output_dense(hidden), training=training)
-        return x, probs
+        # One barrier per block keeps XLA from recomputing the residual gradient of
+        # every block above this one (see gradient_barrier.py).
+        return gradient_fusion_barrier(x), probs
 
     def get_config(self):
         config = super().get_config()
