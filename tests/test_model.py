@@ -200,3 +200,28 @@ def test_classifier_argument_errors():
         kv.ViTMSNClassifier(keras.layers.Dense(2), num_classes=2)
     with pytest.raises(ValueError, match=r"`num_classes` must be >= 1, got 0"):
         kv.ViTMSNClassifier(tiny_backbone(), num_classes=0)
+
+
+# --- TensorFlow's oneDNN switch ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset,expected", [(None, "True"), ("0", "False")])
+def test_importing_first_turns_tensorflow_onednn_on_unless_set(preset, expected):
+    """keras_vitmsn sets TF_ENABLE_ONEDNN_OPTS=1 before keras imports TensorFlow."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("tensorflow")
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env.update(KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    if preset is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = preset
+    code = (
+        "import keras_vitmsn\n"
+        "from tensorflow.python.util import _pywrap_util_port as port\n"
+        "print(port.IsMklEnabled())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == expected
