@@ -71,8 +71,11 @@ def keras_setup(args, arch):
         rng.standard_normal((args.batch, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
     )
     backbone = kv.ViTMSNBackbone(**arch, dtype=policy)
+    jit_compile = True if args.impl.endswith("-xla") else "auto"
     if args.task == "infer":
         model = backbone
+        if jit_compile is True:
+            model.jit_compile = True
 
         def step():
             return model.predict_on_batch(images)
@@ -81,6 +84,7 @@ def keras_setup(args, arch):
         model.compile(
             optimizer=keras.optimizers.AdamW(1e-4),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit_compile,
         )
         labels = keras.ops.convert_to_tensor(rng.integers(0, NUM_CLASSES, args.batch))
 
