@@ -13,8 +13,9 @@ training step, and their inputs grow with depth (up to 180 operands).
 A scatter is one of the few operations XLA's CPU fusion never fuses a producer
 into, so routing the residual gradient through a scatter at each block boundary
 makes XLA write it to memory once. The forward pass is untouched; the gradient is
-bit-identical (``0 + g`` written once per element). The other backends do not fuse
-like this, so there it is a plain identity (and no custom-gradient overhead).
+bit-identical (the scatter writes every element of ``g`` unchanged). The other
+backends do not fuse like this, so there it is a plain identity (and no
+custom-gradient overhead).
 
 Being a custom VJP, it makes the JAX model reverse-mode only: ``jax.jvp`` /
 ``jax.jacfwd`` through it raise JAX's "can't apply forward-mode autodiff" error.
