@@ -12,9 +12,9 @@ training step, and their inputs grow with depth (up to 180 operands).
 
 A scatter is one of the few operations XLA's CPU fusion never fuses a producer
 into, so routing the residual gradient through a scatter at each block boundary
-makes XLA write it to memory once. The forward pass is untouched and the gradient passes
-through unchanged (the scatter writes every element of ``g`` as it is). The other
-backends do not fuse like this, so there it is a plain identity (and no
+makes XLA write it to memory once. The forward pass is untouched and the gradient
+passes through unchanged (the scatter writes every element of ``g`` as it is).
+The other backends do not fuse like this, so there it is a plain identity (and no
 custom-gradient overhead).
 
 Being a custom VJP, it makes the JAX model reverse-mode only: ``jax.jvp`` /
