@@ -107,10 +107,7 @@ def _pretrain(args):
     dataset = msn_multiview_dataset(
         args.data, batch_size, augmentation=augmentation, seed=args.seed, repeat=True
     )
-    lr = args.learning_rate
-    pretrainer.compile(
-        optimizer=msn_optimizer(total_steps, start_lr=lr / 5, ref_lr=lr, final_lr=lr / 1000)
-    )
+    pretrainer.compile(optimizer=msn_optimizer(total_steps, ref_lr=args.learning_rate))
     pretrainer.fit(
         dataset, epochs=args.epochs, steps_per_epoch=steps_per_epoch, verbose=2, shuffle=False
     )

@@ -182,6 +182,22 @@ def test_weight_decay_exclusions_and_scheduled_decay():
     assert abs(float(to_numpy(optimizer.weight_decay)) - 0.22) <= 1e-6  # half way
 
 
+def test_msn_optimizer_keeps_the_papers_ratios_for_any_peak():
+    # Paper: warm up from ref/5, decay to ref/1000; explicit rates still win.
+    def rates(optimizer):
+        values = []
+        for step in (0, 10, 100):
+            optimizer.iterations.assign(step)
+            values.append(float(to_numpy(optimizer.learning_rate)))
+        return values
+
+    assert rates(msn.msn_optimizer(100, warmup_steps=10, ref_lr=2e-3)) == pytest.approx(
+        [4e-4, 2e-3, 2e-6]
+    )
+    explicit = msn.msn_optimizer(100, warmup_steps=10, start_lr=0.0, final_lr=0.0)
+    assert rates(explicit) == pytest.approx([0.0, 1e-3, 0.0], rel=1e-6, abs=1e-12)
+
+
 @pytest.mark.parametrize("schedule", [True, False])
 def test_scheduled_adamw_decays_like_torch_adamw(schedule):
     # Zero gradients: AdamW's update is the decoupled decay alone, v *= 1 - lr * wd_t.

@@ -144,10 +144,7 @@ def pretrain(images, config=None, seed=0, verbose=1, callbacks=None):
         total_steps=total_steps,
         seed=seed,
     )
-    lr = config["learning_rate"]
-    pretrainer.compile(
-        optimizer=msn_optimizer(total_steps, start_lr=lr / 5, ref_lr=lr, final_lr=lr / 1000)
-    )
+    pretrainer.compile(optimizer=msn_optimizer(total_steps, ref_lr=config["learning_rate"]))
     history = pretrainer.fit(
         dataset,
         epochs=config["epochs"],

@@ -64,9 +64,9 @@ class ScheduledAdamW(keras.optimizers.AdamW):
 def msn_optimizer(
     total_steps,
     warmup_steps=None,
-    start_lr=2e-4,
+    start_lr=None,
     ref_lr=1e-3,
-    final_lr=1e-6,
+    final_lr=None,
     start_weight_decay=0.04,
     final_weight_decay=0.4,
     global_clipnorm=3.0,
@@ -79,7 +79,9 @@ def msn_optimizer(
     Args:
         total_steps: int, optimizer steps of the whole run (``epochs * steps_per_epoch``).
         warmup_steps: learning-rate warm-up steps (None: 5% of ``total_steps``).
-        start_lr, ref_lr, final_lr: see :func:`msn_learning_rate`.
+        start_lr, ref_lr, final_lr: see :func:`msn_learning_rate`. The paper warms up
+            from ``ref_lr / 5`` and decays to ``ref_lr / 1000`` (2e-4 and 1e-6 at its
+            1e-3); ``None`` keeps those ratios for any ``ref_lr``.
         start_weight_decay, final_weight_decay: the cosine weight-decay schedule.
         global_clipnorm: clip the global gradient norm (3.0 as the paper); None = off.
 
@@ -88,6 +90,8 @@ def msn_optimizer(
     >>> type(opt).__name__, opt.global_clipnorm
     ('ScheduledAdamW', 3.0)
     """
+    start_lr = ref_lr / 5 if start_lr is None else start_lr
+    final_lr = ref_lr / 1000 if final_lr is None else final_lr
     return ScheduledAdamW(
         learning_rate=msn_learning_rate(total_steps, warmup_steps, start_lr, ref_lr, final_lr),
         weight_decay=CosineSchedule(start_weight_decay, final_weight_decay, total_steps),
