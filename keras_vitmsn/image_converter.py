@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_vitmsn.layers.layout import spatial_shape
 from keras_vitmsn.models.naming import default_name
 from keras_vitmsn.models.preset_io import PresetMixin
 
@@ -137,11 +138,6 @@ class ViTMSNImageConverter(PresetMixin, _DataLayer):
     def _channel_axis(self):
         return -1 if self.data_format == "channels_last" else -3
 
-    def _spatial(self, shape):
-        if self.data_format == "channels_last":
-            return tuple(shape[-3:-1])
-        return tuple(shape[-2:])
-
     def call(self, images):
         # `self.backend` is the running backend, or TensorFlow inside a tf.data graph
         # (set by the DataLayer base class), so only its ops are used here.
@@ -161,7 +157,7 @@ class ViTMSNImageConverter(PresetMixin, _DataLayer):
         x = ops.cast(images, self.compute_dtype)
         if rank == 3:
             x = ops.numpy.expand_dims(x, 0)
-        if self.image_size is not None and self._spatial(x.shape) != self.image_size:
+        if self.image_size is not None and spatial_shape(x.shape, self.data_format) != self.image_size:
             x = ops.image.resize(
                 x,
                 self.image_size,

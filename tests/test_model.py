@@ -225,3 +225,14 @@ def test_importing_first_turns_tensorflow_onednn_on_unless_set(preset, expected)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == expected
+
+
+@pytest.mark.parametrize(
+    "shape,data_format",
+    [((8, 224, 160, 3), "channels_last"), ((8, 3, 224, 160), "channels_first"),
+     ((224, 160, 3), "channels_last"), ((3, 224, 160), "channels_first")],
+)
+def test_spatial_shape_reads_height_and_width(shape, data_format):
+    from keras_vitmsn.layers.layout import spatial_shape
+
+    assert spatial_shape(shape, data_format) == (224, 160)

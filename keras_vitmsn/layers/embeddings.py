@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_vitmsn.layers.layout import spatial_shape
 from keras_vitmsn.layers.patch_embedding import ViTMSNPatchEmbedding
 from keras_vitmsn.resampling import resample_position_embeddings
 
@@ -104,7 +105,7 @@ class ViTMSNEmbeddings(keras.layers.Layer):
         training=None,
         patch_keep_indices=None,
     ):
-        spatial = images.shape[2:4] if self.data_format == "channels_first" else images.shape[1:3]
+        spatial = spatial_shape(images.shape, self.data_format)
         grid = (spatial[0] // self.patch_size, spatial[1] // self.patch_size)
         tokens = self.patch_embedding(images)
         if bool_masked_pos is not None:

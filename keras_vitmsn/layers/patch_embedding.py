@@ -11,6 +11,7 @@ import keras
 from keras import ops
 
 from keras_vitmsn.layers.initializers import kernel_initializer
+from keras_vitmsn.layers.layout import spatial_shape
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
@@ -82,7 +83,7 @@ class ViTMSNPatchEmbedding(keras.layers.Layer):
         return ops.matmul(patches, kernel) + self.projection.bias
 
     def compute_output_shape(self, input_shape):
-        spatial = input_shape[2:4] if self.data_format == "channels_first" else input_shape[1:3]
+        spatial = spatial_shape(input_shape, self.data_format)
         if None in spatial:
             return (input_shape[0], None, self.hidden_dim)
         tokens = (spatial[0] // self.patch_size) * (spatial[1] // self.patch_size)

@@ -29,6 +29,7 @@ from keras import ops
 from keras_vitmsn.conversion.msn_checkpoint import MSN_HEAD_FILE
 from keras_vitmsn.conversion.msn_checkpoint import is_msn_checkpoint_path
 from keras_vitmsn.conversion.msn_checkpoint import save_msn_pretraining_state
+from keras_vitmsn.layers.layout import spatial_shape
 from keras_vitmsn.models.backbone import ViTMSNBackbone
 from keras_vitmsn.msn.head import MSNProjectionHead
 from keras_vitmsn.msn.head import MSNPrototypes
@@ -266,16 +267,13 @@ class MSNPretrainer(keras.Model):
                 )
         return target, anchor, focal
 
-    def _spatial(self, shape, layout):
-        return tuple(shape[-3:-1]) if layout == "channels_last" else tuple(shape[-2:])
-
     def _num_patches(self, shape, layout):
-        height, width = self._spatial(shape, layout)
+        height, width = spatial_shape(shape, layout)
         patch = self.encoder.patch_size
         return (height // patch) * (width // patch)
 
     def _cls(self, encoder, images, training, patch_keep_indices=None):
-        resized = self._spatial(images.shape, encoder.data_format) != encoder.image_shape[:2]
+        resized = spatial_shape(images.shape, encoder.data_format) != encoder.image_shape[:2]
         outputs = encoder(
             images,
             interpolate_pos_encoding=resized,
