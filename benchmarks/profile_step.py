@@ -31,11 +31,7 @@ import workers  # noqa: E402
 def build(args):
     ns = types.SimpleNamespace(task=args.task, batch=args.batch, dtype="float32", model=args.model)
     ns.impl = "keras-" + os.environ.get("KERAS_BACKEND", "tensorflow") if args.impl == "keras" else args.impl
-    arch = workers.architecture(args.model)
-    if args.impl == "keras":
-        step, sync, *_ = workers.keras_setup(ns, arch)
-    else:
-        step, sync, *_ = workers.torch_setup(ns, arch, args.impl)
+    step, sync, *_ = workers.setup(ns, workers.architecture(args.model))
     return step, sync
 
 

@@ -217,6 +217,13 @@ def torch_setup(args, arch, impl):
     return step, sync, device, gpu_peak
 
 
+def setup(args, arch):
+    """``(step, sync, device, gpu_peak)`` for ``args.impl`` (keras-<backend>[-xla] or a reference)."""
+    if args.impl.startswith("keras-"):
+        return keras_setup(args, arch)
+    return torch_setup(args, arch, args.impl)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("impl")
@@ -228,10 +235,7 @@ def main():
     args = parser.parse_args()
     arch = architecture(args.model)
     try:
-        if args.impl.startswith("keras-"):
-            step, sync, device, gpu_peak = keras_setup(args, arch)
-        else:
-            step, sync, device, gpu_peak = torch_setup(args, arch, args.impl)
+        step, sync, device, gpu_peak = setup(args, arch)
         start = time.perf_counter()
         sync(step())
         first_call = time.perf_counter() - start
