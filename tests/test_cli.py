@@ -12,7 +12,7 @@ from PIL import Image
 import keras_vitmsn as kv
 from keras_vitmsn.cli import main
 
-from conftest import max_abs_diff
+from helpers import max_abs_diff
 
 SIZE = 32
 

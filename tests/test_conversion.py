@@ -11,12 +11,13 @@ import sys
 import keras
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="the transformers reference needs torch")
 from safetensors.numpy import save_file
 
 import keras_vitmsn as kv
 from checkpoint_helpers import hub_state_to_msn_encoder, write_msn_checkpoint
-from conftest import BACKEND, TINY, make_hf_model, max_abs_diff, nchw_to_nhwc, to_numpy
+from helpers import BACKEND, max_abs_diff, nchw_to_nhwc, to_numpy
+from hf_reference import TINY, make_hf_model
 from keras_vitmsn.conversion import CheckpointError, load_safetensors, load_torch_file
 from keras_vitmsn.conversion.transformers_weights import (
     backbone_kwargs_from_hf_config,

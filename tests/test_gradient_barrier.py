@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import keras_vitmsn as kv
-from conftest import BACKEND, keras_gradients, to_numpy
+from helpers import BACKEND, keras_gradients, to_numpy
 from keras_vitmsn.layers import transformer_block
 from keras_vitmsn.layers.gradient_barrier import gradient_fusion_barrier
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import keras_vitmsn as kv
-from conftest import max_abs_diff, to_numpy
+from helpers import max_abs_diff, to_numpy
 
 HEADS, LAYERS, HEAD_DIM = 4, 2, 8
 

@@ -6,10 +6,11 @@ import warnings
 import keras
 import numpy as np
 import pytest
-import transformers
+transformers = pytest.importorskip("transformers", reason="these tests compare with transformers")
 
 import keras_vitmsn as kv
-from conftest import BACKEND, TINY, make_hf_model, to_numpy
+from helpers import BACKEND, to_numpy
+from hf_reference import TINY, make_hf_model
 
 MEAN = np.array([0.485, 0.456, 0.406], "float32")
 STD = np.array([0.229, 0.224, 0.225], "float32")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_vitmsn as kv
-from conftest import max_abs_diff, to_numpy
+from helpers import max_abs_diff, to_numpy
 
 TINY_KWARGS = dict(
     image_shape=(32, 32, 3), patch_size=8, hidden_dim=32, num_layers=2, num_heads=4,

@@ -5,11 +5,11 @@ import math
 import keras
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="the transformers reference needs torch")
 
 import keras_vitmsn as kv
 from checkpoint_helpers import write_msn_checkpoint
-from conftest import max_abs_diff, to_numpy
+from helpers import max_abs_diff, to_numpy
 from keras_vitmsn import msn
 from keras_vitmsn.conversion.msn_checkpoint import save_msn_pretraining_state
 

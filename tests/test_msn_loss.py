@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import BACKEND, to_numpy
+from helpers import BACKEND, to_numpy
 from keras_vitmsn import msn
 
 

@@ -3,10 +3,11 @@
 import keras
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="the transformers reference needs torch")
 
 import keras_vitmsn as kv
-from conftest import BACKEND, keras_backbone_from, make_hf_model, max_abs_diff, nchw_to_nhwc, to_numpy
+from helpers import BACKEND, max_abs_diff, nchw_to_nhwc, to_numpy
+from hf_reference import keras_backbone_from, make_hf_model
 from keras_vitmsn import msn
 
 TINY_KWARGS = dict(

@@ -13,7 +13,7 @@ import pytest
 import keras_vitmsn as kv
 from keras_vitmsn import msn
 
-from conftest import BACKEND, max_abs_diff, to_numpy
+from helpers import BACKEND, max_abs_diff, to_numpy
 
 ENCODER = dict(
     image_shape=(16, 16, 3), patch_size=4, hidden_dim=16, num_layers=2, num_heads=2,
@@ -313,7 +313,7 @@ def test_export_target_encoder_and_continue(tmp_path):
 
 def test_from_original_msn_checkpoint(tmp_path, rng):
     from checkpoint_helpers import hub_state_to_msn_encoder, write_msn_checkpoint
-    from conftest import TINY, make_hf_model
+    from hf_reference import TINY, make_hf_model
 
     _, state, config = make_hf_model(tmp_path, TINY)
     encoder_state = hub_state_to_msn_encoder(state, TINY["num_hidden_layers"], rng, hidden=64, out=32)

@@ -3,21 +3,10 @@
 import keras
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="the transformers reference needs torch")
 
-from conftest import (
-    BACKEND,
-    SMALL,
-    TINY,
-    hf_gradients,
-    keras_backbone_from,
-    keras_gradients,
-    keras_classifier_from,
-    make_hf_model,
-    max_abs_diff,
-    nchw_to_nhwc,
-    strip_vit_prefix,
-)
+from helpers import BACKEND, keras_gradients, max_abs_diff, nchw_to_nhwc
+from hf_reference import SMALL, TINY, hf_gradients, keras_backbone_from, keras_classifier_from, make_hf_model, strip_vit_prefix
 from keras_vitmsn.conversion.transformers_weights import backbone_weight_map
 
 TOL = 1e-4

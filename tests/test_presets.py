@@ -13,12 +13,13 @@ import sys
 import keras
 import numpy as np
 import pytest
-import torch
-import transformers
+torch = pytest.importorskip("torch", reason="the transformers reference needs torch")
+transformers = pytest.importorskip("transformers", reason="these tests compare with transformers")
 
 import keras_vitmsn as kv
 from checkpoint_helpers import FAKE_REVISION, populate_hf_cache
-from conftest import BACKEND, SMALL, TINY, make_hf_model, max_abs_diff, nchw_to_nhwc, to_numpy
+from helpers import BACKEND, max_abs_diff, nchw_to_nhwc, to_numpy
+from hf_reference import SMALL, TINY, make_hf_model
 from keras_vitmsn import presets
 from keras_vitmsn.conversion import CheckpointError, PresetDownloadError, checkpoints, hub
 

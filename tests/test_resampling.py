@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="the transformers reference needs torch")
 
-from conftest import max_abs_diff
+from helpers import max_abs_diff
 from keras_vitmsn.resampling import bicubic_resize_matrix, resample_position_embeddings
 
 
