@@ -126,7 +126,7 @@ def main(argv=None):
 
     import keras_vitmsn as kv
 
-    backbone = kv.conversion.convert_to_preset(args.source, args.output)
+    backbone = kv.convert_to_preset(args.source, args.output)
     print(
         f"Wrote {args.output}: {sorted(os.listdir(args.output))} "
         f"({backbone.count_params():,} backbone parameters)"

@@ -10,6 +10,9 @@ import os as _os
 # has no effect if TensorFlow was imported first. JAX and PyTorch ignore it.
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+import functools as _functools
+import warnings as _warnings
+
 from keras_vitmsn import layers
 from keras_vitmsn import lowshot
 from keras_vitmsn import msn
@@ -18,6 +21,31 @@ from keras_vitmsn.models.classifier import ViTMSNClassifier
 from keras_vitmsn.image_converter import ViTMSNImageConverter
 from keras_vitmsn import conversion
 from keras_vitmsn import presets
-from keras_vitmsn.conversion import load_msn_pretraining_state
+from keras_vitmsn.convert import convert_to_preset
+from keras_vitmsn.errors import CheckpointError
+from keras_vitmsn.errors import PresetDownloadError
+from keras_vitmsn.msn.head_state import load_msn_pretraining_state
 from keras_vitmsn.resampling import resample_position_embeddings
 from keras_vitmsn.version import __version__
+
+
+def _moved(function, old):
+    @_functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        _warnings.warn(
+            f"{old} is deprecated: use keras_vitmsn.{function.__name__} (conversion/ now "
+            "reads checkpoint formats only).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+# Their old home, kept for existing code; set here, at the top of the package, so that
+# conversion/ never imports the presets and models that build on it.
+conversion.convert_to_preset = _moved(convert_to_preset, "keras_vitmsn.conversion.convert_to_preset")
+conversion.load_msn_pretraining_state = _moved(
+    load_msn_pretraining_state, "keras_vitmsn.conversion.load_msn_pretraining_state"
+)

@@ -22,7 +22,7 @@ class UsageError(Exception):
 def _user_errors():
     # Raised by our own validation (ValueError), by preset resolution and by the
     # checkpoint readers; anything else is a bug and keeps its traceback.
-    from keras_vitmsn.conversion import CheckpointError, PresetDownloadError
+    from keras_vitmsn.errors import CheckpointError, PresetDownloadError
 
     return (UsageError, ValueError, FileNotFoundError, CheckpointError, PresetDownloadError)
 
@@ -133,7 +133,7 @@ def _presets(args):
 
 
 def _convert(args):
-    from keras_vitmsn.conversion import convert_to_preset
+    from keras_vitmsn.convert import convert_to_preset
 
     convert_to_preset(args.source, args.output)
     print(f"Wrote a Keras preset to {args.output}")

@@ -3,29 +3,19 @@
 import keras
 
 from keras_vitmsn.layers.layout import spatial_shape
-from keras_vitmsn.models.naming import default_name
-from keras_vitmsn.models.preset_io import PresetMixin
-
-try:  # Keras >= 3.11 (renamed when grain support was added).
-    from keras.src.layers.preprocessing.data_layer import DataLayer as _DataLayer
-except ImportError:  # pragma: no cover - Keras 3.8-3.10
-    try:
-        from keras.src.layers.preprocessing.tf_data_layer import TFDataLayer as _DataLayer
-    except ImportError as e:
-        raise ImportError(
-            "keras_vitmsn.ViTMSNImageConverter needs Keras' data-pipeline layer base "
-            "class (keras.src.layers.preprocessing.data_layer.DataLayer, or "
-            f"tf_data_layer.TFDataLayer before Keras 3.11); not found in Keras "
-            f"{keras.__version__}."
-        ) from e
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from keras_vitmsn.utils import default_name
+from keras_vitmsn.keras_internals import DataLayerBase
+from keras_vitmsn.presets import file_format
+from keras_vitmsn.presets.mixin import PresetMixin
+from keras_vitmsn.presets.mixin import register_preset_class
+from keras_vitmsn.utils import IMAGENET_MEAN
+from keras_vitmsn.utils import IMAGENET_STD
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "lanczos3", "lanczos5")
 
 
+@register_preset_class("image_converter")
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
-class ViTMSNImageConverter(PresetMixin, _DataLayer):
+class ViTMSNImageConverter(PresetMixin, DataLayerBase):
     """Resize, rescale and normalise images the way the released ViT-MSN processor does.
 
     ``facebook/vit-msn-*`` use transformers' ``ViTImageProcessor``: resize straight to
@@ -200,10 +190,10 @@ class ViTMSNImageConverter(PresetMixin, _DataLayer):
 
     @classmethod
     def _from_preset_source(cls, source, load_weights=True, **kwargs):
-        return source.build_image_converter(cls, **kwargs)
+        return source.load_image_converter(cls, **kwargs)
 
     def save_to_preset(self, preset_dir):
-        """Write ``image_converter.json`` into ``preset_dir`` (created if needed)."""
-        from keras_vitmsn.models import preset_io
-
-        preset_io.write_image_converter(self, preset_dir)
+        """Write ``image_converter.json`` into ``preset_dir`` (created if needed), next
+        to a backbone or classifier preset already there; the file is replaced
+        atomically."""
+        file_format.write_image_converter(self, preset_dir)

@@ -458,7 +458,7 @@ def test_msn_head_and_prototypes_are_kept(msn_checkpoint, tmp_path, rng):
 
     # Converted presets carry them too, in msn_head.weights.h5.
     out = tmp_path / "preset"
-    kv.conversion.convert_to_preset(path, str(out))
+    kv.convert_to_preset(path, str(out))
     assert (out / "msn_head.weights.h5").exists()
     reloaded = kv.load_msn_pretraining_state(str(out))
     assert set(reloaded["head"]) == set(head)

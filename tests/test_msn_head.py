@@ -11,7 +11,7 @@ import keras_vitmsn as kv
 from checkpoint_helpers import write_msn_checkpoint
 from helpers import max_abs_diff, to_numpy
 from keras_vitmsn import msn
-from keras_vitmsn.conversion.msn_checkpoint import save_msn_pretraining_state
+from keras_vitmsn.msn.head_state import save_msn_pretraining_state
 
 
 def head_state(rng, input_dim=24, hidden=32, out=16, batch_norm=True):

@@ -21,7 +21,10 @@ from checkpoint_helpers import FAKE_REVISION, populate_hf_cache
 from helpers import BACKEND, max_abs_diff, nchw_to_nhwc, to_numpy
 from hf_reference import SMALL, TINY, make_hf_model
 from keras_vitmsn import presets
-from keras_vitmsn.conversion import CheckpointError, PresetDownloadError, checkpoints, hub
+from keras_vitmsn import keras_internals
+from keras_vitmsn.conversion import checkpoints, hub
+from keras_vitmsn.errors import CheckpointError, PresetDownloadError
+from keras_vitmsn.presets import file_format
 
 TOL = 1e-4
 CLASSES = (kv.ViTMSNBackbone, kv.ViTMSNClassifier, kv.ViTMSNImageConverter)
@@ -458,12 +461,10 @@ def test_bad_hub_checkpoint_leaves_no_cache_entry(tmp_path, offline_hub, damage)
 def test_failure_while_writing_the_cache_leaves_nothing(tmp_path, offline_hub, monkeypatch):
     hf_checkpoint(tmp_path / "ck")
     offline_hub("org/tiny-msn", tmp_path / "ck")
-    from keras_vitmsn.models import preset_io
-
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(preset_io, "write_image_converter", disk_full)
+    monkeypatch.setattr(file_format, "write_image_converter", disk_full)
     with pytest.raises(OSError, match="No space left"):
         kv.ViTMSNBackbone.from_preset("hf://org/tiny-msn")
     assert os.listdir(os.path.dirname(hub.cache_dir_for("org/tiny-msn"))) == []
@@ -518,13 +519,11 @@ def test_vit_msn_small_conversion_parity(tmp_path, offline_hub, rng):
 
 
 def test_loading_initialises_every_variable_once_and_leaves_nothing_pending(tmp_path, tiny_hf_dir, rng):
-    from keras_vitmsn.models import preset_io
-
     _, hf_dir = tiny_hf_dir
     kv.ViTMSNBackbone.from_preset(hf_dir).save_to_preset(str(tmp_path / "keras"))
     for source, kwargs in ((hf_dir, {}), (str(tmp_path / "keras"), {}), (str(tmp_path / "keras"), {"image_shape": (40, 40, 3)})):
         backbone = kv.ViTMSNBackbone.from_preset(source, **kwargs)
-        assert preset_io._pending_variables() == []
+        assert keras_internals.pending_variables() == []
         assert all(v._initializer is None for v in backbone.variables)
     _rewrite = tmp_path / "hf_broken"
     hf_checkpoint(_rewrite)
@@ -532,7 +531,7 @@ def test_loading_initialises_every_variable_once_and_leaves_nothing_pending(tmp_
     (_rewrite / "config.json").write_text(json.dumps(dict(config, intermediate_size=48)))
     with pytest.raises(ValueError, match="shape mismatches"):
         kv.ViTMSNBackbone.from_preset(str(_rewrite))
-    assert preset_io._pending_variables() == []
+    assert keras_internals.pending_variables() == []
     # Such a model trains like any other (dropout seed generators included).
     clf = kv.ViTMSNClassifier(kv.ViTMSNBackbone.from_preset(hf_dir, dropout_rate=0.1), num_classes=2, dropout=0.1)
     before = to_numpy(clf.backbone.embeddings.position_embeddings)

@@ -1,42 +1,28 @@
-"""Foreign checkpoints (transformers, original MSN) as sources for ``from_preset``.
+"""Foreign checkpoints (transformers, original MSN) read into NumPy.
 
 A :class:`ConvertedCheckpoint` holds the NumPy weights of a checkpoint, already
 re-keyed to transformers' hub names, and the Keras constructor arguments its config
-implies. It builds backbones, classifiers' heads and image converters from them, and
-writes itself as a Keras preset (what the hf:// cache and ``convert_checkpoint.py``
-store).
+implies. Building models from it is :class:`keras_vitmsn.presets.sources.ConvertedSource`'s.
 """
 
-import json
 import os
 
 import numpy as np
 
 from keras_vitmsn.conversion import msn_checkpoint
-from keras_vitmsn.conversion.safetensors_io import CheckpointError, load_safetensors
+from keras_vitmsn.conversion.safetensors_io import load_safetensors
 from keras_vitmsn.conversion.transformers_weights import (
-    OPTIONAL_KEYS,
-    assign_weights,
+    RELEASED_PROCESSOR,
     backbone_kwargs_from_hf_config,
-    backbone_weight_map,
     canonicalize_transformers_state,
-    convert_weights,
-    classifier_head_weight_map,
     image_converter_kwargs_from_hf,
     num_classes_from_hf_config,
 )
-from keras_vitmsn.resampling import resample_position_embeddings
+from keras_vitmsn.errors import CheckpointError
+from keras_vitmsn.utils import read_json
 
 TRANSFORMERS_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _SHARD_INDEX = "model.safetensors.index.json"
-
-
-def read_json(path, what):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} ({what}) is truncated or corrupted: {e}.") from e
 
 
 def load_transformers_weights(path):
@@ -106,102 +92,6 @@ class ConvertedCheckpoint:
         self.key_names = key_names or {}
         self.msn_state = msn_state
         self.origin = origin
-        self._native_backbone = None
-
-    # -- sources interface (see keras_vitmsn.models.preset_io.PresetSource) --------
-    has_task = property(lambda self: self.head_state is not None)
-    task_kwargs = property(lambda self: {})
-    has_image_converter = True
-
-    def build_backbone(self, load_weights=True, **overrides):
-        from keras_vitmsn.models.backbone import ViTMSNBackbone
-        from keras_vitmsn.models.preset_io import build_with_values, check_backbone_overrides
-
-        check_backbone_overrides(overrides)
-        if load_weights and not overrides and self._native_backbone is not None:
-            # The model just written to the cache: hand it over instead of rebuilding.
-            backbone, self._native_backbone = self._native_backbone, None
-            return backbone
-        kwargs = dict(self.backbone_kwargs)
-        kwargs.update(overrides)
-        if kwargs["num_heads"] is None:
-            raise ValueError(
-                f"{self.origin}: the number of attention heads is not recorded in the "
-                f"checkpoint and hidden_dim={kwargs['hidden_dim']} is not a multiple of "
-                "the 64-dimensional heads of the released MSN models; pass num_heads, "
-                "e.g. from_preset(path, num_heads=...)."
-            )
-        if not load_weights:
-            return ViTMSNBackbone(**kwargs)
-        return build_with_values(
-            lambda: ViTMSNBackbone(**kwargs),
-            lambda model: {id(v): value for v, value in self.convert_backbone(model).values()},
-        )
-
-    def assign_backbone(self, backbone):
-        """Assign the checkpoint to an existing backbone (strictly)."""
-        for variable, value in self.convert_backbone(backbone).values():
-            variable.assign(value)
-
-    def convert_backbone(self, backbone):
-        """``{key: (variable, value)}`` for ``backbone``, checked strictly; the
-        position table is resampled if the backbone's patch grid differs."""
-        if self.backbone_state is None:
-            raise ValueError(f"{self.origin}: weights were not loaded (load_weights=False).")
-        state = self.backbone_state
-        source_shape = self.backbone_kwargs["image_shape"]
-        patch = self.backbone_kwargs["patch_size"]
-        source_grid = (source_shape[0] // patch, source_shape[1] // patch)
-        key = "embeddings.position_embeddings"
-        if backbone.grid_size != source_grid and key in state and backbone.patch_size == patch:
-            state = dict(state)
-            table = np.asarray(state[key])
-            state[key] = resample_position_embeddings(table, source_grid, backbone.grid_size)
-        return convert_weights(
-            backbone_weight_map(backbone),
-            state,
-            optional_keys=OPTIONAL_KEYS,
-            key_names=self.key_names,
-        )
-
-    def load_task_weights(self, classifier):
-        assign_weights(classifier_head_weight_map(classifier), self.head_state)
-
-    def build_image_converter(self, cls, **overrides):
-        kwargs = dict(self.converter_kwargs)
-        kwargs.update(overrides)
-        return cls(**kwargs)
-
-    # -- writing ------------------------------------------------------------------
-    def save_keras_preset(self, directory, metadata=None):
-        """Write the checkpoint as a Keras preset; returns the backbone it built.
-
-        The preset leaves ``data_format`` out, so it loads in the layout of
-        ``keras.config.image_data_format()`` wherever it is used.
-        """
-        from keras_vitmsn.image_converter import ViTMSNImageConverter
-        from keras_vitmsn.models import preset_io
-        from keras_vitmsn.models.classifier import ViTMSNClassifier
-
-        backbone = self.build_backbone(load_weights=True)
-        metadata = dict(metadata or {})
-        metadata.setdefault("source", self.origin)
-        preset_io.write_backbone(backbone, directory, metadata=metadata, drop_data_format=True)
-        converter = self.build_image_converter(
-            ViTMSNImageConverter, data_format=backbone.data_format
-        )
-        preset_io.write_image_converter(converter, directory, drop_data_format=True)
-        if self.has_task:
-            classifier = ViTMSNClassifier(
-                backbone, num_classes=self.num_classes, preprocessor=converter
-            )
-            self.load_task_weights(classifier)
-            preset_io.write_task(classifier, directory, drop_data_format=True)
-        if self.msn_state is not None:
-            msn_checkpoint.save_msn_pretraining_state(
-                self.msn_state, os.path.join(directory, msn_checkpoint.MSN_HEAD_FILE)
-            )
-        return backbone
 
 
 def load_transformers_files(config_path, weights_path=None, preprocessor_path=None, origin=None):
@@ -259,8 +149,6 @@ def load_msn_checkpoint(path, load_weights=True):
     the checkpoint's resolution. ``load_weights=False`` still reads the file, since
     the architecture is only recorded in the weights.
     """
-    from keras_vitmsn.conversion.transformers_weights import _RELEASED_PROCESSOR
-
     path = os.fspath(path)
     raw = msn_checkpoint.read_msn_checkpoint(path)
     backbone_kwargs = msn_checkpoint.msn_backbone_kwargs(raw["backbone_state"])
@@ -273,7 +161,7 @@ def load_msn_checkpoint(path, load_weights=True):
     return ConvertedCheckpoint(
         backbone_kwargs,
         raw["backbone_state"] if load_weights else None,
-        dict(_RELEASED_PROCESSOR, image_size=backbone_kwargs["image_shape"][:2]),
+        dict(RELEASED_PROCESSOR, image_size=backbone_kwargs["image_shape"][:2]),
         key_names=raw["key_names"],
         msn_state=msn_state,
         origin=os.path.abspath(path),

@@ -14,9 +14,7 @@ import os
 import ml_dtypes
 import numpy as np
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file is unreadable: truncated, corrupted or of an unknown layout."""
+from keras_vitmsn.errors import CheckpointError
 
 
 _DTYPES = {

@@ -12,7 +12,7 @@ import pickle
 import ml_dtypes
 import numpy as np
 
-from keras_vitmsn.conversion.safetensors_io import CheckpointError
+from keras_vitmsn.errors import CheckpointError
 
 
 def _import_torch(path):

@@ -11,6 +11,7 @@ import re
 import numpy as np
 
 from keras_vitmsn.layers.activations import SUPPORTED_ACTIVATIONS
+from keras_vitmsn.utils import IMAGENET_MEAN, IMAGENET_STD
 
 # Keys a checkpoint may omit: the released checkpoints carry no mask token.
 OPTIONAL_KEYS = ("embeddings.mask_token",)
@@ -270,9 +271,9 @@ def num_classes_from_hf_config(config, head_state):
 # PIL resampling filters as stored in ``preprocessor_config.json`` (``resample``).
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos3", 2: "bilinear", 3: "bicubic"}
 _PROCESSOR_TYPES = ("ViTImageProcessor", "ViTImageProcessorFast", "ViTFeatureExtractor")
-_RELEASED_PROCESSOR = dict(
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
+RELEASED_PROCESSOR = dict(
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
     interpolation="bilinear",
     rescale_factor=1.0 / 255.0,
 )
@@ -293,7 +294,7 @@ def image_converter_kwargs_from_hf(preprocessor_config, model_config):
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     if preprocessor_config is None:
-        return dict(_RELEASED_PROCESSOR, image_size=tuple(image_size))
+        return dict(RELEASED_PROCESSOR, image_size=tuple(image_size))
     kind = preprocessor_config.get("image_processor_type") or preprocessor_config.get(
         "feature_extractor_type"
     )

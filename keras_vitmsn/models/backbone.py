@@ -4,10 +4,14 @@ import keras
 
 from keras_vitmsn.layers.embeddings import ViTMSNEmbeddings
 from keras_vitmsn.layers.transformer_block import ViTMSNTransformerBlock
-from keras_vitmsn.models.naming import default_name
-from keras_vitmsn.models.preset_io import PresetMixin
+from keras_vitmsn.utils import default_name
+from keras_vitmsn.presets import file_format
+from keras_vitmsn.presets.mixin import PresetMixin
+from keras_vitmsn.presets.mixin import register_preset_class
+from keras_vitmsn.presets.mixin import save_preset_directory
 
 
+@register_preset_class("backbone")
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
 class ViTMSNBackbone(PresetMixin, keras.Model):
     """ViT-MSN encoder: patch embedding, pre-norm transformer blocks, final LayerNorm.
@@ -290,12 +294,15 @@ class ViTMSNBackbone(PresetMixin, keras.Model):
 
     @classmethod
     def _from_preset_source(cls, source, load_weights=True, **kwargs):
-        return source.build_backbone(load_weights=load_weights, **kwargs)
+        return source.load_backbone(cls, load_weights=load_weights, **kwargs)
 
     def save_to_preset(self, preset_dir):
         """Write this backbone as a Keras preset (config.json, model.weights.h5,
         metadata.json) that ``ViTMSNBackbone.from_preset(preset_dir)`` loads back
-        exactly."""
-        from keras_vitmsn.models import preset_io
+        exactly.
 
-        preset_io.write_backbone(self, preset_dir)
+        The preset is written to a temporary folder, then moved into place. An
+        existing ``preset_dir`` must be empty or a preset of ours; it is replaced
+        whole (a classifier head or image converter saved there before is removed).
+        """
+        save_preset_directory(preset_dir, lambda d: file_format.write_backbone(self, d))

@@ -5,12 +5,17 @@ from keras import ops
 
 from keras_vitmsn.layers.initializers import kernel_initializer
 from keras_vitmsn.models.backbone import ViTMSNBackbone
-from keras_vitmsn.models.naming import default_name
-from keras_vitmsn.models.preset_io import PresetMixin
+from keras_vitmsn.utils import default_name
+from keras_vitmsn.image_converter import ViTMSNImageConverter
+from keras_vitmsn.presets import file_format
+from keras_vitmsn.presets.mixin import PresetMixin
+from keras_vitmsn.presets.mixin import register_preset_class
+from keras_vitmsn.presets.mixin import save_preset_directory
 
 _AUTO = object()  # from_preset's "attach the preset's image converter" default.
 
 
+@register_preset_class("classifier")
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
 class ViTMSNClassifier(PresetMixin, keras.Model):
     """Image classifier: ``Dense(num_classes)`` on the final CLS token of a backbone.
@@ -178,16 +183,16 @@ class ViTMSNClassifier(PresetMixin, keras.Model):
         ):
             if value is not _AUTO:
                 task_kwargs[key] = value
-        backbone = source.build_backbone(load_weights=load_weights, **backbone_kwargs)
+        backbone = source.load_backbone(
+            ViTMSNBackbone, load_weights=load_weights, **backbone_kwargs
+        )
         if preprocessor is _AUTO:
             preprocessor = None
             if source.has_image_converter:
-                from keras_vitmsn.image_converter import ViTMSNImageConverter
-
                 overrides = {"data_format": backbone.data_format}
                 if "image_shape" in backbone_kwargs:  # resize to the new resolution
                     overrides["image_size"] = backbone.image_shape[:2]
-                preprocessor = source.build_image_converter(ViTMSNImageConverter, **overrides)
+                preprocessor = source.load_image_converter(ViTMSNImageConverter, **overrides)
         classifier = cls(
             backbone,
             num_classes=num_classes,
@@ -202,18 +207,22 @@ class ViTMSNClassifier(PresetMixin, keras.Model):
 
     def save_to_preset(self, preset_dir):
         """Write the backbone preset plus task.json, task.weights.h5 and (with a
-        preprocessor) image_converter.json; ``from_preset`` loads it back exactly."""
-        from keras_vitmsn.models import preset_io
+        preprocessor) image_converter.json; ``from_preset`` loads it back exactly.
 
-        self.backbone.save_to_preset(preset_dir)
-        preset_io.write_task(self, preset_dir)
+        Written atomically; an existing ``preset_dir`` must be empty or a preset of
+        ours, and is replaced whole (no stale image converter or head survives).
+        """
+
+        def write(directory):
+            file_format.write_backbone(self.backbone, directory)
+            file_format.write_task(self, directory)
+
+        save_preset_directory(preset_dir, write)
 
 
 def _check_preprocessor(preprocessor, backbone, interpolate_pos_encoding):
     if preprocessor is None:
         return None
-    from keras_vitmsn.image_converter import ViTMSNImageConverter
-
     if not isinstance(preprocessor, ViTMSNImageConverter):
         raise ValueError(
             "`preprocessor` must be a keras_vitmsn.ViTMSNImageConverter or None, got "

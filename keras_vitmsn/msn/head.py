@@ -15,11 +15,9 @@ import math
 import keras
 from keras import ops
 
-from keras_vitmsn.conversion.msn_checkpoint import (
-    BATCHNORM_EPSILON,
-    BATCHNORM_MOMENTUM,
-    load_msn_pretraining_state,
-)
+from keras_vitmsn.msn.head_state import BATCHNORM_EPSILON
+from keras_vitmsn.msn.head_state import BATCHNORM_MOMENTUM
+from keras_vitmsn.msn.head_state import load_msn_pretraining_state
 from keras_vitmsn.layers.initializers import kernel_initializer
 from keras_vitmsn.msn.loss import l2_normalize
 

@@ -5,10 +5,13 @@ Keras' AdamW takes a float ``weight_decay``; MSN raises it along a cosine schedu
 it applies the decoupled decay (``v -= lr * wd * v``, before the Adam update, as
 ``torch.optim.AdamW``), so a property that evaluates the schedule at
 ``self.iterations`` gives a scheduled decay on JAX, TensorFlow and torch alike,
-without touching the backends' private update code.
+without touching the backends' private update code. That reliance is checked once
+(:func:`keras_vitmsn.keras_internals.optimizer_reads_weight_decay_property`).
 """
 
 import keras
+
+from keras_vitmsn.keras_internals import optimizer_reads_weight_decay_property
 
 from keras_vitmsn.msn.schedules import CosineSchedule
 from keras_vitmsn.msn.schedules import msn_learning_rate
@@ -36,6 +39,12 @@ class ScheduledAdamW(keras.optimizers.AdamW):
         if isinstance(weight_decay, dict):
             weight_decay = keras.saving.deserialize_keras_object(weight_decay)
         if callable(weight_decay):
+            if not optimizer_reads_weight_decay_property():
+                raise RuntimeError(
+                    f"Keras {keras.__version__} does not apply a scheduled weight decay "
+                    "through ScheduledAdamW (its optimizers no longer read "
+                    "`weight_decay` at each step); pass a float weight_decay instead."
+                )
             schedule, weight_decay = weight_decay, 0.0
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
         # Set after the base constructor: the property below reads it.

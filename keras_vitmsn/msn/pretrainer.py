@@ -26,11 +26,15 @@ import os
 import keras
 from keras import ops
 
-from keras_vitmsn.conversion.msn_checkpoint import MSN_HEAD_FILE
 from keras_vitmsn.conversion.msn_checkpoint import is_msn_checkpoint_path
-from keras_vitmsn.conversion.msn_checkpoint import save_msn_pretraining_state
+from keras_vitmsn.image_converter import ViTMSNImageConverter
 from keras_vitmsn.layers.layout import spatial_shape
 from keras_vitmsn.models.backbone import ViTMSNBackbone
+from keras_vitmsn.msn.head_state import save_msn_pretraining_state
+from keras_vitmsn.presets import file_format
+from keras_vitmsn.presets.file_format import MSN_HEAD_FILE
+from keras_vitmsn.presets.mixin import save_preset_directory
+from keras_vitmsn.presets.sources import constructor_argument_names
 from keras_vitmsn.msn.head import MSNProjectionHead
 from keras_vitmsn.msn.head import MSNPrototypes
 from keras_vitmsn.msn.head import head_and_prototypes_from_state
@@ -422,11 +426,8 @@ class MSNPretrainer(keras.Model):
         Example (not run: needs a checkpoint):
             pretrainer = MSNPretrainer.from_preset("vits16_800ep.pth.tar", total_steps=1000)
         """
-        from keras_vitmsn.models.preset_io import backbone_argument_names
-
-        backbone_kwargs = {
-            k: kwargs.pop(k) for k in list(kwargs) if k in backbone_argument_names() and k != "name"
-        }
+        accepted = constructor_argument_names(ViTMSNBackbone)
+        backbone_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in accepted and k != "name"}
         encoder = ViTMSNBackbone.from_preset(preset, load_weights=load_weights, **backbone_kwargs)
         if load_weights and _has_msn_head(preset):
             head, prototypes = head_and_prototypes_from_state(
@@ -445,10 +446,10 @@ class MSNPretrainer(keras.Model):
         the encoder's size, ImageNet normalisation) and ``msn_head.weights.h5`` (target
         head + prototypes, so :meth:`from_preset` continues pretraining from it).
         """
-        from keras_vitmsn.image_converter import ViTMSNImageConverter
-        from keras_vitmsn.models import preset_io
+        save_preset_directory(preset_dir, self._write_preset)
 
-        preset_io.write_backbone(
+    def _write_preset(self, preset_dir):
+        file_format.write_backbone(
             self.target_encoder,
             preset_dir,
             metadata={"msn_pretraining_steps": int(ops.convert_to_numpy(self.ema_steps))},
@@ -458,7 +459,7 @@ class MSNPretrainer(keras.Model):
         converter = ViTMSNImageConverter(
             image_size=self.encoder.image_shape[:2], data_format=self.encoder.data_format
         )
-        preset_io.write_image_converter(converter, preset_dir)
+        file_format.write_image_converter(converter, preset_dir)
         head = _weights_by_relative_path(self.target_projection_head)
         save_msn_pretraining_state(
             {

@@ -1,0 +1,106 @@
+"""Small helpers shared across the package: JSON files, atomic writes, the Keras home
+folder, default model names and the ImageNet statistics."""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+
+from keras_vitmsn.errors import CheckpointError
+
+# The released ViT-MSN processors normalise with ImageNet's per-channel statistics.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def keras_home():
+    """``$KERAS_HOME`` or ``~/.keras``, as Keras itself resolves it."""
+    return os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))
+
+
+def read_json(path, what):
+    """Parse a JSON file; a malformed one raises :class:`CheckpointError` naming ``what``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} ({what}) is truncated or corrupted: {e}.") from e
+
+
+def _json_default(obj):
+    if isinstance(obj, tuple):
+        return list(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def write_json(obj, path):
+    """Write ``obj`` as indented JSON (tuples as lists, NumPy scalars as numbers).
+
+    The file is written beside ``path`` and renamed over it, so a reader never sees
+    half of it.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(target, replace=None):
+    """Yield a temporary sibling of ``target`` to fill; on success it becomes ``target``.
+
+    An error or interruption inside the block leaves ``target`` as it was and removes
+    the temporary folder, so readers never see a half-written directory.
+
+    Args:
+        target: the directory to create or replace.
+        replace: None to refuse an existing non-empty ``target`` (FileExistsError), or
+            a callable ``path -> None`` that raises unless the existing ``target`` may
+            be replaced; it is then swapped out whole (nothing stale survives).
+    """
+    target = os.path.abspath(os.fspath(target))
+    parent = os.path.dirname(target)
+    exists = os.path.isdir(target) and bool(os.listdir(target))
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise FileExistsError(f"{target} exists and is not a directory.")
+    if exists:
+        if replace is None:
+            raise FileExistsError(f"{target} already exists and is not empty.")
+        replace(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    try:
+        yield tmp
+        if os.path.isdir(target):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=parent)
+            os.rmdir(old)
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def default_name(name, base):
+    """``name``, or a readable unique default: Keras would derive "vi_tmsn_backbone"
+    from the class name."""
+    if name:
+        return name
+    uid = keras.backend.get_uid(base)
+    return base if uid == 1 else f"{base}_{uid - 1}"
