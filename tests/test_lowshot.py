@@ -13,6 +13,7 @@ import pytest
 
 import keras_vitmsn as kv
 from keras_vitmsn import lowshot
+from keras_vitmsn.lowshot.sampling import split_indices
 
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
 tf = pytest.importorskip("tensorflow")
@@ -155,16 +156,22 @@ def test_predict_before_fit_and_wrong_width():
 
 def test_module_needs_neither_sklearn_nor_scipy():
     # keras imports sklearn when it is installed, and JAX needs SciPy, so look at what
-    # the module itself imports, then run it with sklearn made unimportable.
+    # the package's modules themselves import, then run it with sklearn made
+    # unimportable.
     import ast
+    import glob
 
-    tree = ast.parse(open(lowshot.__file__).read())
+    files = glob.glob(os.path.join(os.path.dirname(lowshot.__file__), "*.py"))
+    assert len(files) > 1, files  # the package's modules, not just its __init__
     imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported.add((node.module or "").split(".")[0])
+    for path in files:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported.add((node.module or "").split(".")[0])
     allowed = {
         "dataclasses", "math", "numbers", "sys", "warnings", "keras", "numpy", "keras_vitmsn",
     }
@@ -446,7 +453,7 @@ def test_evaluate_matches_sklearn_pipeline(centering):
     )
     for shots, result in results.items():
         expected = []
-        for idx in lowshot._split_indices(train_y, shots, 2, 3):
+        for idx in split_indices(train_y, shots, 2, 3):
             mean = train_x[idx].mean(0) if centering == "train_mean" else None
             tr = lowshot.preprocess_features(train_x[idx], centering, mean)
             te = lowshot.preprocess_features(test_x, centering, mean)

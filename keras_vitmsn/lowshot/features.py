@@ -1,0 +1,349 @@
+"""Frozen CLS features of a backbone, and their pre-processing before the regression.
+
+Steps 1 and 2 of the MSN low-shot protocol (see :mod:`keras_vitmsn.lowshot`):
+
+1. Freeze the (target) encoder and take, for every image, the CLS token of the last
+   transformer block **before** the final LayerNorm (``feature="cls_pre_norm"``, the
+   default here; ``feature="cls"`` takes it after the LayerNorm instead). Images are
+   resized to 256 and centre-cropped to 224 with ImageNet mean/std: that is the input
+   pipeline's job, not this module's. :class:`FeatureExtractor` is the model from
+   images to features, :func:`extract_features` runs it over arrays, ``tf.data``
+   datasets, ``keras.utils.PyDataset`` objects or any iterable of batches.
+2. Pre-process every feature vector on its own: subtract the mean of its coordinates
+   and scale it to unit L2 norm (:func:`preprocess_features`). That is what the
+   authors' call ``cyanure.preprocess(embs, normalize=True, columns=False,
+   centering=True)`` does (``columns=False`` means row-wise, one row per image; checked
+   in cyanure's C++ ``Matrix::center``), applied to the training and the test features
+   separately. ``centering="train_mean"`` subtracts the mean training feature from
+   train and test features instead (the usual "centre the data set" reading), and
+   ``centering=None`` only normalises.
+"""
+
+import math
+import sys
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_vitmsn.lowshot.arrays import to_numpy
+from keras_vitmsn.models.backbone import ViTMSNBackbone
+
+__all__ = [
+    "FEATURES",
+    "CENTERINGS",
+    "FeatureExtractor",
+    "extract_features",
+    "preprocess_features",
+]
+
+#: Which token :func:`extract_features` returns.
+FEATURES = ("cls_pre_norm", "cls")
+
+#: How :func:`preprocess_features` centres features before L2 normalisation.
+CENTERINGS = ("per_sample", "train_mean", None)
+
+
+class FeatureExtractor(keras.Model):
+    """A Keras model from images to one CLS feature per image, in inference mode.
+
+    :func:`extract_features` builds one per call; build it yourself to extract
+    features of several datasets with one compiled function (JAX and TensorFlow
+    compile ``predict_on_batch`` once per model and input shape). It is also a plain
+    Keras model: ``extractor.predict(images)`` works.
+
+    Args:
+        backbone: a :class:`keras_vitmsn.ViTMSNBackbone`.
+        feature: ``"cls_pre_norm"`` (the paper's: CLS token after the last block,
+            before the final LayerNorm) or ``"cls"`` (after the final LayerNorm).
+        interpolate_pos_encoding: bool, accept images of another size than the
+            backbone's ``image_shape``.
+
+    Example:
+    >>> import numpy as np
+    >>> import keras_vitmsn as kv
+    >>> backbone = kv.ViTMSNBackbone(image_shape=(32, 32, 3), patch_size=8,
+    ...                              hidden_dim=32, num_layers=2, num_heads=4,
+    ...                              intermediate_dim=64)
+    >>> extractor = FeatureExtractor(backbone)
+    >>> extract_features(extractor, np.zeros((3, 32, 32, 3)), verbose=0).shape
+    (3, 32)
+    """
+
+    def __init__(self, backbone, feature="cls_pre_norm", interpolate_pos_encoding=False, **kwargs):
+        if not isinstance(backbone, ViTMSNBackbone):
+            raise ValueError(
+                f"`backbone` must be a ViTMSNBackbone, got {type(backbone).__name__}."
+            )
+        if feature not in FEATURES:
+            raise ValueError(f"`feature` must be one of {FEATURES}, got {feature!r}.")
+        kwargs.setdefault("dtype", backbone.dtype_policy)
+        kwargs.setdefault("name", "feature_extractor")
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.feature = feature
+        self.interpolate_pos_encoding = bool(interpolate_pos_encoding)
+
+    def call(self, images):
+        # Images may come as uint8 (e.g. straight from PIL); the patch convolution
+        # needs floats in the model's compute dtype.
+        images = ops.cast(images, self.compute_dtype)
+        outputs = self.backbone(
+            images,
+            output_hidden_states=self.feature == "cls_pre_norm",
+            interpolate_pos_encoding=self.interpolate_pos_encoding,
+            training=False,
+        )
+        if self.feature == "cls_pre_norm":
+            tokens = outputs["hidden_states"][-1]
+        else:
+            tokens = outputs["last_hidden_state"]
+        # float32 out whatever the policy: the regression runs in float64 anyway and
+        # bfloat16 features would lose 3 significant digits for nothing.
+        return ops.cast(tokens[:, 0, :], "float32")
+
+
+
+def _is_tf_dataset(data):
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(data, tf.data.Dataset)
+
+
+def _split_element(element):
+    """``images`` or ``(images, labels[, sample_weights])`` -> ``(images, labels)``."""
+    if isinstance(element, dict):
+        raise ValueError(
+            "Dataset elements must be images or (images, labels) tuples; got a dict "
+            f"with keys {sorted(element)}. Map the dataset to (images, labels) first."
+        )
+    if isinstance(element, (tuple, list)):
+        if len(element) == 1:
+            return element[0], None
+        if len(element) in (2, 3):
+            return element[0], element[1]
+        raise ValueError(
+            "Dataset elements must be images, (images, labels) or (images, labels, "
+            f"sample_weights); got a tuple of {len(element)} items."
+        )
+    return element, None
+
+
+def _batches(data, batch_size):
+    """``(iterator of (images, labels_or_None) numpy batches, number of batches or
+    None, size to pad short batches to or None)``."""
+    if _is_tf_dataset(data):
+        spec = data.element_spec
+        image_spec = spec[0] if isinstance(spec, (tuple, list)) else spec
+        rank = getattr(image_spec, "shape", None)
+        rank = None if rank is None else rank.rank
+        if rank == 3:  # one image per element: batch it ourselves
+            data = data.batch(batch_size)
+        elif rank is not None and rank != 4:
+            raise ValueError(
+                "A tf.data dataset must yield images of shape (height, width, channels) "
+                f"or batches (batch, height, width, channels); got image spec {image_spec}."
+            )
+        cardinality = int(data.cardinality())
+        total = cardinality if cardinality >= 0 else None
+        iterator = (_split_element(e) for e in data.as_numpy_iterator())
+        return iterator, total, None
+    if isinstance(data, keras.utils.PyDataset):
+        total = data.num_batches
+        iterator = (_split_element(data[i]) for i in range(total))
+        return iterator, total, None
+    if hasattr(data, "shape") and hasattr(data, "dtype") or isinstance(data, (list, tuple)):
+        images = to_numpy(data)
+        if images.ndim != 4:
+            raise ValueError(
+                "`images` must be a 4-D batch (num_images, height, width, channels), or "
+                "channels-first for a channels_first backbone; got an array of shape "
+                f"{images.shape}."
+            )
+        total = math.ceil(len(images) / batch_size)
+        iterator = (
+            (images[i : i + batch_size], None) for i in range(0, len(images), batch_size)
+        )
+        return iterator, total, batch_size
+    if hasattr(data, "__iter__") or hasattr(data, "__next__"):
+        # Python generators, torch DataLoaders, ...: already batched.
+        return (_split_element(e) for e in data), None, None
+    raise ValueError(
+        "Expected images as a numpy array or tensor, a tf.data.Dataset, a "
+        "keras.utils.PyDataset or an iterable of batches (images or (images, labels)); "
+        f"got {type(data).__name__}."
+    )
+
+
+def extract_features(
+    backbone,
+    data,
+    batch_size=32,
+    feature=None,
+    interpolate_pos_encoding=None,
+    preprocessing=None,
+    verbose=1,
+):
+    """Run a frozen backbone over images and return one CLS feature per image.
+
+    Args:
+        backbone: a :class:`keras_vitmsn.ViTMSNBackbone` (used in inference mode), or a
+            :class:`FeatureExtractor` to reuse its compiled function across calls.
+        data: images as a numpy array / tensor ``(N, H, W, C)`` (``(N, C, H, W)`` for a
+            channels_first backbone); a ``tf.data.Dataset`` yielding images or
+            ``(images, labels)``, batched or not (an unbatched one is batched with
+            ``batch_size``; a batched one keeps its batches); a
+            ``keras.utils.PyDataset``; or any iterable of such batches (a Python
+            generator, a torch ``DataLoader``).
+        batch_size: int, images per forward pass for arrays and unbatched datasets.
+        feature: None (``"cls_pre_norm"``, or the extractor's own setting),
+            ``"cls_pre_norm"`` (the paper's choice): the CLS token output
+            by the last transformer block, before the final LayerNorm, i.e.
+            ``backbone(x, output_hidden_states=True)["hidden_states"][-1][:, 0]``;
+            ``"cls"``: after the final LayerNorm, ``["last_hidden_state"][:, 0]``.
+        interpolate_pos_encoding: bool, allow images of another size than the
+            backbone's ``image_shape`` (None: False, or the extractor's setting).
+        preprocessing: optional callable applied to every image batch before the model
+            (e.g. rescaling and ImageNet mean/std normalisation).
+        verbose: 1 shows a ``keras.utils.Progbar``, 0 is silent.
+
+    Returns:
+        ``features``, a float32 array ``(N, hidden_dim)``, or ``(features, labels)``
+        when the data yields labels.
+
+    Example:
+    >>> import numpy as np
+    >>> import keras_vitmsn as kv
+    >>> backbone = kv.ViTMSNBackbone(image_shape=(32, 32, 3), patch_size=8,
+    ...                              hidden_dim=32, num_layers=2, num_heads=4,
+    ...                              intermediate_dim=64)
+    >>> images = np.zeros((5, 32, 32, 3), "float32")
+    >>> extract_features(backbone, images, batch_size=2, verbose=0).shape
+    (5, 32)
+    """
+    model = feature_model(backbone, feature, interpolate_pos_encoding)
+    return run_feature_model(model, data, batch_size, preprocessing, verbose)
+
+
+def feature_model(backbone, feature, interpolate_pos_encoding):
+    """The :class:`FeatureExtractor` for ``backbone``: itself if it is one (then
+    ``feature`` and ``interpolate_pos_encoding`` must be None or agree with it), else
+    a new one (None meaning ``"cls_pre_norm"`` and False)."""
+    if isinstance(backbone, FeatureExtractor):
+        settings = (
+            ("feature", feature, backbone.feature),
+            ("interpolate_pos_encoding", interpolate_pos_encoding,
+             backbone.interpolate_pos_encoding),
+        )
+        for name, value, own in settings:
+            if value is not None and value != own:
+                raise ValueError(
+                    f"`{name}={value!r}` conflicts with the FeatureExtractor's "
+                    f"{name}={own!r}; leave it None or build another extractor."
+                )
+        return backbone
+    return FeatureExtractor(
+        backbone,
+        "cls_pre_norm" if feature is None else feature,
+        bool(interpolate_pos_encoding),
+    )
+
+
+def run_feature_model(model, data, batch_size, preprocessing, verbose):
+    """:func:`extract_features` with a :class:`FeatureExtractor` ``model``."""
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size}.")
+    iterator, total, pad_to = _batches(data, batch_size)
+    progbar = keras.utils.Progbar(total, unit_name="batch") if verbose else None
+
+    features, labels = [], []
+    for step, (images, batch_labels) in enumerate(iterator):
+        if preprocessing is not None:
+            images = preprocessing(images)
+        images = to_numpy(images)
+        size = len(images)
+        if size == 0:
+            continue
+        if pad_to is None:
+            pad_to = size  # datasets: the size of their first batch
+        if size < pad_to:
+            # Pad short batches (the last one; a small array) to the common size, so
+            # jitted backends reuse the compiled function instead of compiling another
+            # one per shape; each image's feature is independent of the rest of the
+            # batch, so padding is harmless.
+            pad = np.repeat(images[-1:], pad_to - size, axis=0)
+            out = model.predict_on_batch(np.concatenate([images, pad]))[:size]
+        else:
+            out = model.predict_on_batch(images)
+        features.append(to_numpy(out).astype(np.float32, copy=False))
+        if batch_labels is not None:
+            labels.append(to_numpy(batch_labels))
+        if progbar is not None:
+            progbar.update(step + 1)
+    if progbar is not None and total is None:
+        progbar.update(len(features), finalize=True)
+
+    if not features:
+        raise ValueError("No images to extract features from: the data is empty.")
+    num_batches = len(features)
+    features = np.concatenate(features)
+    if not labels:
+        return features
+    if len(labels) != num_batches:
+        raise ValueError(
+            f"{len(labels)} of {num_batches} batches had labels; every element must be "
+            "images, or every element (images, labels)."
+        )
+    labels = np.concatenate(labels)
+    return features, labels
+
+
+# --------------------------------------------------------------------------------------
+# Pre-processing of features
+# --------------------------------------------------------------------------------------
+
+
+def preprocess_features(features, centering="per_sample", mean=None, eps=1e-12):
+    """Centre and L2-normalise feature vectors (one per row), in float64.
+
+    Args:
+        features: array ``(N, D)``.
+        centering: ``"per_sample"`` (the paper: each row minus the mean of its own
+            coordinates), ``"train_mean"`` (every row minus ``mean``, the mean training
+            feature), or None (no centring).
+        mean: ``(D,)`` mean training feature, required with ``"train_mean"``
+            (``features.mean(axis=0)`` of the training features).
+        eps: floor of the norm, so an all-zero row stays zero instead of becoming NaN.
+
+    Returns:
+        float64 array ``(N, D)`` with unit-norm rows.
+
+    Example:
+    >>> import numpy as np
+    >>> x = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 2.0]])
+    >>> np.round(preprocess_features(x), 4)
+    array([[-0.7071,  0.    ,  0.7071],
+           [-0.4082, -0.4082,  0.8165]])
+    """
+    if centering not in CENTERINGS:
+        raise ValueError(f"`centering` must be one of {CENTERINGS}, got {centering!r}.")
+    x = np.array(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"`features` must be 2-D (num_images, dim), got shape {x.shape}.")
+    if centering == "per_sample":
+        x -= x.mean(axis=1, keepdims=True)
+    elif centering == "train_mean":
+        if mean is None:
+            raise ValueError(
+                'centering="train_mean" needs `mean`, the mean of the training features.'
+            )
+        mean = np.asarray(mean, dtype=np.float64)
+        if mean.shape != (x.shape[1],):
+            raise ValueError(
+                f"`mean` must have shape ({x.shape[1]},) to match the features, "
+                f"got {mean.shape}."
+            )
+        x -= mean
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, eps)
+
