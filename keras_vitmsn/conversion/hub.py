@@ -7,14 +7,14 @@ downloading.
 """
 
 import os
-import re
 import warnings
+
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from keras_vitmsn.errors import PresetDownloadError
 from keras_vitmsn.utils import keras_home
 from keras_vitmsn.version import __version__
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 # A complete cache entry (see keras_vitmsn.presets.hub_cache) has at least these.
 _CACHE_FILES = ("config.json", "model.weights.h5", "metadata.json")
 
@@ -23,11 +23,16 @@ def parse_hf_handle(handle):
     """``"hf://org/repo"`` -> ``"org/repo"``, validated."""
     repo_id = handle[len("hf://") :] if handle.startswith("hf://") else handle
     repo_id = repo_id.strip("/")
-    if not _REPO_ID.match(repo_id):
-        raise ValueError(
-            f"Invalid Hugging Face handle {handle!r}: expected 'hf://org/repo', e.g. "
-            "'hf://facebook/vit-msn-small'."
-        )
+    message = (
+        f"Invalid Hugging Face handle {handle!r}: expected 'hf://org/repo', e.g. "
+        "'hf://facebook/vit-msn-small'."
+    )
+    if repo_id.count("/") != 1:  # the hub also has legacy org-less ids; ours name both
+        raise ValueError(message)
+    try:
+        validate_repo_id(repo_id)  # the hub's own naming rules
+    except HFValidationError as e:
+        raise ValueError(f"{message} {e}") from None
     return repo_id
 
 

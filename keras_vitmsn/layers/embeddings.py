@@ -40,7 +40,7 @@ class ViTMSNEmbeddings(keras.layers.Layer):
 
     Example:
     >>> layer = ViTMSNEmbeddings(hidden_dim=32, patch_size=4, image_size=(16, 16))
-    >>> layer(keras.ops.zeros((2, 16, 16, 3))).shape
+    >>> tuple(layer(keras.ops.zeros((2, 16, 16, 3))).shape)
     (2, 17, 32)
     """
 

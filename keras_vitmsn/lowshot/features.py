@@ -116,16 +116,16 @@ def _split_element(element):
             "Dataset elements must be images or (images, labels) tuples; got a dict "
             f"with keys {sorted(element)}. Map the dataset to (images, labels) first."
         )
-    if isinstance(element, (tuple, list)):
-        if len(element) == 1:
-            return element[0], None
-        if len(element) in (2, 3):
-            return element[0], element[1]
+    if isinstance(element, (tuple, list)) and len(element) not in (1, 2, 3):
         raise ValueError(
             "Dataset elements must be images, (images, labels) or (images, labels, "
             f"sample_weights); got a tuple of {len(element)} items."
         )
-    return element, None
+    # Keras' own reading of a batch, as fit/predict see it.
+    images, labels, _ = keras.utils.unpack_x_y_sample_weight(
+        tuple(element) if isinstance(element, list) else element
+    )
+    return images, labels
 
 
 def _batches(data, batch_size):

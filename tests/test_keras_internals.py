@@ -1,0 +1,98 @@
+"""keras_internals: each private-Keras path against its public fallback, and the
+package's import graph (no cycles, small modules)."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_vitmsn as kv
+from helpers import max_abs_diff, to_numpy
+from keras_vitmsn import keras_internals
+from keras_vitmsn.msn import CosineSchedule, ScheduledAdamW
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(image_shape=(32, 32, 3), patch_size=8, hidden_dim=32, num_layers=2, num_heads=4,
+            intermediate_dim=64)
+
+
+def test_this_keras_takes_the_fast_paths():
+    # Guards the fallbacks below from silently becoming the only path on a new Keras.
+    assert keras_internals.FAST_INIT
+    assert keras_internals.DATA_LAYER_IS_PRIVATE
+    assert keras_internals.optimizer_reads_weight_decay_property()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_build_with_values_fast_and_public_paths_agree(fast):
+    reference = kv.ViTMSNBackbone(**TINY)
+    values = [keras.ops.convert_to_numpy(v) for v in reference.weights]
+    model = keras_internals.build_with_values(
+        lambda: kv.ViTMSNBackbone(**TINY),
+        lambda m: {id(v): value for v, value in zip(m.weights, values)},
+        fast=fast,
+    )
+    for v, value in zip(model.weights, values):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), value)
+    assert keras_internals.pending_variables() == []
+    x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype("float32")
+    assert max_abs_diff(model(x)["last_hidden_state"], to_numpy(reference(x)["last_hidden_state"])) == 0
+
+
+def test_presets_load_identically_without_fast_init(tmp_path, monkeypatch):
+    backbone = kv.ViTMSNBackbone(**TINY)
+    backbone.save_to_preset(str(tmp_path / "p"))
+    x = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype("float32")
+    fast = kv.ViTMSNBackbone.from_preset(str(tmp_path / "p"), image_shape=(40, 40, 3))
+    monkeypatch.setattr(keras_internals, "FAST_INIT", False)
+    slow = kv.ViTMSNBackbone.from_preset(str(tmp_path / "p"), image_shape=(40, 40, 3))
+    same = kv.ViTMSNBackbone.from_preset(str(tmp_path / "p"))
+    y = np.random.default_rng(2).standard_normal((2, 40, 40, 3)).astype("float32")
+    assert max_abs_diff(fast(y)["last_hidden_state"], to_numpy(slow(y)["last_hidden_state"])) == 0
+    assert max_abs_diff(same(x)["last_hidden_state"], to_numpy(backbone(x)["last_hidden_state"])) == 0
+
+
+def test_converter_base_falls_back_to_a_public_layer():
+    base, private = keras_internals.find_data_layer_base(candidates=(("no.such.module", "X"),))
+    assert base is keras.layers.Layer and not private
+
+    class Scale(base):
+        def call(self, x):
+            return x * 2.0
+
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(Scale()(np.ones((1, 2), "float32"))), 2.0)
+
+
+def test_scheduled_weight_decay_refuses_when_keras_ignores_it(monkeypatch):
+    monkeypatch.setattr(keras_internals, "_WEIGHT_DECAY_PROPERTY", False)
+    with pytest.raises(RuntimeError, match="pass a float weight_decay"):
+        ScheduledAdamW(weight_decay=CosineSchedule(0.04, 0.4, 10))
+    ScheduledAdamW(weight_decay=0.05)  # a float needs no probe
+
+
+def _run_graph(root):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "import_graph.py"), "--root", str(root)],
+        capture_output=True, text=True,
+    )
+
+
+def test_package_import_graph_has_no_cycle_and_no_long_module():
+    result = _run_graph(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 cycles, 0 modules over 400 lines" in result.stdout
+
+
+def test_import_graph_finds_a_cycle_hidden_in_a_function(tmp_path):
+    package = tmp_path / "keras_vitmsn"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "a.py").write_text("from keras_vitmsn.sub import b\n")
+    (package / "sub" / "b.py").write_text("def f():\n    from keras_vitmsn import a\n")
+    result = _run_graph(tmp_path)
+    assert result.returncode == 1
+    assert "cycle: keras_vitmsn.a <-> keras_vitmsn.sub.b" in result.stdout
