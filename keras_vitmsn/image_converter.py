@@ -4,6 +4,7 @@ import keras
 
 from keras_vitmsn.layers.layout import spatial_shape
 from keras_vitmsn.utils import default_name
+from keras_vitmsn.keras_internals import DATA_LAYER_IS_PRIVATE
 from keras_vitmsn.keras_internals import DataLayerBase
 from keras_vitmsn.presets import file_format
 from keras_vitmsn.presets.mixin import PresetMixin
@@ -122,6 +123,14 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
         self.antialias = bool(antialias)
         self.rescale_factor = None if rescale_factor is None else float(rescale_factor)
         self.data_format = data_format
+        if not DATA_LAYER_IS_PRIVATE:
+            # Keras' data layer provides `self.backend`; on the public base the running
+            # backend's keras.ops do the same outside tf.data.
+            self.backend = keras.ops
+        # XLA has no kernel for TensorFlow's antialiased resize (ScaleAndTranslate):
+        # let jit_compile="auto" leave a model holding this layer uncompiled there.
+        if self.antialias and image_size is not None and keras.backend.backend() == "tensorflow":
+            self.supports_jit = False
         self.built = True
 
     @property

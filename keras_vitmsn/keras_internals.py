@@ -3,7 +3,8 @@
 Each is checked when this module is imported; where Keras has changed, a slower or
 narrower path built on public API alone takes over, and ``FAST_INIT`` /
 ``DATA_LAYER_IS_PRIVATE`` say which one is active. The fallbacks are tested
-(tests/test_keras_internals.py forces them).
+(tests/test_keras_internals.py forces them; ``KERAS_VITMSN_PUBLIC_KERAS_ONLY=1`` in the
+environment makes a whole process take every public path).
 
 1. Fast initialisation. Creating a backbone runs every variable's initialiser:
    truncated-normal sampling of 86M values for vit-msn-base takes 1.5-8 s on CPU,
@@ -19,12 +20,18 @@ narrower path built on public API alone takes over, and ``FAST_INIT`` /
    only under the TensorFlow backend.
 """
 
+import os
+
 import keras
+
+PUBLIC_ONLY = os.environ.get("KERAS_VITMSN_PUBLIC_KERAS_ONLY", "") not in ("", "0")
 
 # -- 1. fast initialisation --------------------------------------------------------
 
 
 def _find_global_state():
+    if PUBLIC_ONLY:
+        return None
     try:
         from keras.src.backend.common import global_state
     except ImportError:
@@ -183,6 +190,8 @@ def find_data_layer_base(candidates=_DATA_LAYER_CANDIDATES):
     """``(base_class, is_private)``: Keras' data-pipeline layer, or ``keras.layers.Layer``."""
     import importlib
 
+    if PUBLIC_ONLY:
+        candidates = ()
     for module_name, class_name in candidates:
         try:
             module = importlib.import_module(module_name)

@@ -96,3 +96,27 @@ def test_import_graph_finds_a_cycle_hidden_in_a_function(tmp_path):
     result = _run_graph(tmp_path)
     assert result.returncode == 1
     assert "cycle: keras_vitmsn.a <-> keras_vitmsn.sub.b" in result.stdout
+
+
+def test_a_process_on_public_keras_only_loads_and_runs_models(tmp_path):
+    """Every public fallback at once, in a fresh process: presets load with equal
+    outputs, the image converter runs eagerly and inside a classifier."""
+    backbone = kv.ViTMSNBackbone(**TINY)
+    clf = kv.ViTMSNClassifier(backbone, num_classes=3, preprocessor=kv.ViTMSNImageConverter(image_size=(32, 32)))
+    clf.save_to_preset(str(tmp_path / "p"))
+    images = np.random.default_rng(3).integers(0, 256, (2, 37, 45, 3)).astype("uint8")
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "expected.npy", to_numpy(clf.predict(images, verbose=0)))
+    script = f"""
+import numpy as np, keras_vitmsn as kv
+from keras_vitmsn import keras_internals as k
+assert not k.FAST_INIT and not k.DATA_LAYER_IS_PRIVATE, (k.FAST_INIT, k.DATA_LAYER_IS_PRIVATE)
+clf = kv.ViTMSNClassifier.from_preset({str(tmp_path / "p")!r})
+out = clf.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0)
+diff = np.max(np.abs(np.asarray(out) - np.load({str(tmp_path / "expected.npy")!r})))
+assert diff <= 1e-5, diff
+print("ok", diff)
+"""
+    env = dict(os.environ, KERAS_VITMSN_PUBLIC_KERAS_ONLY="1", KERAS_BACKEND=keras.backend.backend())
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stdout + result.stderr[-3000:]

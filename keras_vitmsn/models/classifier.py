@@ -126,6 +126,15 @@ class ViTMSNClassifier(PresetMixin, keras.Model):
             metrics=metrics,
         )
 
+    def compile_from_config(self, config):
+        # A saved jit_compile is the saving backend's resolution of "auto" (True on
+        # JAX): under TensorFlow it would XLA-compile the converter's antialiased
+        # resize, which has no XLA kernel, and under torch it turns on torch.compile.
+        # Whether to compile is the loading backend's choice.
+        config = dict(config)
+        config.pop("jit_compile", None)
+        return super().compile_from_config(config)
+
     def get_config(self):
         return {
             "name": self.name,
