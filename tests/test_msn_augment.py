@@ -439,7 +439,7 @@ def test_dataset_errors(tmp_path, images, recipe):
         msn_multiview_dataset(str(tmp_path / "missing"), 2, recipe)
     (tmp_path / "empty" / "class_a").mkdir(parents=True)
     (tmp_path / "empty" / "class_a" / "readme.txt").write_text("x")
-    with pytest.raises(ValueError, match=r"holds no images \(looked recursively for .jpg, .jpeg, .png, .bmp, .gif\)"):
+    with pytest.raises(ValueError, match=r"holds no images \(looked at every depth for \.jpg, \.jpeg, \.png, \.webp, .* more"):
         msn_multiview_dataset(tmp_path / "empty", 2, recipe)
     with pytest.raises(ValueError, match=r"`batch_size` must be a positive int; got 0"):
         msn_multiview_dataset(images, 0, recipe)

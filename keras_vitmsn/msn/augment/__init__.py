@@ -12,15 +12,15 @@ authors' torchvision pipeline: RandomResizedCrop, horizontal flip, colour jitter
 - :mod:`~keras_vitmsn.msn.augment.dataset`: :func:`msn_multiview_dataset`, batches
   of views from a folder, an array or a ``tf.data.Dataset``.
 
-Only TensorFlow ops with stateless randomness are used, so the pipeline runs inside
-``tf.data`` whatever ``KERAS_BACKEND`` is (Keras converts the batches for JAX and PyTorch), and a seed
+Only TensorFlow ops with stateless randomness are used (and Pillow, for image
+files TensorFlow does not decode), so the pipeline runs inside ``tf.data`` whatever
+``KERAS_BACKEND`` is (Keras converts the batches for JAX and PyTorch), and a seed
 fully determines the views. TensorFlow is imported when first needed, so importing
 ``keras_vitmsn`` does not require it.
 """
 
+from keras_vitmsn.image_files import list_image_files
 from keras_vitmsn.msn.augment.dataset import AUTOTUNE
-from keras_vitmsn.msn.augment.dataset import IMAGE_EXTENSIONS
-from keras_vitmsn.msn.augment.dataset import list_image_files
 from keras_vitmsn.msn.augment.dataset import msn_multiview_dataset
 from keras_vitmsn.msn.augment.ops import LUMA_WEIGHTS
 from keras_vitmsn.msn.augment.ops import color_jitter

@@ -1,6 +1,7 @@
 """The tf.data plumbing: :func:`msn_multiview_dataset` turns images into batches of views.
 
-Sources are image folders, NumPy arrays and ``tf.data`` datasets. It works under every
+Sources are image folders (read by the rules of :mod:`keras_vitmsn.image_files`, the
+same as fine-tuning's), NumPy arrays and ``tf.data`` datasets. It works under every
 Keras backend: Keras converts ``tf.data`` batches for JAX and PyTorch.
 """
 
@@ -9,12 +10,13 @@ import os
 
 import numpy as np
 
+from keras_vitmsn.image_files import decode_rgb
+from keras_vitmsn.image_files import read_image_folder
 from keras_vitmsn.msn.augment.ops import _tf
 from keras_vitmsn.msn.augment.recipe import MSNAugmentation
 
 # tf.data.AUTOTUNE's value, so the default argument needs no TensorFlow import.
 AUTOTUNE = -1
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _DATASET_SHUFFLE_BUFFER = 1024
 
 
@@ -28,6 +30,7 @@ def msn_multiview_dataset(
     repeat=False,
     num_parallel_calls=AUTOTUNE,
     shuffle_buffer_size=None,
+    skip_bad_images=False,
 ):
     """A batched ``tf.data.Dataset`` of MSN views, the ``x`` of ``model.fit(dataset)``.
 
@@ -46,9 +49,11 @@ def msn_multiview_dataset(
 
     Args:
         source: one of
-            - a directory: every .jpg, .jpeg, .png, .bmp or .gif file below it,
-              recursively (class sub-folders are fine; labels are ignored), decoded to
-              RGB (the first frame of a GIF);
+            - a directory: every image below it, at any depth (class sub-folders are
+              fine; labels are ignored), by the rules of
+              :mod:`keras_vitmsn.image_files`: every format Pillow decodes, hidden
+              files skipped, each file checked before the pipeline is built. Decoded
+              to RGB (the first frame of an animation);
             - a NumPy array ``(N, H, W, C)``, uint8 or floats in [0, 255], C = 3 or
               C = 1 (replicated to 3 channels);
             - a ``tf.data.Dataset`` of images ``(H, W, C)`` or of ``(image, label,
@@ -69,6 +74,9 @@ def msn_multiview_dataset(
         num_parallel_calls: parallel decoding and augmentation calls
             (``tf.data.AUTOTUNE``, i.e. -1, by default).
         shuffle_buffer_size: None or a positive int overriding the shuffle buffer.
+        skip_bad_images: for a directory, leave out with a warning the image files
+            Pillow cannot decode, instead of raising
+            :class:`keras_vitmsn.image_files.BadImageError` (which lists them all).
 
     Returns:
         A prefetched ``tf.data.Dataset``.
@@ -121,15 +129,16 @@ def msn_multiview_dataset(
         shuffle_seed, views_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
 
     if isinstance(source, (str, os.PathLike)):
-        paths = list_image_files(source)
-        _check_enough(len(paths), batch_size, drop_remainder, f"folder {os.fspath(source)!r}")
-        elements = tf.data.Dataset.from_tensor_slices(paths)
-        buffer = len(paths)
-
-        def load(path):
-            image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-            image.set_shape([None, None, 3])
-            return image
+        # Checked here, so no file fails to decode mid-epoch.
+        images = read_image_folder(source, skip_bad_images=skip_bad_images)
+        _check_enough(len(images), batch_size, drop_remainder, f"folder {os.fspath(source)!r}")
+        by_tensorflow = [_tensorflow_decodes(image) for image in images]
+        # Bytes, so file names that are not valid UTF-8 survive the trip through TF.
+        elements = tf.data.Dataset.from_tensor_slices(
+            ([os.fsencode(image.path) for image in images], by_tensorflow)
+        )
+        buffer = len(images)
+        load = _folder_loader(by_tensorflow)
     elif isinstance(source, np.ndarray):
         array = _check_array(source)
         _check_enough(len(array), batch_size, drop_remainder, "the array")
@@ -171,29 +180,44 @@ def msn_multiview_dataset(
     return dataset.prefetch(AUTOTUNE)
 
 
-def list_image_files(directory):
-    """Sorted paths of the .jpg/.jpeg/.png/.bmp/.gif files below ``directory``.
-
-    Raises:
-        ValueError: ``directory`` is missing, not a directory, or holds no images.
-    """
-    directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        raise ValueError(f"Image folder {directory!r} does not exist or is not a directory.")
-    paths = []
-    for root, dirs, files in os.walk(directory, followlinks=True):
-        dirs.sort()  # a stable order, so a seed fixes the shuffle
-        paths += [os.path.join(root, f) for f in sorted(files)
-                  if f.lower().endswith(IMAGE_EXTENSIONS)]
-    if not paths:
-        raise ValueError(
-            f"Image folder {directory!r} holds no images (looked recursively for "
-            f"{', '.join(IMAGE_EXTENSIONS)})."
-        )
-    return paths
-
-
 # -- helpers -----------------------------------------------------------------------------
+
+def _tensorflow_decodes(image):
+    """Whether TensorFlow's own decoder takes this file (faster: no Python, no GIL).
+
+    Only JPEG and 8-bit PNG, which TensorFlow and Pillow decode with the same libraries
+    to the same pixels; every other file goes through Pillow, which checked it.
+    """
+    if image.format == "JPEG":
+        return image.mode in ("L", "RGB", "CMYK")
+    return image.format == "PNG" and image.mode in ("1", "L", "LA", "P", "RGB", "RGBA")
+
+
+def _folder_loader(by_tensorflow):
+    """``load((path, by_tensorflow))`` decoding a file to uint8 RGB ``(H, W, 3)``."""
+    tf = _tf()
+
+    def with_tensorflow(path):
+        return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+    def with_pillow(path):
+        return tf.numpy_function(lambda p: decode_rgb(os.fsdecode(p)), [path], tf.uint8,
+                                 stateful=False)
+
+    def load(element):
+        path, use_tensorflow = element
+        if all(by_tensorflow):
+            image = with_tensorflow(path)
+        elif not any(by_tensorflow):
+            image = with_pillow(path)
+        else:
+            image = tf.cond(use_tensorflow, lambda: with_tensorflow(path),
+                            lambda: with_pillow(path))
+        image.set_shape([None, None, 3])
+        return image
+
+    return load
+
 
 def _to_rgb(image):
     tf = _tf()
