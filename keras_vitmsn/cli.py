@@ -13,6 +13,10 @@ import os
 import sys
 
 USER_ERROR_EXIT = 2
+SKIP_BAD_IMAGES_HELP = (
+    "Leave out, with a warning naming them, image files Pillow cannot decode "
+    "(default: stop with an error listing them)."
+)
 
 
 class UsageError(Exception):
@@ -61,13 +65,13 @@ def _positive(value, name):
 def _pretrain(args):
     import keras
 
+    from keras_vitmsn.image_files import list_image_files
     from keras_vitmsn.msn import MSNAugmentation, MSNPretrainer
     from keras_vitmsn.msn import msn_multiview_dataset, msn_optimizer
-    from keras_vitmsn.msn.augment import list_image_files
 
     for name in ("epochs", "batch_size", "image_size", "focal_size", "num_prototypes"):
         _positive(getattr(args, name), name.replace("_", "-"))
-    num_images = len(list_image_files(args.data))
+    num_images = len(list_image_files(args.data, skip_bad_images=args.skip_bad_images))
     batch_size = min(args.batch_size, num_images)
     steps_per_epoch = num_images // batch_size
     total_steps = steps_per_epoch * args.epochs
@@ -105,7 +109,8 @@ def _pretrain(args):
         global_size=global_size, focal_size=focal_size, num_focal_views=args.num_focal_views
     )
     dataset = msn_multiview_dataset(
-        args.data, batch_size, augmentation=augmentation, seed=args.seed, repeat=True
+        args.data, batch_size, augmentation=augmentation, seed=args.seed, repeat=True,
+        skip_bad_images=args.skip_bad_images,
     )
     pretrainer.compile(optimizer=msn_optimizer(total_steps, ref_lr=args.learning_rate))
     pretrainer.fit(
@@ -140,10 +145,10 @@ def _convert(args):
     return 0
 
 
-def _load_folder(path, what):
+def _load_folder(path, what, skip_bad_images):
     from keras_vitmsn.data import ImageFolder
 
-    folder = ImageFolder(path)
+    folder = ImageFolder(path, skip_bad_images=skip_bad_images)
     print(f"{what}: {len(folder)} images in {len(folder.class_names)} classes from {path}",
           file=sys.stderr)
     return folder
@@ -156,8 +161,8 @@ def _finetune(args):
 
     if not args.output.endswith(".keras"):
         raise UsageError(f"--output must end in .keras, got {args.output!r}.")
-    train = _load_folder(args.train, "train")
-    val = _load_folder(args.val, "val") if args.val else None
+    train = _load_folder(args.train, "train", args.skip_bad_images)
+    val = _load_folder(args.val, "val", args.skip_bad_images) if args.val else None
     if val is not None and val.class_names != train.class_names:
         raise UsageError(
             f"--val classes {val.class_names} differ from --train classes {train.class_names}."
@@ -209,8 +214,8 @@ def _lowshot(args):
     from keras_vitmsn import lowshot
 
     shots = _parse_shots(args.shots)
-    train = _load_folder(args.train, "train")
-    test = _load_folder(args.test, "test")
+    train = _load_folder(args.train, "train", args.skip_bad_images)
+    test = _load_folder(args.test, "test", args.skip_bad_images)
     missing = sorted(set(test.class_names) - set(train.class_names))
     if missing:
         raise UsageError(f"--test has classes {missing} that --train lacks.")
@@ -333,6 +338,7 @@ def build_parser():
         choices=["mixed_bfloat16", "mixed_float16"], help="Mixed-precision policy (default mixed_bfloat16).",
     )
     pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES_HELP)
     pretrain.set_defaults(handler=_pretrain)
 
     presets = commands.add_parser("presets", help="List the built-in presets.")
@@ -360,6 +366,7 @@ def build_parser():
     finetune.add_argument("--learning-rate", type=float, help="Default 1e-3 (linear probe) or 5e-5.")
     finetune.add_argument("--weight-decay", type=float, default=0.01)
     finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES_HELP)
     finetune.add_argument("--output", required=True, help="FILE.keras to save the fine-tuned model to.")
     finetune.set_defaults(handler=_finetune)
 
@@ -373,6 +380,7 @@ def build_parser():
     lowshot.add_argument("--feature", choices=["cls_pre_norm", "cls"], default=None,
                          help="CLS before (paper, default) or after the final LayerNorm.")
     lowshot.add_argument("--batch-size", type=int, default=32)
+    lowshot.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES_HELP)
     lowshot.set_defaults(handler=_lowshot)
 
     predict = commands.add_parser("predict", help="Classify images with a fine-tuned model.")

@@ -2,7 +2,9 @@
 
 Backend-agnostic on purpose: images are decoded with Pillow and batched by a
 ``keras.utils.PyDataset``, so the command line works with only JAX or PyTorch
-installed. (``keras.utils.image_dataset_from_directory`` needs TensorFlow.)
+installed. (``keras.utils.image_dataset_from_directory`` needs TensorFlow.) Which
+files count as images, and how bad ones are handled, is decided by
+:mod:`keras_vitmsn.image_files`, shared with MSN pretraining.
 """
 
 import math
@@ -11,7 +13,7 @@ import os
 import keras
 import numpy as np
 
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+from keras_vitmsn.image_files import read_class_folders
 
 
 def load_image(path, size, channels=3):
@@ -38,14 +40,19 @@ def load_image(path, size, channels=3):
 class ImageFolder:
     """A directory with one sub-folder of images per class.
 
-    Class names are the sub-folder names, sorted; labels index them.
+    Class names are the sub-folder names, sorted; labels index them. Images are
+    found at any depth below each class folder and checked when the folder is read,
+    by the rules of :mod:`keras_vitmsn.image_files`.
 
     Args:
         directory: the root folder.
         min_classes: fewest classes accepted (2 for classification).
+        skip_bad_images: leave out, with a warning, the image files Pillow cannot
+            decode, instead of raising :class:`keras_vitmsn.image_files.BadImageError`.
 
     Raises:
-        ValueError: missing folder, too few classes, or a class without images.
+        ValueError: missing folder, too few classes, a class without images, or
+            (``BadImageError``) image files that cannot be decoded, all listed.
 
     Example:
     >>> import os, tempfile
@@ -62,33 +69,12 @@ class ImageFolder:
     (2, 4, 4, 3)
     """
 
-    def __init__(self, directory, min_classes=2):
-        if not os.path.isdir(directory):
-            raise ValueError(f"Image folder {directory!r} does not exist or is not a directory.")
+    def __init__(self, directory, min_classes=2, skip_bad_images=False):
         self.directory = directory
-        self.class_names = sorted(
-            d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d))
+        self.class_names, images, labels = read_class_folders(
+            directory, min_classes=min_classes, skip_bad_images=skip_bad_images
         )
-        if len(self.class_names) < min_classes:
-            raise ValueError(
-                f"Image folder {directory!r} has {len(self.class_names)} class "
-                f"sub-folder(s) {self.class_names}; at least {min_classes} are needed "
-                "(one sub-folder of images per class)."
-            )
-        paths, labels = [], []
-        for label, name in enumerate(self.class_names):
-            class_dir = os.path.join(directory, name)
-            files = sorted(
-                f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS)
-            )
-            if not files:
-                raise ValueError(
-                    f"Class folder {class_dir!r} holds no images (looked for "
-                    f"{', '.join(IMAGE_EXTENSIONS)})."
-                )
-            paths += [os.path.join(class_dir, f) for f in files]
-            labels += [label] * len(files)
-        self.paths = paths
+        self.paths = [image.path for image in images]
         self.labels = np.asarray(labels, dtype=np.int64)
 
     def __len__(self):

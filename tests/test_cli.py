@@ -217,3 +217,48 @@ def test_error_in_a_real_process_has_no_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "error: Image folder" in result.stderr
+
+
+def write_bad_images(root):
+    """A PNG of random bytes and a JPEG cut in half, in two class folders."""
+    (root / "cat" / "corrupt.png").write_bytes(np.random.default_rng(0).bytes(300))
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 64, 3)).astype("uint8")).save(
+        root / "dog" / "truncated.jpg", quality=95)
+    data = (root / "dog" / "truncated.jpg").read_bytes()
+    (root / "dog" / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    return [str(root / "cat" / "corrupt.png"), str(root / "dog" / "truncated.jpg")]
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "lowshot"])
+def test_bad_images_end_in_one_error_naming_them_all(capsys, preset, tmp_path, command):
+    root = write_folder(tmp_path / "bad")
+    bad = write_bad_images(tmp_path / "bad")
+    output = str(tmp_path / "out")
+    argv = {
+        "pretrain": ["--data", root, "--epochs", "1", "--batch-size", "4", "--num-focal-views",
+                     "0", "--num-prototypes", "4", "--output", output],
+        "finetune": ["--train", root, "--epochs", "1", "--output", output + ".keras"],
+        "lowshot": ["--train", root, "--test", root, "--shots", "1", "--splits", "1"],
+    }[command]
+    assert main([command, "--preset", preset, *argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    assert "2 of 10 image file(s)" in lines[0] and all(path in lines[0] for path in bad)
+    assert "--skip-bad-images" in lines[0]
+    assert not os.path.exists(output) and not os.path.exists(output + ".keras")
+
+
+def test_pretrain_skip_bad_images(capsys, preset, tmp_path):
+    root = write_folder(tmp_path / "bad")
+    bad = write_bad_images(tmp_path / "bad")
+    output = str(tmp_path / "out")
+    with pytest.warns(UserWarning, match="Skipping 2 of 10") as caught:
+        code = main(["pretrain", "--data", root, "--preset", preset, "--epochs", "1",
+                     "--batch-size", "8", "--num-focal-views", "0", "--num-prototypes", "4",
+                     "--skip-bad-images", "--output", output])
+    assert code == 0, capsys.readouterr().err
+    assert "pretrain: 8 images" in capsys.readouterr().err
+    assert any(all(path in str(w.message) for path in bad) for w in caught)
+    assert kv.ViTMSNBackbone.from_preset(output).image_shape == (SIZE, SIZE, 3)
