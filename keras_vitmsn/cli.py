@@ -31,6 +31,12 @@ def _user_errors():
     return (UsageError, ValueError, FileNotFoundError, CheckpointError, PresetDownloadError)
 
 
+def _progress():
+    """Keras' progress bars redraw with ANSI codes: in a terminal only. Redirected to a
+    log, fit prints one line per epoch (verbose=2) and feature extraction none."""
+    return 1 if sys.stdout.isatty() else 2
+
+
 def _backend_banner():
     import keras
 
@@ -187,7 +193,7 @@ def _finetune(args):
     size = model.backbone.image_shape[:2]
     train_data = train.as_dataset(size, args.batch_size, shuffle=True, seed=args.seed)
     val_data = val.as_dataset(size, args.batch_size) if val is not None else None
-    model.fit(train_data, validation_data=val_data, epochs=args.epochs)
+    model.fit(train_data, validation_data=val_data, epochs=args.epochs, verbose=_progress())
     model.save(args.output)
     with open(_classes_file(args.output), "w") as f:
         json.dump(train.class_names, f)
@@ -245,6 +251,7 @@ def _lowshot(args):
         feature=args.feature,
         batch_size=args.batch_size,
         preprocessing=converter,
+        verbose=_progress() == 1,
     )
     print(lowshot.format_table(results, title=f"Low-shot top-1, {args.preset}"))
     return 0

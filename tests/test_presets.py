@@ -538,3 +538,24 @@ def test_loading_initialises_every_variable_once_and_leaves_nothing_pending(tmp_
     history = clf.fit(rng.standard_normal((4, 32, 32, 3)).astype("float32"), np.array([0, 1, 0, 1]), epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
     assert not np.array_equal(before, to_numpy(clf.backbone.embeddings.position_embeddings))
+
+
+def test_unreachable_hub_fails_within_seconds_and_uses_the_hf_cache(tmp_path, offline_hub, monkeypatch):
+    """Not offline mode, but no route to the hub (connection refused): fail fast with the
+    good error instead of huggingface_hub's ~25 s of retries; cached files still load."""
+    import time
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    hub._UNREACHABLE.clear()
+    start = time.perf_counter()
+    with pytest.raises(PresetDownloadError, match="cannot be reached .127.0.0.1:9"):
+        kv.ViTMSNBackbone.from_preset("hf://org/not-cached")
+    assert time.perf_counter() - start < 5
+    hf_checkpoint(tmp_path / "ck")
+    offline_hub("org/cached", tmp_path / "ck")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    assert kv.ViTMSNBackbone.from_preset("hf://org/cached").hidden_dim == 32
+    hub._UNREACHABLE.clear()

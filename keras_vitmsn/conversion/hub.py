@@ -56,6 +56,32 @@ def _local_alternative(repo_id):
     )
 
 
+_UNREACHABLE = {}
+
+
+def hub_unreachable(timeout=3.0):
+    """Why the hub's host cannot be reached at all (no DNS, connection refused or timed
+    out), or None when a TCP connection opens; asked once per process and endpoint.
+
+    A slow download is not "unreachable": only the connection itself is probed.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    import huggingface_hub
+
+    url = urlparse(huggingface_hub.constants.ENDPOINT)
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if (host, port) not in _UNREACHABLE:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                reason = None
+        except OSError as e:
+            reason = f"{host}:{port}: {e.strerror or e}"
+        _UNREACHABLE[(host, port)] = reason
+    return _UNREACHABLE[(host, port)]
+
+
 def download(repo_id, filename, optional=False):
     """Path of ``filename`` in the local HF cache, downloading it if needed.
 
@@ -64,6 +90,19 @@ def download(repo_id, filename, optional=False):
     import huggingface_hub
     from huggingface_hub import errors
 
+    unreachable = None if huggingface_hub.constants.HF_HUB_OFFLINE else hub_unreachable()
+    if unreachable is not None:
+        # huggingface_hub would retry for ~25 s before falling back to its cache.
+        cached = huggingface_hub.try_to_load_from_cache(repo_id, filename)
+        if isinstance(cached, str):
+            return cached
+        if optional:
+            return Unavailable(unreachable)
+        raise PresetDownloadError(
+            f"Could not fetch {filename} of hf://{repo_id}: the Hugging Face hub cannot be "
+            f"reached ({unreachable}) and the file is not in the local Hugging Face cache. "
+            f"{_local_alternative(repo_id)}"
+        )
     try:
         return huggingface_hub.hf_hub_download(
             repo_id,
