@@ -2,7 +2,7 @@
 
 Every preset resolves to a Hugging Face hub repository (``hf_handle``); the weights are
 fetched from there on first use, converted, and cached as a Keras preset (see
-:mod:`keras_vitmsn.models.preset_io`). The table is the single source of truth for
+:mod:`keras_vitmsn.presets.resolve`). The table is the single source of truth for
 ``ViTMSNBackbone.presets``, ``ViTMSNClassifier.presets`` and
 ``ViTMSNImageConverter.presets``.
 
