@@ -127,9 +127,9 @@ class ConvertedCheckpoint:
         if kwargs["num_heads"] is None:
             raise ValueError(
                 f"{self.origin}: the number of attention heads is not recorded in the "
-                f"checkpoint and hidden_dim={kwargs['hidden_dim']} is not a multiple of "
-                "the 64-dimensional heads of the released MSN models; pass num_heads, "
-                "e.g. from_preset(path, num_heads=...)."
+                f"checkpoint, and hidden_dim={kwargs['hidden_dim']} is none of the released "
+                "MSN widths (384, 768, 1024: 6, 12, 16 heads); pass it, e.g. "
+                "from_preset(path, num_heads=...)."
             )
         if not load_weights:
             return ViTMSNBackbone(**kwargs)
@@ -254,9 +254,9 @@ def load_transformers_checkpoint(directory, load_weights=True):
 def load_msn_checkpoint(path, load_weights=True):
     """A :class:`ConvertedCheckpoint` from an original MSN ``*.pth.tar`` (needs torch).
 
-    The architecture comes from the tensor shapes (64-dimensional heads, as every
-    released MSN model); the image converter is the released ViT-MSN processor at
-    the checkpoint's resolution. ``load_weights=False`` still reads the file, since
+    The architecture comes from the tensor shapes (the number of heads from the
+    released models' widths, else from ``num_heads=``); the image converter is the
+    released ViT-MSN processor at the checkpoint's resolution. ``load_weights=False`` still reads the file, since
     the architecture is only recorded in the weights.
     """
     from keras_vitmsn.conversion.transformers_weights import _RELEASED_PROCESSOR
