@@ -77,8 +77,7 @@ def build_msn_training(
         :class:`MSNTraining`.
 
     Example:
-    >>> import keras
-import numpy as np
+    >>> import numpy as np
     >>> images = np.random.default_rng(0).integers(0, 256, (8, 24, 24, 3), dtype="uint8")
     >>> run = build_msn_training(
     ...     images, epochs=2, warmup_epochs=1, batch_size=4, global_size=16, focal_size=8,
