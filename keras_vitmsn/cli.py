@@ -68,61 +68,62 @@ def _positive(value, name):
         raise UsageError(f"--{name} must be a positive integer; got {value}.")
 
 
+# `pretrain` flags that override a recipe key of the same meaning (flag -> recipe key).
+_RECIPE_FLAGS = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "warmup_epochs": "warmup_epochs",
+    "image_size": "global_size",
+    "focal_size": "focal_size",
+    "num_focal_views": "num_focal_views",
+    "mask_ratio": "mask_ratio",
+    "num_prototypes": "num_prototypes",
+    "me_max_weight": "me_max_weight",
+    "sinkhorn": "use_sinkhorn",
+    "learning_rate": "learning_rate",
+    "ipe_scale": "ipe_scale",
+}
+
+
 def _pretrain(args):
     import keras
 
-    from keras_vitmsn.image_files import list_image_files
-    from keras_vitmsn.msn import MSNAugmentation, MSNPretrainer
-    from keras_vitmsn.msn import msn_multiview_dataset, msn_optimizer
+    from keras_vitmsn.msn.training import build_msn_training
 
     for name in ("epochs", "batch_size", "image_size", "focal_size", "num_prototypes"):
         _positive(getattr(args, name), name.replace("_", "-"))
-    num_images = len(list_image_files(args.data, skip_bad_images=args.skip_bad_images))
-    batch_size = min(args.batch_size, num_images)
-    steps_per_epoch = num_images // batch_size
-    total_steps = steps_per_epoch * args.epochs
-    print(f"pretrain: {num_images} images from {args.data}, {steps_per_epoch} steps of "
-          f"{batch_size} per epoch", file=sys.stderr)
+    if args.from_scratch and not args.preset:
+        raise UsageError("--from-scratch takes the architecture of --preset; give one.")
+    if args.restore_optimizer and not args.preset:
+        raise UsageError("--restore-optimizer continues the run saved in --preset; give one.")
+    # Only the flags given on the command line override the recipe.
+    overrides = {
+        key: getattr(args, flag) for flag, key in _RECIPE_FLAGS.items()
+        if getattr(args, flag) is not None
+    }
+    if args.learning_rate is not None:
+        # The recipe's warm-up start and final rate keep their ratios to the peak.
+        overrides["start_learning_rate"] = args.learning_rate / 5
+        overrides["final_learning_rate"] = args.learning_rate / 1000
     _backend_banner()
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy(args.mixed_precision)
     keras.utils.set_random_seed(args.seed)
-    overrides = {}
-    if args.image_size:
-        overrides["image_shape"] = (args.image_size, args.image_size, 3)
-    pretrainer = MSNPretrainer.from_preset(
-        args.preset,
+    run = build_msn_training(
+        args.data,
+        recipe=args.recipe,
+        backbone_or_preset=args.preset,
         load_weights=not args.from_scratch,
-        mask_ratio=args.mask_ratio,
-        num_prototypes=args.num_prototypes,
-        me_max_weight=args.me_max_weight,
-        use_sinkhorn=args.sinkhorn,
-        total_steps=total_steps,
+        restore_optimizer=args.restore_optimizer,
         seed=args.seed,
+        skip_bad_images=args.skip_bad_images,
         **overrides,
     )
-    encoder = pretrainer.encoder
-    global_size = encoder.image_shape[0]
-    # The paper's 96-px focal views for 224-px global ones, on the patch grid.
-    focal_size = args.focal_size or max(
-        encoder.patch_size, round(global_size * 96 / 224 / encoder.patch_size) * encoder.patch_size
-    )
-    if focal_size % encoder.patch_size:
-        raise UsageError(
-            f"--focal-size {focal_size} must be a multiple of the patch size {encoder.patch_size}."
-        )
-    augmentation = MSNAugmentation(
-        global_size=global_size, focal_size=focal_size, num_focal_views=args.num_focal_views
-    )
-    dataset = msn_multiview_dataset(
-        args.data, batch_size, augmentation=augmentation, seed=args.seed, repeat=True,
-        skip_bad_images=args.skip_bad_images,
-    )
-    pretrainer.compile(optimizer=msn_optimizer(total_steps, ref_lr=args.learning_rate))
-    pretrainer.fit(
-        dataset, epochs=args.epochs, steps_per_epoch=steps_per_epoch, verbose=2, shuffle=False
-    )
-    pretrainer.save_to_preset(args.output)
+    print(f"pretrain: recipe {args.recipe}, {run.num_images} images from {args.data}, "
+          f"{run.steps_per_epoch} steps of {run.batch_size} per epoch, "
+          f"{run.config['epochs']} epochs", file=sys.stderr)
+    run.fit(verbose=2)
+    run.pretrainer.save_to_preset(args.output)
     print(f"Wrote the pretrained target encoder as a preset to {args.output}")
     return 0
 
@@ -295,6 +296,8 @@ def _predict(args):
 
 
 def build_parser():
+    from keras_vitmsn.msn.recipes import recipe_names
+
     parser = argparse.ArgumentParser(
         prog="keras-vitmsn",
         description="ViT-MSN vision transformers for Keras 3. "
@@ -321,25 +324,43 @@ def build_parser():
     supervised.set_defaults(handler=_supervised_demo)
 
     pretrain = commands.add_parser(
-        "pretrain", help="MSN self-supervised pretraining on a folder of unlabelled images."
+        "pretrain",
+        help="MSN self-supervised pretraining on a folder of unlabelled images, with a "
+        "released recipe (flags given override it).",
     )
     pretrain.add_argument("--data", required=True, help="Folder of images (searched recursively; labels unused).")
-    pretrain.add_argument("--preset", required=True,
-                          help="Start from this preset, hf://org/repo, directory or original .pth.tar.")
+    pretrain.add_argument("--recipe", default="msn_vits16",
+                          choices=recipe_names(),
+                          help="The authors' recipe to follow (default msn_vits16, their released config).")
+    pretrain.add_argument("--preset",
+                          help="Continue from this preset, hf://org/repo, directory or original .pth.tar "
+                          "(default: from scratch with the recipe's architecture).")
     pretrain.add_argument("--from-scratch", action="store_true",
                           help="Use the preset's architecture with random weights.")
+    pretrain.add_argument("--restore-optimizer", action="store_true",
+                          help="Continue the optimizer and schedules saved in --preset (a previous "
+                          "pretrain output or an original .pth.tar).")
     pretrain.add_argument("--output", required=True, help="Directory to write the pretrained preset to.")
-    pretrain.add_argument("--epochs", type=int, default=10)
-    pretrain.add_argument("--batch-size", type=int, default=64)
-    pretrain.add_argument("--image-size", type=int, help="Global view size (default: the preset's).")
-    pretrain.add_argument("--focal-size", type=int, help="Focal view size (default: 96/224 of the global size).")
-    pretrain.add_argument("--num-focal-views", type=int, default=10)
-    pretrain.add_argument("--mask-ratio", type=float, default=0.15,
-                          help="Patches dropped from the anchor view (paper: 0.15 S/16, 0.3 B/16, 0.7 B/4, L/7).")
-    pretrain.add_argument("--num-prototypes", type=int, default=1024)
-    pretrain.add_argument("--me-max-weight", type=float, default=1.0)
-    pretrain.add_argument("--sinkhorn", action="store_true", help="Balance the targets with Sinkhorn.")
-    pretrain.add_argument("--learning-rate", type=float, default=1e-3, help="Peak learning rate (after warm-up).")
+    pretrain.add_argument("--epochs", type=int, help="Default: the recipe's (800 for msn_vits16).")
+    pretrain.add_argument("--warmup-epochs", type=float,
+                          help="Learning-rate warm-up (default: the recipe's 15; must be below --epochs).")
+    pretrain.add_argument("--batch-size", type=int,
+                          help="Global batch (default: the recipe's 1024, capped at the number of images).")
+    pretrain.add_argument("--image-size", type=int,
+                          help="Global view size (default: the preset's, or the recipe's 224).")
+    pretrain.add_argument("--focal-size", type=int,
+                          help="Focal view size (default: the recipe's 96/224 of the global size).")
+    pretrain.add_argument("--num-focal-views", type=int, help="Default: the recipe's 10.")
+    pretrain.add_argument("--mask-ratio", type=float,
+                          help="Patches dropped from the anchor view (default: the recipe's).")
+    pretrain.add_argument("--num-prototypes", type=int, help="Default: the recipe's 1024.")
+    pretrain.add_argument("--me-max-weight", type=float, help="Default: the recipe's 1.")
+    pretrain.add_argument("--sinkhorn", action=argparse.BooleanOptionalAction, default=None,
+                          help="Balance the targets with Sinkhorn (default: the recipe's, on).")
+    pretrain.add_argument("--learning-rate", type=float,
+                          help="Peak learning rate after warm-up (default: the recipe's 1e-3).")
+    pretrain.add_argument("--ipe-scale", type=float,
+                          help="Stretch the schedules by this factor (the original: 1.25; default 1).")
     pretrain.add_argument(
         "--mixed-precision", nargs="?", const="mixed_bfloat16", default=None,
         choices=["mixed_bfloat16", "mixed_float16"], help="Mixed-precision policy (default mixed_bfloat16).",

@@ -12,6 +12,47 @@ from keras_vitmsn.presets.mixin import register_preset_class
 from keras_vitmsn.utils import IMAGENET_MEAN
 from keras_vitmsn.utils import IMAGENET_STD
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "lanczos3", "lanczos5")
+RESIZE_MODES = ("hub", "paper")
+# The paper's evaluation transform (logistic_eval.py): Resize(256) + CenterCrop(224).
+PAPER_CROP_FRACTION = 224 / 256
+
+
+def paper_resize_geometry(height, width, image_size):
+    """``(resized_height, resized_width, top, left)`` of the paper's evaluation transform.
+
+    torchvision's ``Resize(256)`` + ``CenterCrop(224)`` scaled with the model size: the
+    image is resized, keeping its aspect, to cover ``round(s * 256 / 224)`` for each
+    side ``s`` of ``image_size`` (for a square size: the shorter side becomes that, the
+    longer ``int(R * long / short)``, as torchvision), then the centre ``image_size``
+    is cropped (offsets ``int(round((resized - crop) / 2))``, as torchvision).
+
+    Example:
+    >>> paper_resize_geometry(300, 400, (224, 224))
+    (256, 341, 16, 58)
+    """
+    crop_h, crop_w = image_size
+    cover_h, cover_w = round(crop_h / PAPER_CROP_FRACTION), round(crop_w / PAPER_CROP_FRACTION)
+    if width * cover_h >= cover_w * height:  # the height binds
+        new_h, new_w = cover_h, int(cover_h * width / height)
+    else:
+        new_h, new_w = int(cover_w * height / width), cover_w
+    return new_h, new_w, int(round((new_h - crop_h) / 2.0)), int(round((new_w - crop_w) / 2.0))
+
+
+def _paper_resize_geometry_tf(height, width, image_size):
+    """:func:`paper_resize_geometry` on dynamic (TensorFlow graph) sizes, in float64 so
+    the truncations and half-to-even roundings fall as in Python."""
+    import tensorflow as tf
+
+    crop_h, crop_w = image_size
+    cover_h, cover_w = round(crop_h / PAPER_CROP_FRACTION), round(crop_w / PAPER_CROP_FRACTION)
+    h, w = tf.cast(height, "float64"), tf.cast(width, "float64")
+    binds = w * cover_h >= cover_w * h
+    new_h = tf.where(binds, tf.constant(cover_h, "float64"), tf.floor(cover_w * h / w))
+    new_w = tf.where(binds, tf.floor(cover_h * w / h), tf.constant(cover_w, "float64"))
+    top = tf.round((new_h - crop_h) / 2.0)
+    left = tf.round((new_w - crop_w) / 2.0)
+    return tuple(tf.cast(v, "int32") for v in (new_h, new_w, top, left))
 
 
 @register_preset_class("image_converter")
@@ -29,12 +70,22 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
     not: outputs stay within one uint8 step (1 / (255 * std), at most 0.0175) of
     ``ViTImageProcessor``, with a mean difference around 0.005.
 
+    ``resize_mode="paper"`` is instead the MSN paper's evaluation transform
+    (``logistic_eval.py``: torchvision ``Resize(256)`` + ``CenterCrop(224)``), scaled
+    with ``image_size``: resize keeping the aspect ratio so that the image covers
+    ``round(image_size * 256 / 224)`` (the shorter side of a square size), then crop the
+    centre ``image_size`` (:func:`paper_resize_geometry`). It zooms in by 256/224 even
+    on images already at ``image_size``.
+
     It is a Keras preprocessing layer: call it eagerly on NumPy arrays or any
     backend's tensors, inside a model (``ViTMSNClassifier(preprocessor=...)``), or in
     a ``tf.data`` pipeline under any backend (it then runs TensorFlow ops).
 
     Args:
         image_size: ``(height, width)`` to resize to, or None to keep the input size.
+        resize_mode: "hub" (default: resize straight to ``image_size``, as the hub
+            processor) or "paper" (resize then centre-crop, as the paper evaluates;
+            needs ``image_size``).
         mean: per-channel mean subtracted after rescaling, or None to skip
             normalisation (then ``std`` must be None too).
         std: per-channel std dividing after the mean is subtracted.
@@ -65,11 +116,15 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
     >>> ds = tf.data.Dataset.from_tensor_slices(images).map(converter)
     >>> next(iter(ds)).shape
     TensorShape([224, 224, 3])
+    >>> paper = ViTMSNImageConverter(image_size=(224, 224), resize_mode="paper")
+    >>> tuple(paper(images).shape)   # resized to 256x341, centre 224x224 cropped
+    (2, 224, 224, 3)
     """
 
     def __init__(
         self,
         image_size=(224, 224),
+        resize_mode="hub",
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         interpolation="bilinear",
@@ -90,6 +145,14 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
                     f"`image_size` must be (height, width) with positive sizes, or None; "
                     f"got {image_size}."
                 )
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(
+                f"`resize_mode` must be one of {', '.join(RESIZE_MODES)}; got {resize_mode!r}."
+            )
+        if resize_mode == "paper" and image_size is None:
+            raise ValueError(
+                "`resize_mode='paper'` crops the centre `image_size`: give an image_size."
+            )
         if (mean is None) != (std is None):
             raise ValueError(
                 "`mean` and `std` must both be given or both be None; got "
@@ -117,6 +180,7 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
                 f"got {data_format!r}."
             )
         self.image_size = image_size
+        self.resize_mode = resize_mode
         self.mean = mean
         self.std = std
         self.interpolation = interpolation
@@ -156,14 +220,10 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
         x = ops.cast(images, self.compute_dtype)
         if rank == 3:
             x = ops.numpy.expand_dims(x, 0)
-        if self.image_size is not None and spatial_shape(x.shape, self.data_format) != self.image_size:
-            x = ops.image.resize(
-                x,
-                self.image_size,
-                interpolation=self.interpolation,
-                antialias=self.antialias,
-                data_format=self.data_format,
-            )
+        if self.resize_mode == "paper":
+            x = self._resize_and_crop(x, ops)
+        elif self.image_size is not None and spatial_shape(x.shape, self.data_format) != self.image_size:
+            x = self._resize(x, self.image_size, ops)
         if self.rescale_factor is not None:
             x = x * ops.cast(self.rescale_factor, x.dtype)
         if self.mean is not None:
@@ -173,6 +233,40 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
             x = (x - mean) / std
         if rank == 3:
             x = ops.numpy.squeeze(x, 0)
+        return x
+
+    def _resize(self, x, size, ops):
+        return ops.image.resize(
+            x,
+            size,
+            interpolation=self.interpolation,
+            antialias=self.antialias,
+            data_format=self.data_format,
+        )
+
+    def _resize_and_crop(self, x, ops):
+        height, width = spatial_shape(x.shape, self.data_format)
+        crop_h, crop_w = self.image_size
+        channels_last = self.data_format == "channels_last"
+        if height is not None and width is not None:
+            new_h, new_w, top, left = paper_resize_geometry(height, width, self.image_size)
+        else:  # a TensorFlow graph of images of unknown size (tf.data)
+            import tensorflow as tf
+
+            shape = tf.shape(x)
+            axes = (1, 2) if channels_last else (2, 3)
+            new_h, new_w, top, left = _paper_resize_geometry_tf(
+                shape[axes[0]], shape[axes[1]], self.image_size
+            )
+        x = self._resize(x, (new_h, new_w), ops)
+        if channels_last:
+            x = x[:, top : top + crop_h, left : left + crop_w, :]
+        else:
+            x = x[:, :, top : top + crop_h, left : left + crop_w]
+        if height is None or width is None:
+            # The offsets were tensors: give the crop its static size back.
+            static = [None, crop_h, crop_w, None] if channels_last else [None, None, crop_h, crop_w]
+            x = tf.ensure_shape(x, static)
         return x
 
     def compute_output_shape(self, input_shape):
@@ -188,6 +282,7 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
         config = super().get_config()
         config.update(
             image_size=self.image_size,
+            resize_mode=self.resize_mode,
             mean=self.mean,
             std=self.std,
             interpolation=self.interpolation,

@@ -12,7 +12,7 @@ from PIL import Image
 import keras_vitmsn as kv
 from keras_vitmsn.cli import main
 
-from helpers import max_abs_diff
+from helpers import max_abs_diff, to_numpy
 
 SIZE = 32
 
@@ -125,8 +125,8 @@ def test_pretrain_then_lowshot_on_the_result(tmp_path, preset, folders, capsys):
     train, test = folders
     output = str(tmp_path / "pretrained")
     code = main(["pretrain", "--data", train, "--preset", preset, "--epochs", "2",
-                 "--batch-size", "4", "--focal-size", "16", "--num-focal-views", "2",
-                 "--num-prototypes", "8", "--output", output])
+                 "--warmup-epochs", "1", "--batch-size", "4", "--focal-size", "16",
+                 "--num-focal-views", "2", "--num-prototypes", "8", "--output", output])
     assert code == 0, capsys.readouterr().err
     assert "Wrote the pretrained target encoder" in capsys.readouterr().out
     pretrained = kv.ViTMSNBackbone.from_preset(output)
@@ -136,6 +136,18 @@ def test_pretrain_then_lowshot_on_the_result(tmp_path, preset, folders, capsys):
     assert moved > 0  # the EMA target followed the trained encoder
     resumed = kv.msn.MSNPretrainer.from_preset(output)
     assert resumed.prototypes.num_prototypes == 8
+    # The rest of the msn_vits16 recipe applies: Sinkhorn on, 2048-256 head, mask 0.15.
+    assert resumed.use_sinkhorn and resumed.mask_ratio == 0.15
+    assert resumed.projection_head.hidden_dim == 2048 and resumed.total_steps == 4
+    # Continue that run to 3 epochs: optimizer, schedules and masks where they stopped.
+    more = str(tmp_path / "more")
+    code = main(["pretrain", "--data", train, "--preset", output, "--restore-optimizer",
+                 "--epochs", "3", "--warmup-epochs", "1", "--batch-size", "4",
+                 "--focal-size", "16", "--num-focal-views", "2", "--output", more])
+    assert code == 0, capsys.readouterr().err
+    continued = kv.msn.MSNPretrainer.from_preset(more, restore_optimizer=True)
+    assert int(to_numpy(continued.optimizer.iterations)) == 4 + 2
+    assert continued.total_steps == 6
     assert main(["lowshot", "--preset", output, "--train", train, "--test", test,
                  "--shots", "1", "--splits", "2"]) == 0
     assert "1/class" in capsys.readouterr().out
@@ -145,7 +157,7 @@ def test_pretrain_from_scratch_at_another_size(tmp_path, preset, folders, capsys
     train, _ = folders
     output = str(tmp_path / "scratch")
     code = main(["pretrain", "--data", train, "--preset", preset, "--from-scratch",
-                 "--image-size", "16", "--epochs", "1", "--batch-size", "8",
+                 "--image-size", "16", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8",
                  "--num-focal-views", "0", "--num-prototypes", "4", "--output", output])
     assert code == 0, capsys.readouterr().err
     assert kv.ViTMSNBackbone.from_preset(output).image_shape == (16, 16, 3)
@@ -156,13 +168,14 @@ def test_pretrain_from_scratch_at_another_size(tmp_path, preset, folders, capsys
     [
         (["--data", "MISSING"], "does not exist or is not a directory"),
         (["--epochs", "0"], "--epochs must be a positive integer; got 0"),
-        (["--focal-size", "12"], "--focal-size 12 must be a multiple of the patch size 8"),
+        (["--focal-size", "12"], "focal_size 12 must be a multiple of the patch size 8"),
+        (["--warmup-epochs", "1"], "warms up for 1.0 epochs of a 1-epoch run"),
     ],
 )
 def test_pretrain_errors(capsys, preset, folders, tmp_path, args, message):
     train, _ = folders
     base = {"--data": train, "--preset": preset, "--output": str(tmp_path / "out"),
-            "--num-focal-views": "1", "--epochs": "1"}
+            "--num-focal-views": "1", "--epochs": "1", "--warmup-epochs": "0"}
     for key, value in zip(args[::2], args[1::2]):
         base[key] = str(tmp_path / value) if value == "MISSING" else value
     argv = ["pretrain"] + [x for kv_pair in base.items() for x in kv_pair]
@@ -170,6 +183,12 @@ def test_pretrain_errors(capsys, preset, folders, tmp_path, args, message):
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.startswith("error:") and message in last_line, last_line
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_pretrain_from_scratch_needs_a_preset(capsys, folders, tmp_path):
+    argv = ["pretrain", "--data", folders[0], "--from-scratch", "--output", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "--from-scratch takes the architecture of --preset" in capsys.readouterr().err
 
 
 def test_missing_folder(capsys, preset, tmp_path):

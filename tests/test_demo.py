@@ -32,7 +32,7 @@ def test_msn_demo_end_to_end_reduced(tmp_path, capsys):
     from keras_vitmsn.msn.demo import DEMO_CONFIG
 
     backbone = kv.ViTMSNBackbone.from_preset(str(output / "preset"))
-    assert backbone.image_shape == (DEMO_CONFIG["image_size"],) * 2 + (3,)
+    assert backbone.image_shape == (DEMO_CONFIG["global_size"],) * 2 + (3,)
 
 
 def test_digits_split_is_stratified_and_disjoint():

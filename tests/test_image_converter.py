@@ -141,7 +141,71 @@ def test_symbolic_use_in_a_functional_model(rng):
     np.testing.assert_allclose(model.predict(images, verbose=0), to_numpy(converter(images)), atol=1e-5)
 
 
+def paper_reference(image, crop=224, resize=256):
+    """torchvision's Resize(resize) + CenterCrop(crop) on a PIL image, normalised."""
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    # Resize(int): the shorter side becomes `resize`, the longer int(resize * long / short).
+    if height <= width:
+        size = (int(resize * width / height), resize)
+    else:
+        size = (resize, int(resize * height / width))
+    resized = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    top = int(round((resized.shape[0] - crop) / 2.0))
+    left = int(round((resized.shape[1] - crop) / 2.0))
+    cropped = resized[top : top + crop, left : left + crop].astype("float32") / 255.0
+    return (cropped - MEAN) / STD
+
+
+@pytest.mark.parametrize(
+    "shape", [(300, 400), (500, 375), (480, 640), (301, 257), (224, 224), (200, 150)]
+)
+def test_paper_transform_matches_resize_then_center_crop(shape, rng):
+    image = smooth_image(rng, *shape)
+    converter = kv.ViTMSNImageConverter(image_size=(224, 224), resize_mode="paper")
+    got = to_numpy(converter(image))
+    diff = np.abs(got - paper_reference(image))
+    print(f"\n[paper transform {BACKEND}, {shape}] max {diff.max():.4f}, mean {diff.mean():.5f}")
+    assert got.shape == (224, 224, 3)
+    assert diff.mean() <= 1e-2
+    assert np.all(diff.max(axis=(0, 1)) <= ONE_UINT8_STEP + 1e-5)
+    # Not the hub transform (which squeezes the whole image into 224x224).
+    assert np.abs(got - to_numpy(kv.ViTMSNImageConverter()(image))).max() > 0.1
+
+
+def test_paper_transform_scales_with_the_model_size(rng):
+    image = smooth_image(rng, 150, 180)
+    converter = kv.ViTMSNImageConverter(image_size=(112, 112), resize_mode="paper")
+    assert kv.image_converter.paper_resize_geometry(150, 180, (112, 112)) == (128, 153, 8, 20)
+    diff = np.abs(to_numpy(converter(image)) - paper_reference(image, crop=112, resize=128))
+    assert np.all(diff.max(axis=(0, 1)) <= ONE_UINT8_STEP + 1e-5)
+
+
+def test_paper_transform_in_tf_data_and_in_a_model(rng):
+    tf = pytest.importorskip("tensorflow")
+    converter = kv.ViTMSNImageConverter(image_size=(48, 40), resize_mode="paper")
+    sizes = [(30, 70), (64, 64), (100, 21), (57, 40)]
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter(images), output_signature=tf.TensorSpec((None, None, 3), tf.uint8)
+    ).map(converter)
+    assert dataset.element_spec.shape == (48, 40, 3)
+    for image, out in zip(images, dataset):
+        np.testing.assert_allclose(out.numpy(), to_numpy(converter(image)), atol=1e-4)
+    inputs = keras.Input((57, 40, 3), dtype="uint8")
+    model = keras.Model(inputs, converter(inputs))
+    batch = np.stack([images[3], images[3][::-1]])
+    np.testing.assert_allclose(model.predict(batch, verbose=0), to_numpy(converter(batch)), atol=1e-5)
+    first = kv.ViTMSNImageConverter(image_size=(48, 40), resize_mode="paper",
+                                    data_format="channels_first")
+    out = to_numpy(first(np.transpose(batch, (0, 3, 1, 2))))
+    np.testing.assert_allclose(np.transpose(out, (0, 2, 3, 1)), to_numpy(converter(batch)), atol=1e-5)
+
+
 def test_config_round_trip():
+    paper = kv.ViTMSNImageConverter(image_size=(96, 96), resize_mode="paper")
+    assert kv.ViTMSNImageConverter.from_config(paper.get_config()).resize_mode == "paper"
     converter = kv.ViTMSNImageConverter(
         image_size=(96, 64), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic",
         antialias=False, rescale_factor=1 / 127.5, data_format="channels_first", name="conv",
@@ -161,6 +225,8 @@ def test_config_round_trip():
         (dict(mean=(0.5,) * 4), "one value per channel each; got 4 and 3"),
         (dict(image_size=(224,)), r"`image_size` must be \(height, width\)"),
         (dict(data_format="nhwc"), "`data_format` must be"),
+        (dict(resize_mode="crop"), "`resize_mode` must be one of hub, paper"),
+        (dict(resize_mode="paper", image_size=None), "give an image_size"),
     ],
 )
 def test_invalid_arguments(kwargs, match):

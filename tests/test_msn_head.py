@@ -179,9 +179,26 @@ def test_from_state_matches_numpy_and_torch(rng, batch_norm):
         torch_model = torch_head(state["head"]).train()
         with torch.no_grad():
             expected = torch_model(torch.from_numpy(train_x)).numpy()
-        # torch normalises with the biased batch variance, as Keras does.
-        assert max_abs_diff(head(train_x, training=True), expected) <= 1e-4
-        assert max_abs_diff(head.bn1.moving_mean, torch_model[1].running_mean.numpy()) <= 1e-6
+        # torch normalises with the biased batch variance and updates its running
+        # variance with the unbiased one (Keras' BatchNormalization: biased for both).
+        assert max_abs_diff(head(train_x, training=True), expected) <= 1e-5
+        for bn, torch_bn in ((head.bn1, torch_model[1]), (head.bn2, torch_model[4])):
+            assert max_abs_diff(bn.moving_mean, torch_bn.running_mean.numpy()) <= 1e-6
+            assert max_abs_diff(bn.moving_variance, torch_bn.running_var.numpy()) <= 1e-6
+        # A frozen head (MSN's EMA target) in torch's training mode: batch statistics
+        # and its own running statistics updated, as the original's no_grad forward.
+        target = msn.MSNProjectionHead.from_pretraining_state(state)
+        target.trainable = False
+        frozen_model = torch_head(state["head"]).train()
+        with torch.no_grad():
+            expected = frozen_model(torch.from_numpy(train_x)).numpy()
+        got = target(train_x, training=True, use_batch_statistics=True)
+        assert max_abs_diff(got, expected) <= 1e-5
+        assert max_abs_diff(target.bn2.moving_variance, frozen_model[4].running_var.numpy()) <= 1e-6
+        # Frozen and training=True without use_batch_statistics: Keras' inference mode.
+        before = to_numpy(target.bn1.moving_mean).copy()
+        target(train_x, training=True)
+        np.testing.assert_array_equal(to_numpy(target.bn1.moving_mean), before)
 
 
 def test_from_files(tmp_path, rng):

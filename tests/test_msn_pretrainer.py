@@ -46,11 +46,15 @@ def values(variables):
 
 def test_target_starts_as_a_frozen_copy():
     pretrainer = make_pretrainer()
-    pairs = pretrainer._ema_pairs()
+    pairs = pretrainer._ema_pairs(include_statistics=True)
     # Every encoder and head weight has a twin; the teacher trains nothing.
     assert len(pairs) == len(pretrainer.encoder.weights) + len(pretrainer.projection_head.weights)
     for source, target in pairs:
         np.testing.assert_array_equal(to_numpy(source), to_numpy(target))
+    # The EMA averages parameters only: BatchNorm moving statistics are each head's own.
+    averaged = {s.path for s, _ in pretrainer._ema_pairs()}
+    assert averaged == {s.path for s, _ in pairs if not s.path.endswith(("moving_mean", "moving_variance"))}
+    assert len(averaged) == len(pairs) - 4
     assert pretrainer.target_encoder.trainable_weights == []
     assert pretrainer.target_projection_head.trainable_weights == []
     trainable = {id(v) for v in pretrainer.trainable_weights}
@@ -83,7 +87,7 @@ def test_target_gets_no_gradient_and_prototypes_train():
     pretrainer.compile(optimizer=keras.optimizers.Adam(1e-2))
     pairs = pretrainer._ema_pairs()
     target_before = values(t for _, t in pairs)
-    encoder_before = values(s for s, _ in pairs)
+    encoder_before = values(s for s, _ in pretrainer._ema_pairs(include_statistics=True))
     prototypes_before = to_numpy(pretrainer.prototypes.prototypes).copy()
     pretrainer.fit(make_views(), batch_size=4, epochs=2, verbose=0)
     for (_, target), before in zip(pairs, target_before):
@@ -91,6 +95,7 @@ def test_target_gets_no_gradient_and_prototypes_train():
     assert max_abs_diff(pretrainer.prototypes.prototypes, prototypes_before) > 1e-4
     # Every trainable anchor weight moved (BatchNorm moving statistics move too, by the
     # forward pass, but they are not the point here).
+    pairs = pretrainer._ema_pairs(include_statistics=True)
     for (source, _), before in zip(pairs, encoder_before):
         if source.trainable:
             assert max_abs_diff(source, before) > 0, source.path
@@ -110,21 +115,29 @@ def test_fit_lowers_the_loss_on_a_toy_set():
 def test_forward_matches_the_parts_composed_by_hand():
     pretrainer = make_pretrainer(mask_ratio=0.0)
     views = make_views(batch=4, focal=3)
-    parts = pretrainer(views, training=False)
+    parts = pretrainer(views, training=True)
 
     encoder, target_encoder = pretrainer.encoder, pretrainer.target_encoder
     cls = lambda enc, x, **kw: to_numpy(enc(x, **kw)["last_hidden_state"])[:, 0]
     focal = views["focal"].transpose(1, 0, 2, 3, 4).reshape(12, 8, 8, 3)  # view-major
-    features = np.concatenate(
-        [cls(encoder, views["anchor"]), cls(encoder, focal, interpolate_pos_encoding=True)]
-    )
-    anchors = pretrainer.projection_head(features, training=False)
+    head = pretrainer.projection_head
+    # One head call per resolution group: BatchNorm statistics of each group alone.
+    anchors = np.concatenate([
+        to_numpy(head(cls(encoder, views["anchor"]), use_batch_statistics=True)),
+        to_numpy(head(cls(encoder, focal, interpolate_pos_encoding=True), use_batch_statistics=True)),
+    ])
     targets = pretrainer.target_projection_head(
         cls(target_encoder, views["target"]), use_batch_statistics=True
     )
-    expected = msn.msn_loss(anchors, targets, pretrainer.prototypes.prototypes)
+    expected = msn.msn_loss(anchors, targets, pretrainer.prototypes.prototypes, use_sinkhorn=True)
     for key in ("loss", "ce", "me_max"):
         assert abs(float(to_numpy(parts[key])) - float(to_numpy(expected[key]))) <= 1e-5
+    # One head call over all anchor views (the bug this replaced) gives another loss.
+    together = head(np.concatenate([cls(encoder, views["anchor"]),
+                                    cls(encoder, focal, interpolate_pos_encoding=True)]),
+                    use_batch_statistics=True)
+    mixed = msn.msn_loss(together, targets, pretrainer.prototypes.prototypes, use_sinkhorn=True)
+    assert abs(float(to_numpy(mixed["loss"])) - float(to_numpy(parts["loss"]))) > 1e-3
 
 
 def test_masking_drops_anchor_tokens_only():
@@ -175,27 +188,42 @@ def test_weight_decay_exclusions_and_scheduled_decay():
         assert path.endswith(("kernel", "cls_token", "position_embeddings")), path
     for path in excluded:
         assert path.endswith(("bias", "gamma", "beta", "prototypes")), path
-    # lr warms up 2e-4 -> 1e-3 (1 warm-up step of 4), weight decay rises 0.04 -> 0.4.
-    assert abs(float(to_numpy(optimizer.learning_rate)) - 2e-4) <= 1e-9
-    assert abs(float(to_numpy(optimizer.weight_decay)) - 0.04) <= 1e-7
+    # As the original, update t uses the schedules at t + 1: with 1 warm-up step of 4
+    # the first update is already at the peak lr, and the decay 0.04 -> 0.4 has moved.
+    def cosine(position):
+        return 0.4 - 0.36 * (1 + np.cos(np.pi * position / 4)) / 2
+
+    assert abs(float(to_numpy(optimizer.learning_rate)) - 1e-3) <= 1e-9
+    assert abs(float(to_numpy(optimizer.weight_decay)) - cosine(1)) <= 1e-6
     pretrainer.fit(make_views(), batch_size=4, epochs=2, verbose=0)
-    assert abs(float(to_numpy(optimizer.weight_decay)) - 0.22) <= 1e-6  # half way
+    assert abs(float(to_numpy(optimizer.weight_decay)) - cosine(3)) <= 1e-6
+    # The prototypes are left out of the gradient clipping (the original clips the
+    # encoder's parameters only).
+    clipped = {v.path for v in pretrainer.trainable_variables
+               if optimizer._var_key(v) not in optimizer._clip_exclusions}
+    assert clipped == {v.path for v in pretrainer.trainable_variables} - {
+        pretrainer.prototypes.prototypes.path}
 
 
 def test_msn_optimizer_keeps_the_papers_ratios_for_any_peak():
-    # Paper: warm up from ref/5, decay to ref/1000; explicit rates still win.
+    # Paper: warm up from ref/5, decay to ref/1000; explicit rates still win. Update t
+    # uses position t + 1: updates 1, 10 (end of warm-up) and 100 (the last).
     def rates(optimizer):
         values = []
-        for step in (0, 10, 100):
+        for step in (0, 9, 99):
             optimizer.iterations.assign(step)
             values.append(float(to_numpy(optimizer.learning_rate)))
         return values
 
     assert rates(msn.msn_optimizer(100, warmup_steps=10, ref_lr=2e-3)) == pytest.approx(
-        [4e-4, 2e-3, 2e-6]
+        [4e-4 + 1.6e-3 / 10, 2e-3, 2e-6]
     )
     explicit = msn.msn_optimizer(100, warmup_steps=10, start_lr=0.0, final_lr=0.0)
-    assert rates(explicit) == pytest.approx([0.0, 1e-3, 0.0], rel=1e-6, abs=1e-12)
+    assert rates(explicit) == pytest.approx([1e-4, 1e-3, 0.0], rel=1e-6, abs=1e-12)
+    # The original's stretch: schedules over int(1.25 * 100) steps, stopped at 80%.
+    stretched = msn.msn_optimizer(100, warmup_steps=10, ipe_scale=msn.ORIGINAL_IPE_SCALE)
+    final = 1e-6 + (1e-3 - 1e-6) * 0.5 * (1 + np.cos(np.pi * 90 / 115))
+    assert rates(stretched)[2] == pytest.approx(final, rel=1e-5)
 
 
 @pytest.mark.parametrize("schedule", [True, False])
@@ -216,19 +244,46 @@ def test_scheduled_adamw_decays_like_torch_adamw(schedule):
 
 
 def test_schedules():
-    lr = msn.msn_learning_rate(total_steps=100, warmup_steps=10)
     values_at = lambda s, steps: [float(to_numpy(s(t))) for t in steps]
+    lr = msn.WarmupCosineSchedule(2e-4, 1e-3, 1e-6, warmup_steps=10, steps=100)
     np.testing.assert_allclose(values_at(lr, [0, 5, 10, 55, 100, 150]),
                                [2e-4, 6e-4, 1e-3, 1e-6 + (1e-3 - 1e-6) * 0.5, 1e-6, 1e-6], rtol=1e-5)
+    # msn_learning_rate: the same, one position ahead (the original's step convention).
+    shifted = msn.msn_learning_rate(total_steps=100, warmup_steps=10)
+    np.testing.assert_allclose(values_at(shifted, [0, 4, 9, 54]), values_at(lr, [1, 5, 10, 55]),
+                               rtol=1e-6)
     np.testing.assert_allclose(values_at(msn.LinearSchedule(0.996, 1.0, 4), [0, 1, 4, 9]),
                                [0.996, 0.997, 1.0, 1.0], rtol=1e-7)
+    # Fractional lengths: the original's momentum increment over 1.25 * steps.
+    np.testing.assert_allclose(values_at(msn.LinearSchedule(0.9, 1.0, 12.5), [1]), [0.908], rtol=1e-6)
     wd = msn.CosineSchedule(0.04, 0.4, 100)
     np.testing.assert_allclose(values_at(wd, [0, 25, 100]),
                                [0.04, 0.4 - 0.36 * (1 + np.cos(np.pi / 4)) / 2, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(values_at(msn.msn_weight_decay(100), [24]), values_at(wd, [25]),
+                               rtol=1e-6)
     with pytest.raises(ValueError, match="warmup_steps"):
         msn.msn_learning_rate(10, warmup_steps=10)
-    with pytest.raises(ValueError, match="`steps` must be a positive int"):
+    with pytest.raises(ValueError, match="`steps` must be a positive"):
         msn.LinearSchedule(0.9, 1.0, 0)
+    with pytest.raises(ValueError, match="`ipe_scale` must be a number >= 1"):
+        msn.msn_learning_rate(10, ipe_scale=0.5)
+
+
+def test_scheduled_adamw_updates_like_torch_adamw():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(5,)).astype("float32")
+    grads = [rng.normal(size=(5,)).astype("float32") * 1e-3 for _ in range(3)]
+    variable = keras.Variable(start.copy())
+    optimizer = msn.ScheduledAdamW(learning_rate=0.1, weight_decay=0.05)
+    reference = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    torch_opt = torch.optim.AdamW([reference], lr=0.1, weight_decay=0.05)
+    for g in grads:
+        optimizer.apply([keras.ops.convert_to_tensor(g)], [variable])
+        reference.grad = torch.from_numpy(g)
+        torch_opt.step()
+    # Keras' AdamW (epsilon before the bias correction, 1e-7) is visibly different here.
+    assert max_abs_diff(variable, reference.detach().numpy()) <= 1e-6
 
 
 def test_errors():
@@ -287,7 +342,7 @@ def test_export_target_encoder_and_continue(tmp_path):
     pretrainer.save_to_preset(preset)
     assert sorted(os.listdir(preset)) == [
         "config.json", "image_converter.json", "metadata.json", "model.weights.h5",
-        "msn_head.weights.h5",
+        "msn_head.weights.h5", "msn_training_state.h5",
     ]
     with open(os.path.join(preset, "config.json")) as f:
         config = json.load(f)["config"]
@@ -301,14 +356,27 @@ def test_export_target_encoder_and_continue(tmp_path):
     classifier = kv.ViTMSNClassifier.from_preset(preset, num_classes=3)
     assert classifier.preprocessor.image_size == (16, 16)
 
-    resumed = msn.MSNPretrainer.from_preset(preset, mask_ratio=0.5, seed=0)
+    # With the training state, every part comes back where it was (and the settings).
+    resumed = msn.MSNPretrainer.from_preset(preset)
+    assert resumed.get_config() | {"name": None} == pretrainer.get_config() | {"name": None}
     np.testing.assert_array_equal(
         to_numpy(resumed.prototypes.prototypes), to_numpy(pretrainer.prototypes.prototypes)
     )
-    for a, b in zip(resumed.projection_head.weights, pretrainer.target_projection_head.weights):
+    for part in ("encoder", "projection_head", "target_encoder", "target_projection_head"):
+        for a, b in zip(getattr(resumed, part).weights, getattr(pretrainer, part).weights):
+            np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    assert int(to_numpy(resumed.ema_steps)) == 2
+
+    # Exported without it: a normal preset whose target starts both branches again.
+    pretrainer.save_to_preset(preset, training_state=False)
+    assert "msn_training_state.h5" not in os.listdir(preset)
+    restarted = msn.MSNPretrainer.from_preset(preset, mask_ratio=0.5, seed=0)
+    for a, b in zip(restarted.projection_head.weights, pretrainer.target_projection_head.weights):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
-    for a, b in zip(resumed.target_encoder.weights, pretrainer.target_encoder.weights):
+    for a, b in zip(restarted.encoder.weights, pretrainer.target_encoder.weights):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    with pytest.raises(ValueError, match="no optimizer state to restore"):
+        msn.MSNPretrainer.from_preset(preset, restore_optimizer=True)
 
 
 def test_from_original_msn_checkpoint(tmp_path, rng):
@@ -323,10 +391,23 @@ def test_from_original_msn_checkpoint(tmp_path, rng):
         path, num_heads=TINY["num_attention_heads"], total_steps=3, mask_ratio=0.3
     )
     np.testing.assert_array_equal(to_numpy(pretrainer.prototypes.prototypes), prototypes)
+    # The online branch from `encoder` (the helper writes target + 0.01), the EMA
+    # target from `target_encoder`.
     np.testing.assert_allclose(
         to_numpy(pretrainer.projection_head.fc1.kernel),
+        encoder_state["module.fc.fc1.weight"].T + 0.01, rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        to_numpy(pretrainer.target_projection_head.fc1.kernel),
         encoder_state["module.fc.fc1.weight"].T,
     )
+    np.testing.assert_allclose(
+        to_numpy(pretrainer.encoder.layers[0].cls_token) - 0.01,
+        to_numpy(pretrainer.target_encoder.layers[0].cls_token), atol=1e-7,
+    )
+    # The width is not a released one (384, 768, 1024): no guessing of the heads.
+    with pytest.raises(ValueError, match="none of the released MSN widths .* num_heads="):
+        msn.MSNPretrainer.from_preset(path, total_steps=3)
     size = TINY["image_size"]
     views = {k: np.random.default_rng(0).normal(size=(4, size, size, 3)).astype("float32")
              for k in ("target", "anchor")}

@@ -144,9 +144,9 @@ def load_transformers_checkpoint(directory, load_weights=True):
 def load_msn_checkpoint(path, load_weights=True):
     """A :class:`ConvertedCheckpoint` from an original MSN ``*.pth.tar`` (needs torch).
 
-    The architecture comes from the tensor shapes (64-dimensional heads, as every
-    released MSN model); the image converter is the released ViT-MSN processor at
-    the checkpoint's resolution. ``load_weights=False`` still reads the file, since
+    The architecture comes from the tensor shapes (the number of heads from the
+    released models' widths, else from ``num_heads=``); the image converter is the
+    released ViT-MSN processor at the checkpoint's resolution. ``load_weights=False`` still reads the file, since
     the architecture is only recorded in the weights.
     """
     path = os.fspath(path)

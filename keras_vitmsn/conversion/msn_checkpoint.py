@@ -15,6 +15,7 @@ import re
 
 import numpy as np
 
+from keras_vitmsn.conversion.msn_optimizer_state import read_msn_optimizer_state
 from keras_vitmsn.errors import CheckpointError
 
 MSN_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar")
@@ -125,12 +126,17 @@ def msn_head_to_keras(head_state):
     return out
 
 
-def msn_backbone_kwargs(backbone_state, head_dim=64):
+# The number of attention heads is not stored in the weights; these are the released
+# models' (ViT-S: 6, ViT-B: 12, ViT-L: 16, all 64-wide).
+RELEASED_NUM_HEADS = {384: 6, 768: 12, 1024: 16}
+
+
+def msn_backbone_kwargs(backbone_state):
     """ViTMSNBackbone kwargs implied by the shapes of a re-keyed MSN encoder.
 
-    The number of heads is not stored in the weights: every released MSN model uses
-    64-dimensional heads (S: 6, B: 12, L: 16 heads), hence ``head_dim=64``; pass
-    ``num_heads`` to ``from_preset`` for other models.
+    The number of heads is not stored in the weights: it is known for the released
+    widths only (:data:`RELEASED_NUM_HEADS`); for any other width ``num_heads`` is None
+    and ``from_preset`` asks for it (``num_heads=...``) instead of guessing.
     """
     try:
         patch = backbone_state["embeddings.patch_embeddings.projection.weight"]
@@ -157,8 +163,8 @@ def msn_backbone_kwargs(backbone_state, head_dim=64):
         "patch_size": patch_size,
         "hidden_dim": hidden_dim,
         "num_layers": len(layers),
-        # None when the rule does not apply: from_preset then asks for num_heads.
-        "num_heads": hidden_dim // head_dim if hidden_dim % head_dim == 0 else None,
+        # None for a width no released model has: from_preset then asks for num_heads.
+        "num_heads": RELEASED_NUM_HEADS.get(hidden_dim),
         "intermediate_dim": int(intermediate.shape[0]) if intermediate is not None else 4 * hidden_dim,
         "layer_norm_epsilon": 1e-6,
         "qkv_bias": "encoder.layer.0.attention.attention.query.bias" in backbone_state,
@@ -166,26 +172,40 @@ def msn_backbone_kwargs(backbone_state, head_dim=64):
     }
 
 
-def read_msn_checkpoint(path, encoder="target_encoder"):
+def read_msn_checkpoint(path, encoder="target_encoder", online=False, optimizer=False):
     """Open an original MSN checkpoint (torch, ``weights_only=True``) and split it.
+
+    Args:
+        path: the ``.pth.tar`` file.
+        encoder: which encoder is THE model: ``"target_encoder"`` (the EMA encoder
+            every evaluation uses) or ``"encoder"``.
+        online: also return the online (anchor) encoder, ``checkpoint["encoder"]``,
+            under ``"online"``: a continued run starts from it, the target from
+            ``target_encoder`` (they differ mid-training).
+        optimizer: also return the AdamW state under ``"optimizer"`` (see
+            :func:`read_msn_optimizer_state`).
 
     Returns:
         dict with ``backbone_state`` (hub keys), ``key_names``, ``head`` (Keras
-        layout or None), ``prototypes`` (array or None) and ``epoch``.
+        layout or None), ``prototypes`` (array or None), ``epoch``, ``encoder`` and,
+        when asked, ``online`` (``{"backbone_state", "key_names", "head"}``) and
+        ``optimizer``.
     """
     from keras_vitmsn.conversion.torch_io import load_torch_file
 
     checkpoint = load_torch_file(path)
-    if not isinstance(checkpoint, dict) or encoder not in checkpoint:
+    wanted = [encoder] + (["encoder"] if online else []) + (["opt", "encoder"] if optimizer else [])
+    missing = [key for key in wanted if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(
-            f"{path} is not an MSN checkpoint: no {encoder!r} entry (found {found}). "
+            f"{path} is not an MSN checkpoint: no {missing[0]!r} entry (found {found}). "
             "Expected the facebookresearch/msn layout {'encoder', 'target_encoder', "
-            "'prototypes', ...}."
+            "'prototypes', 'opt', ...}."
         )
     backbone_state, head_state, key_names = split_msn_encoder(checkpoint[encoder])
     prototypes = checkpoint.get("prototypes")
-    return {
+    out = {
         "backbone_state": backbone_state,
         "key_names": key_names,
         "head": msn_head_to_keras(head_state),
@@ -193,6 +213,19 @@ def read_msn_checkpoint(path, encoder="target_encoder"):
         "epoch": checkpoint.get("epoch"),
         "encoder": encoder,
     }
+    if online:
+        online_backbone, online_head, online_names = split_msn_encoder(checkpoint["encoder"])
+        out["online"] = {
+            "backbone_state": online_backbone,
+            "key_names": online_names,
+            "head": msn_head_to_keras(online_head),
+        }
+    if optimizer:
+        try:
+            out["optimizer"] = read_msn_optimizer_state(checkpoint["opt"], checkpoint["encoder"])
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from e
+    return out
 
 
 def is_msn_checkpoint_path(path):

@@ -9,6 +9,8 @@
   ``fit()``; :func:`msn_optimizer` and the schedules are its default recipe.
 - :class:`MSNAugmentation`, :func:`msn_multiview_dataset`: the multi-view tf.data
   pipeline (2 global + M focal crops) that feeds it.
+- :func:`get_recipe`, :data:`MSN_RECIPES`: the released models' recipes by name;
+  :func:`build_msn_training`: views, dataset, pretrainer and optimizer of a run.
 """
 
 from keras_vitmsn.msn.head import MSNProjectionHead
@@ -24,9 +26,17 @@ from keras_vitmsn.msn.masking import random_patch_keep_indices
 from keras_vitmsn.msn.optimizer import ScheduledAdamW
 from keras_vitmsn.msn.optimizer import msn_optimizer
 from keras_vitmsn.msn.pretrainer import MSNPretrainer
+from keras_vitmsn.msn.recipes import MSN_RECIPES
+from keras_vitmsn.msn.recipes import get_recipe
+from keras_vitmsn.msn.recipes import recipe_names
+from keras_vitmsn.msn.schedules import ORIGINAL_IPE_SCALE
 from keras_vitmsn.msn.schedules import CosineSchedule
 from keras_vitmsn.msn.schedules import LinearSchedule
+from keras_vitmsn.msn.schedules import WarmupCosineSchedule
 from keras_vitmsn.msn.schedules import msn_learning_rate
+from keras_vitmsn.msn.schedules import msn_weight_decay
 from keras_vitmsn.msn.augment import MSNAugmentation
 from keras_vitmsn.msn.augment import msn_multiview_dataset
 from keras_vitmsn.msn.augment import random_resized_crop_box
+from keras_vitmsn.msn.training import MSNTraining
+from keras_vitmsn.msn.training import build_msn_training

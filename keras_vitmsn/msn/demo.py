@@ -18,36 +18,71 @@ import numpy as np
 
 from keras_vitmsn import lowshot
 from keras_vitmsn.models.backbone import ViTMSNBackbone
+from keras_vitmsn.msn.recipes import backbone_kwargs
+from keras_vitmsn.msn.recipes import get_recipe
+from keras_vitmsn.msn.training import build_msn_training
 
-# The demo's recipe: a ViT small enough for two CPU cores, views sized for 8x8 digits.
+# The demo's own recipe (the keys of keras_vitmsn.msn.recipes, all given explicitly):
+# a ViT small enough for two CPU cores, views sized for 8x8 digits.
 DEMO_CONFIG = dict(
-    image_size=16,
+    preset=None,
     patch_size=4,
     hidden_dim=64,
     num_layers=4,
     num_heads=4,
     intermediate_dim=256,
-    focal_size=8,
-    num_focal_views=2,
-    global_scale=(0.5, 1.0),
-    focal_scale=(0.3, 0.6),
+    epochs=70,
+    batch_size=128,
+    warmup_epochs=3.5,  # 5% of the run (demo_config keeps that share for other lengths)
+    learning_rate=2e-3,
+    start_learning_rate=4e-4,
+    final_learning_rate=2e-6,
+    weight_decay=0.04,
+    final_weight_decay=0.4,
+    gradient_clip_norm=3.0,
+    ipe_scale=1.0,
+    ema_momentum=0.99,
+    final_ema_momentum=1.0,
     mask_ratio=0.3,
-    head_hidden_dim=256,
-    head_output_dim=128,
-    num_prototypes=64,
-    me_max_weight=2.0,
-    use_sinkhorn=True,
     temperature=0.1,
     sharpen_temperature=0.25,
+    final_sharpen_temperature=0.25,
+    me_max_weight=2.0,
+    use_sinkhorn=True,
+    sinkhorn_iters=3,
     # The original's optional per-anchor entropy term (use_ent): without it the
     # Sinkhorn-balanced targets of this short run stay nearly flat and little is learnt;
     # at 2 it collapses, so me-max is doubled to keep a margin.
     entropy_weight=1.0,
-    ema_momentum=0.99,
-    learning_rate=2e-3,
-    batch_size=128,
-    epochs=70,
+    num_prototypes=64,
+    head_hidden_dim=256,
+    head_output_dim=128,
+    head_batch_norm=True,
+    global_size=16,
+    focal_size=8,
+    num_focal_views=2,
+    global_scale=(0.5, 1.0),
+    focal_scale=(0.3, 0.6),
+    color_jitter_strength=0.0,
+    # Digits are grey, thin and small: keep jitter to brightness/contrast, blur lightly,
+    # never flip (a mirrored 2, 3, 7 ... is not a digit).
+    augmentation=dict(
+        flip_probability=0.0,
+        color_jitter=(0.4, 0.4, 0.0, 0.0),
+        grayscale_probability=0.0,
+        blur_probability=0.2,
+        blur_sigma=(0.1, 0.5),
+    ),
 )
+
+
+def demo_config(overrides=None):
+    """:data:`DEMO_CONFIG` with ``overrides``; a changed ``epochs`` keeps 5% warm-up
+    unless ``warmup_epochs`` is given too."""
+    overrides = dict(overrides or {})
+    if "epochs" in overrides and "warmup_epochs" not in overrides:
+        overrides["warmup_epochs"] = 0.05 * overrides["epochs"]
+    return get_recipe(DEMO_CONFIG, **overrides)
 
 
 def load_digits_images(image_size=16):
@@ -84,76 +119,19 @@ def split_pool_test(labels, test_fraction=0.4, seed=0):
 
 
 def demo_backbone(config=None, seed=0):
-    config = {**DEMO_CONFIG, **(config or {})}
+    config = demo_config(config)
     keras.utils.set_random_seed(seed)
-    return ViTMSNBackbone(
-        image_shape=(config["image_size"], config["image_size"], 3),
-        patch_size=config["patch_size"],
-        hidden_dim=config["hidden_dim"],
-        num_layers=config["num_layers"],
-        num_heads=config["num_heads"],
-        intermediate_dim=config["intermediate_dim"],
-    )
-
-
-def demo_augmentation(config=None):
-    from keras_vitmsn.msn.augment import MSNAugmentation
-
-    config = {**DEMO_CONFIG, **(config or {})}
-    # Digits are grey, thin and small: keep jitter to brightness/contrast, blur lightly,
-    # never flip (a mirrored 2, 3, 7 ... is not a digit).
-    return MSNAugmentation(
-        global_size=config["image_size"],
-        focal_size=config["focal_size"],
-        num_focal_views=config["num_focal_views"],
-        global_scale=tuple(config["global_scale"]),
-        focal_scale=tuple(config["focal_scale"]),
-        flip_probability=0.0,
-        color_jitter=(0.4, 0.4, 0.0, 0.0),
-        grayscale_probability=0.0,
-        blur_probability=0.2,
-        blur_sigma=(0.1, 0.5),
-    )
+    return ViTMSNBackbone(**backbone_kwargs(config))
 
 
 def pretrain(images, config=None, seed=0, verbose=1, callbacks=None):
     """MSN-pretrain :func:`demo_backbone` on ``images``; returns ``(pretrainer, history)``."""
-    from keras_vitmsn.msn.augment import msn_multiview_dataset
-    from keras_vitmsn.msn.optimizer import msn_optimizer
-    from keras_vitmsn.msn.pretrainer import MSNPretrainer
-
-    config = {**DEMO_CONFIG, **(config or {})}
-    batch_size = min(config["batch_size"], len(images))
-    steps_per_epoch = len(images) // batch_size
-    total_steps = steps_per_epoch * config["epochs"]
-    dataset = msn_multiview_dataset(
-        images, batch_size, augmentation=demo_augmentation(config), seed=seed, repeat=True
+    config = demo_config(config)
+    run = build_msn_training(
+        images, recipe=config, backbone_or_preset=demo_backbone(config, seed), seed=seed
     )
-    pretrainer = MSNPretrainer(
-        demo_backbone(config, seed),
-        mask_ratio=config["mask_ratio"],
-        head_hidden_dim=config["head_hidden_dim"],
-        head_output_dim=config["head_output_dim"],
-        num_prototypes=config["num_prototypes"],
-        me_max_weight=config["me_max_weight"],
-        use_sinkhorn=config["use_sinkhorn"],
-        temperature=config["temperature"],
-        sharpen_temperature=config["sharpen_temperature"],
-        entropy_weight=config["entropy_weight"],
-        ema_momentum=config["ema_momentum"],
-        total_steps=total_steps,
-        seed=seed,
-    )
-    pretrainer.compile(optimizer=msn_optimizer(total_steps, ref_lr=config["learning_rate"]))
-    history = pretrainer.fit(
-        dataset,
-        epochs=config["epochs"],
-        steps_per_epoch=steps_per_epoch,
-        verbose=verbose,
-        callbacks=callbacks,
-        shuffle=False,  # the dataset shuffles itself
-    )
-    return pretrainer, history
+    history = run.fit(verbose=verbose, callbacks=callbacks)
+    return run.pretrainer, history
 
 
 def run_msn_demo(
@@ -173,14 +151,14 @@ def run_msn_demo(
 
     Args:
         output_dir: where to write the results.
-        config: overrides of :data:`DEMO_CONFIG` (e.g. ``{"epochs": 2}`` for a smoke
-            run).
+        config: overrides of :data:`DEMO_CONFIG` (recipe keys, e.g. ``{"epochs": 2}``
+            for a smoke run).
         shots, num_splits, seed: the low-shot protocol (paper: 1, 2, 5 and 3 splits).
         verbose: 0 silent, 1 progress and the table.
     """
-    config = {**DEMO_CONFIG, **(config or {})}
+    config = demo_config(config)
     start = time.perf_counter()
-    images, labels = load_digits_images(config["image_size"])
+    images, labels = load_digits_images(config["global_size"])
     pool, test = split_pool_test(labels, seed=seed)
 
     # Random init = the encoder MSN starts from (same seed, same architecture).
@@ -237,7 +215,7 @@ def run_msn_demo(
 def _converter(config):
     from keras_vitmsn.image_converter import ViTMSNImageConverter
 
-    return ViTMSNImageConverter(image_size=(config["image_size"],) * 2)
+    return ViTMSNImageConverter(image_size=(config["global_size"],) * 2)
 
 
 def format_comparison(results):

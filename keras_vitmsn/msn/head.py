@@ -19,6 +19,7 @@ from keras_vitmsn.msn.head_state import BATCHNORM_EPSILON
 from keras_vitmsn.msn.head_state import BATCHNORM_MOMENTUM
 from keras_vitmsn.msn.head_state import load_msn_pretraining_state
 from keras_vitmsn.layers.initializers import kernel_initializer
+from keras_vitmsn.msn.batchnorm import TorchBatchNormalization
 from keras_vitmsn.msn.loss import l2_normalize
 
 _BN_PARAMS = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -29,7 +30,8 @@ class MSNProjectionHead(keras.layers.Layer):
     """MSN's projection head: Linear-BN-GELU-Linear-BN-GELU-Linear.
 
     Initialised as the original (Dense kernels truncated normal with std 0.02, biases
-    0; BatchNorm as torch's: epsilon 1e-5, momentum 0.1, i.e. Keras ``momentum=0.9``).
+    0; BatchNorm as torch's: epsilon 1e-5, momentum 0.1, i.e. Keras ``momentum=0.9``,
+    see :class:`keras_vitmsn.msn.batchnorm.TorchBatchNormalization`).
 
     Args:
         hidden_dim: int, width of the two hidden layers (2048).
@@ -44,13 +46,14 @@ class MSNProjectionHead(keras.layers.Layer):
 
     Call arguments:
         features: ``(batch, input_dim)``, e.g. the CLS token of ``last_hidden_state``.
-        training: bool; BatchNorm uses batch statistics (and updates its moving
-            averages) when True, the moving averages otherwise.
-        use_batch_statistics: bool; normalise with the batch's statistics without
-            updating the moving averages, whatever ``training`` and ``trainable``
-            say. MSN's EMA target head runs like this (the original runs it in
-            train mode under ``torch.no_grad``), while Keras' BatchNormalization
-            would fall back to its moving averages once the layer is frozen.
+        training: bool; BatchNorm uses batch statistics and updates its moving
+            averages (torch's training mode: unbiased variance for the update)
+            when True, the moving averages otherwise.
+        use_batch_statistics: bool; normalise with the batch's statistics even
+            when the head is frozen, updating the moving averages only if
+            ``training`` is True too. MSN's EMA target head runs with both (the
+            original runs it in training mode under ``torch.no_grad``), while a
+            frozen Keras BatchNormalization would use its moving averages.
 
     Example:
     >>> import numpy as np
@@ -94,7 +97,7 @@ class MSNProjectionHead(keras.layers.Layer):
         def batch_norm(name):
             if not self.use_batch_norm:
                 return None
-            return keras.layers.BatchNormalization(
+            return TorchBatchNormalization(
                 epsilon=self.batchnorm_epsilon,
                 momentum=self.batchnorm_momentum,
                 dtype=self.dtype_policy,
@@ -147,14 +150,7 @@ class MSNProjectionHead(keras.layers.Layer):
     def _normalize(bn, x, training, use_batch_statistics):
         if bn is None:
             return x
-        if not use_batch_statistics:
-            return bn(x, training=training)
-        # torch train-mode BatchNorm1d: biased batch variance, statistics in float32.
-        x32 = ops.cast(x, "float32")
-        mean, variance = ops.moments(x32, axes=[0])
-        y = (x32 - mean) * ops.rsqrt(variance + bn.epsilon)
-        y = y * ops.cast(bn.gamma, "float32") + ops.cast(bn.beta, "float32")
-        return ops.cast(y, x.dtype)
+        return bn(x, training=training, use_batch_statistics=use_batch_statistics)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.output_dim,)

@@ -1,40 +1,60 @@
-"""AdamW with a scheduled weight decay, and MSN's optimizer recipe.
+"""AdamW as ``torch.optim.AdamW`` with a scheduled weight decay, and MSN's optimizer recipe.
 
-Keras' AdamW takes a float ``weight_decay``; MSN raises it along a cosine schedule
-(0.04 -> 0.4). Every backend's optimizer reads ``self.weight_decay`` once per step when
-it applies the decoupled decay (``v -= lr * wd * v``, before the Adam update, as
-``torch.optim.AdamW``), so a property that evaluates the schedule at
-``self.iterations`` gives a scheduled decay on JAX, TensorFlow and torch alike,
-without touching the backends' private update code. That reliance is checked once
-(:func:`keras_vitmsn.keras_internals.optimizer_reads_weight_decay_property`).
+The MSN authors train with ``torch.optim.AdamW``; three details differ from Keras'
+``AdamW`` and are reproduced by :class:`ScheduledAdamW`:
+
+- epsilon is added to the bias-corrected ``sqrt(v_hat)`` (torch), not to ``sqrt(v)``
+  before the bias correction (Keras; equivalent to a step-dependent epsilon), and it
+  is 1e-8 (Keras: 1e-7);
+- the weight decay follows a schedule (cosine 0.04 -> 0.4). Every backend's optimizer
+  reads ``self.weight_decay`` once per step when it applies the decoupled decay
+  (``v -= lr * wd * v``, before the Adam update, as torch), so a property evaluating
+  the schedule at ``self.iterations`` schedules it on JAX, TensorFlow and torch alike
+  (a reliance on Keras internals, checked once by
+  :func:`keras_vitmsn.keras_internals.optimizer_reads_weight_decay_property`);
+- gradient clipping covers what the original clips, ``clip_grad_norm_`` over the
+  encoder and head only: variables marked with :meth:`ScheduledAdamW.exclude_from_clipping`
+  (the prototypes) are neither clipped nor counted in the norm, and the scale is
+  torch's ``max_norm / (norm + 1e-6)``.
 """
 
+import math
+
 import keras
+from keras import ops
 
 from keras_vitmsn.keras_internals import optimizer_reads_weight_decay_property
-
-from keras_vitmsn.msn.schedules import CosineSchedule
 from keras_vitmsn.msn.schedules import msn_learning_rate
+from keras_vitmsn.msn.schedules import msn_weight_decay
+
+TORCH_CLIP_EPSILON = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by norm + 1e-6.
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
 class ScheduledAdamW(keras.optimizers.AdamW):
-    """``keras.optimizers.AdamW`` whose ``weight_decay`` may be a schedule of the step.
+    """``torch.optim.AdamW``'s update as a Keras optimizer; ``weight_decay`` may be a
+    schedule of the step.
 
     Args:
+        learning_rate: float or schedule.
         weight_decay: a float, or a ``LearningRateSchedule``-like callable of the
             optimizer step (e.g. :class:`keras_vitmsn.msn.CosineSchedule`).
-        **kwargs: every other ``keras.optimizers.AdamW`` argument.
+        epsilon: added to the bias-corrected ``sqrt(v_hat)`` (1e-8, torch's default).
+        global_clipnorm: clip the global norm of the gradients of every variable not
+            excluded with :meth:`exclude_from_clipping` (torch's scale, see the module
+            docstring); None = no clipping.
+        **kwargs: every other ``keras.optimizers.AdamW`` argument (``clipnorm`` and
+            ``clipvalue`` keep Keras' semantics).
 
     Example:
     >>> from keras_vitmsn.msn import CosineSchedule
     >>> opt = ScheduledAdamW(learning_rate=1e-3,
     ...                      weight_decay=CosineSchedule(0.04, 0.4, steps=100))
-    >>> round(float(opt.weight_decay), 4)   # at step 0
-    0.04
+    >>> round(float(opt.weight_decay), 4), opt.epsilon   # at step 0
+    (0.04, 1e-08)
     """
 
-    def __init__(self, learning_rate=0.001, weight_decay=0.004, **kwargs):
+    def __init__(self, learning_rate=0.001, weight_decay=0.004, epsilon=1e-8, **kwargs):
         schedule = None
         if isinstance(weight_decay, dict):
             weight_decay = keras.saving.deserialize_keras_object(weight_decay)
@@ -46,9 +66,22 @@ class ScheduledAdamW(keras.optimizers.AdamW):
                     "`weight_decay` at each step); pass a float weight_decay instead."
                 )
             schedule, weight_decay = weight_decay, 0.0
-        super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
+        super().__init__(
+            learning_rate=learning_rate, weight_decay=weight_decay, epsilon=epsilon, **kwargs
+        )
+        if self.global_clipnorm and (self.gradient_accumulation_steps or self.loss_scale_factor):
+            raise ValueError(
+                "ScheduledAdamW clips the gradients it is given in apply(); it cannot "
+                "be combined with `gradient_accumulation_steps` or `loss_scale_factor` "
+                "(wrap it in keras.optimizers.LossScaleOptimizer for float16 instead)."
+            )
+        for name in ("beta_1", "beta_2"):
+            beta = getattr(self, name)
+            if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < 1:
+                raise ValueError(f"`{name}` must be a float in (0, 1); got {beta!r}.")
         # Set after the base constructor: the property below reads it.
         self._weight_decay_schedule = schedule
+        self._clip_exclusions = set()
 
     @property
     def weight_decay(self):
@@ -60,6 +93,58 @@ class ScheduledAdamW(keras.optimizers.AdamW):
     @weight_decay.setter
     def weight_decay(self, value):
         self._weight_decay_value = value
+
+    def exclude_from_clipping(self, var_list):
+        """Leave these variables' gradients out of the global-norm clipping (neither
+        scaled nor counted), as the original leaves out its prototypes."""
+        self._clip_exclusions = {self._var_key(v) for v in var_list}
+
+    def apply(self, grads, trainable_variables=None):
+        if self.global_clipnorm and len(grads):
+            variables = (
+                self._trainable_variables if trainable_variables is None
+                else list(trainable_variables)
+            )
+            grads = self._clip_global_norm(list(grads), variables)
+        return super().apply(grads, trainable_variables)
+
+    def _clip_gradients(self, grads):
+        if self.global_clipnorm:
+            return grads  # clipped in apply(), where the variables are known
+        return super()._clip_gradients(grads)
+
+    def _clip_global_norm(self, grads, variables):
+        clipped = [
+            g is not None and self._var_key(v) not in self._clip_exclusions
+            for g, v in zip(grads, variables)
+        ]
+        if not any(clipped):
+            return grads
+        norm = ops.sqrt(
+            sum(ops.sum(ops.square(ops.cast(g, "float32"))) for g, c in zip(grads, clipped) if c)
+        )
+        scale = ops.minimum(self.global_clipnorm / (norm + TORCH_CLIP_EPSILON), 1.0)
+        return [ops.cast(g * ops.cast(scale, g.dtype), g.dtype) if c else g
+                for g, c in zip(grads, clipped)]
+
+    def update_step(self, gradient, variable, learning_rate):
+        # torch.optim.AdamW after the decoupled decay (applied by the base class).
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        step = ops.cast(self.iterations + 1, variable.dtype)
+        # 1 - beta ** step without float32 cancellation (torch computes it in float64).
+        bias_correction1 = -ops.expm1(step * math.log(self.beta_1))
+        bias_correction2 = -ops.expm1(step * math.log(self.beta_2))
+        index = self._get_variable_index(variable)
+        m, v = self._momentums[index], self._velocities[index]
+        self.assign_add(m, (gradient - m) * (1 - self.beta_1))
+        self.assign_add(v, (ops.square(gradient) - v) * (1 - self.beta_2))
+        if self.amsgrad:
+            v_hat = self._velocity_hats[index]
+            self.assign(v_hat, ops.maximum(v_hat, v))
+            v = v_hat
+        denominator = ops.sqrt(v) / ops.sqrt(bias_correction2) + self.epsilon
+        self.assign_sub(variable, (lr / bias_correction1) * m / denominator)
 
     def get_config(self):
         config = super().get_config()
@@ -79,20 +164,25 @@ def msn_optimizer(
     start_weight_decay=0.04,
     final_weight_decay=0.4,
     global_clipnorm=3.0,
+    ipe_scale=1.0,
 ):
     """The MSN recipe: AdamW, warm-up + cosine learning rate, cosine weight decay, clipping.
 
-    Which variables decay is decided by :class:`MSNPretrainer.compile` (not biases,
-    norm parameters, or prototypes).
+    Which variables decay and which are clipped is decided by
+    :meth:`MSNPretrainer.compile` (no decay for biases, norm parameters, prototypes;
+    no clipping for the prototypes).
 
     Args:
         total_steps: int, optimizer steps of the whole run (``epochs * steps_per_epoch``).
-        warmup_steps: learning-rate warm-up steps (None: 5% of ``total_steps``).
+        warmup_steps: learning-rate warm-up steps (None: the vits16 recipe's share,
+            15 / 800 of the run).
         start_lr, ref_lr, final_lr: see :func:`msn_learning_rate`. The paper warms up
             from ``ref_lr / 5`` and decays to ``ref_lr / 1000`` (2e-4 and 1e-6 at its
             1e-3); ``None`` keeps those ratios for any ``ref_lr``.
         start_weight_decay, final_weight_decay: the cosine weight-decay schedule.
         global_clipnorm: clip the global gradient norm (3.0 as the paper); None = off.
+        ipe_scale: schedule stretch (the original: 1.25; see
+            :mod:`keras_vitmsn.msn.schedules`).
 
     Example:
     >>> opt = msn_optimizer(total_steps=1000)
@@ -102,7 +192,11 @@ def msn_optimizer(
     start_lr = ref_lr / 5 if start_lr is None else start_lr
     final_lr = ref_lr / 1000 if final_lr is None else final_lr
     return ScheduledAdamW(
-        learning_rate=msn_learning_rate(total_steps, warmup_steps, start_lr, ref_lr, final_lr),
-        weight_decay=CosineSchedule(start_weight_decay, final_weight_decay, total_steps),
+        learning_rate=msn_learning_rate(
+            total_steps, warmup_steps, start_lr, ref_lr, final_lr, ipe_scale=ipe_scale
+        ),
+        weight_decay=msn_weight_decay(
+            total_steps, start_weight_decay, final_weight_decay, ipe_scale=ipe_scale
+        ),
         global_clipnorm=global_clipnorm,
     )

@@ -6,42 +6,35 @@ One training step, as the authors' ``msn_train.py`` (see
 1. the ``"target"`` view goes unmasked through the EMA target encoder and target head
    (no gradient) -> ``h``;
 2. the ``"anchor"`` view goes through the encoder with a fraction ``mask_ratio`` of its
-   patch tokens dropped; the ``"focal"`` views go through it unmasked at their own
-   resolution (interpolated position embeddings), as the original masks only the global
-   anchor view; their CLS tokens (after the final LayerNorm) go through the projection
-   head together -> ``z`` (view-major: the global anchor view first);
-3. ``loss = msn_loss(z, h, prototypes)``; the optimizer updates encoder, head and
-   prototypes;
-4. target <- m * target + (1 - m) * anchor for every encoder and head weight, ``m``
-   rising linearly from ``ema_momentum`` to ``final_ema_momentum`` over
-   ``total_steps``.
+   patch tokens dropped, then the projection head; the ``"focal"`` views go through
+   them unmasked at their own resolution (interpolated position embeddings), as the
+   original masks only the global anchor view. The head runs once per resolution
+   group, as the original's encoder forward over a list of crops, so its BatchNorm
+   normalises each group with that group's statistics -> ``z`` (view-major: the
+   global anchor view first);
+3. ``loss = msn_loss(z, h, prototypes)``; AdamW updates encoder, head and prototypes
+   (gradients of encoder and head clipped to a global norm, not the prototypes');
+4. target <- m * target + (1 - m) * anchor for every encoder and head parameter, ``m``
+   rising linearly from ``ema_momentum`` to ``final_ema_momentum`` (BatchNorm moving
+   statistics are not averaged: each head updates its own in its forward, as torch).
 
-Step 4 runs inside the compiled train step right after the optimizer update, on every
-backend: ``train_step`` is wrapped (JAX's stateless step threads the new target values
-through the state it returns), so plain ``compile()`` + ``fit()`` is all it takes.
+Step 4 runs inside the compiled train step (:mod:`keras_vitmsn.msn.train_step`). The
+README's "MSN pretraining" section lists what still differs from the original.
 """
-
-import os
 
 import keras
 from keras import ops
 
-from keras_vitmsn.conversion.msn_checkpoint import is_msn_checkpoint_path
-from keras_vitmsn.image_converter import ViTMSNImageConverter
 from keras_vitmsn.layers.layout import spatial_shape
 from keras_vitmsn.models.backbone import ViTMSNBackbone
-from keras_vitmsn.msn.head_state import save_msn_pretraining_state
-from keras_vitmsn.presets import file_format
-from keras_vitmsn.presets.file_format import MSN_HEAD_FILE
-from keras_vitmsn.presets.mixin import save_preset_directory
-from keras_vitmsn.presets.sources import constructor_argument_names
+from keras_vitmsn.msn import recipes
+from keras_vitmsn.msn import resume
 from keras_vitmsn.msn.head import MSNProjectionHead
 from keras_vitmsn.msn.head import MSNPrototypes
-from keras_vitmsn.msn.head import head_and_prototypes_from_state
 from keras_vitmsn.msn.loss import msn_loss
 from keras_vitmsn.msn.masking import random_patch_keep_indices
-from keras_vitmsn.msn.optimizer import msn_optimizer
-from keras_vitmsn.msn.schedules import LinearSchedule
+from keras_vitmsn.msn.schedules import scaled_steps
+from keras_vitmsn.msn.train_step import MSNTrainStepMixin
 
 # Logged every step besides the total loss (see msn_loss for their meaning).
 LOGGED_PARTS = (
@@ -54,10 +47,21 @@ LOGGED_PARTS = (
     "num_target_prototypes",
 )
 VIEW_KEYS = ("target", "anchor", "focal")
+_SEED_STATE_KEY = "mask_seed_state"
+# The constructor's settings (besides layers and name) and their types; None stays None.
+_SETTINGS = dict(
+    mask_ratio=float, temperature=float, sharpen_temperature=float,
+    final_sharpen_temperature=float, me_max_weight=float, use_sinkhorn=bool,
+    sinkhorn_iters=int, entropy_weight=float, ema_momentum=float, final_ema_momentum=float,
+    total_steps=int, ipe_scale=float, learning_rate=float, start_learning_rate=float,
+    final_learning_rate=float, warmup_steps=int, weight_decay=float,
+    final_weight_decay=float, gradient_clip_norm=float, head_hidden_dim=int,
+    head_output_dim=int, head_batch_norm=bool, num_prototypes=int, seed=lambda s: s,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
-class MSNPretrainer(keras.Model):
+class MSNPretrainer(MSNTrainStepMixin, keras.Model):
     """Masked Siamese Networks pretraining of a :class:`ViTMSNBackbone`.
 
     Train it with ``compile()`` and ``fit()`` on batches of views
@@ -65,24 +69,37 @@ class MSNPretrainer(keras.Model):
     (``"focal"`` optional; :func:`keras_vitmsn.msn.msn_multiview_dataset` makes them),
     then export the target encoder with :meth:`save_to_preset`.
 
+    Every default is the ``msn_vits16`` recipe (the authors' released config, see
+    :mod:`keras_vitmsn.msn.recipes`); :meth:`from_recipe` builds one from any recipe.
+
     Args:
         encoder: the :class:`ViTMSNBackbone` to pretrain (the anchor encoder).
         projection_head: an :class:`MSNProjectionHead`, or None for a new one
-            (``head_hidden_dim``, ``head_output_dim``).
+            (``head_hidden_dim``, ``head_output_dim``, ``head_batch_norm``).
         prototypes: an :class:`MSNPrototypes`, or None for ``num_prototypes`` new ones.
         target_encoder: optional backbone for the EMA target (same architecture);
             None = a copy of ``encoder`` (the original starts the target as a copy).
-        mask_ratio: fraction of the anchor view's patches dropped (paper: 0.15 for
-            S/16, 0.3 for B/16, 0.7 for B/4 and L/7).
-        temperature, sharpen_temperature, me_max_weight, use_sinkhorn,
-        sinkhorn_iters, entropy_weight: the loss's arguments (:func:`msn_loss`).
+            The target head always starts as a copy of ``projection_head``.
+        mask_ratio: fraction of the anchor view's patches dropped (0.15 for S/16, 0.3
+            for B/16, 0.7 for B/4 and L/7).
+        temperature, me_max_weight, use_sinkhorn, sinkhorn_iters, entropy_weight: the
+            loss's arguments (:func:`msn_loss`).
+        sharpen_temperature, final_sharpen_temperature: the targets' sharpening T,
+            linear from the first to the second over the schedule (None: constant).
         ema_momentum, final_ema_momentum: the target's momentum, linear from the first
-            to the second over ``total_steps`` (constant ``ema_momentum`` when
+            to the second over the schedule (constant ``ema_momentum`` when
             ``total_steps`` is None).
-        total_steps: optimizer steps of the run; sets the momentum schedule and lets
+        total_steps: optimizer steps of the run; sets the schedules and lets
             ``compile()`` build the default optimizer (:func:`msn_optimizer`).
-        head_hidden_dim, head_output_dim, num_prototypes: sizes of new heads and
-            prototypes (2048, 256, 1024 as the paper).
+        ipe_scale: the schedules span ``ipe_scale * total_steps`` steps (1.0; the
+            original stretched them by 1.25 and stopped at 80%: pass 1.25 to
+            reproduce it).
+        learning_rate, start_learning_rate, final_learning_rate, warmup_steps,
+            weight_decay, final_weight_decay, gradient_clip_norm: the default
+            optimizer's recipe (see :func:`msn_optimizer`; None start/final rates are
+            ``learning_rate / 5`` and ``/ 1000``, None warm-up 15/800 of the run).
+        head_hidden_dim, head_output_dim, head_batch_norm, num_prototypes: sizes of new
+            heads and prototypes (2048, 256, with BatchNorm, 1024 as the paper).
         seed: int or None, seeds the random masks.
 
     Example:
@@ -111,15 +128,25 @@ class MSNPretrainer(keras.Model):
         mask_ratio=0.15,
         temperature=0.1,
         sharpen_temperature=0.25,
+        final_sharpen_temperature=None,
         me_max_weight=1.0,
-        use_sinkhorn=False,
+        use_sinkhorn=True,
         sinkhorn_iters=3,
         entropy_weight=0.0,
         ema_momentum=0.996,
         final_ema_momentum=1.0,
         total_steps=None,
+        ipe_scale=1.0,
+        learning_rate=1e-3,
+        start_learning_rate=None,
+        final_learning_rate=None,
+        warmup_steps=None,
+        weight_decay=0.04,
+        final_weight_decay=0.4,
+        gradient_clip_norm=3.0,
         head_hidden_dim=2048,
         head_output_dim=256,
+        head_batch_norm=True,
         num_prototypes=1024,
         seed=None,
         name="msn_pretrainer",
@@ -130,8 +157,9 @@ class MSNPretrainer(keras.Model):
             raise TypeError(f"`encoder` must be a ViTMSNBackbone; got {type(encoder).__name__}.")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"`mask_ratio` must be in [0, 1); got {mask_ratio!r}.")
-        for arg, value in (("temperature", temperature), ("sharpen_temperature", sharpen_temperature)):
-            if not value > 0:
+        for arg, value in (("temperature", temperature), ("sharpen_temperature", sharpen_temperature),
+                           ("final_sharpen_temperature", final_sharpen_temperature)):
+            if value is not None and not value > 0:
                 raise ValueError(f"`{arg}` must be > 0; got {value!r}.")
         if not 0.0 <= ema_momentum <= final_ema_momentum <= 1.0:
             raise ValueError(
@@ -140,20 +168,13 @@ class MSNPretrainer(keras.Model):
             )
         if total_steps is not None and (int(total_steps) != total_steps or total_steps < 1):
             raise ValueError(f"`total_steps` must be a positive int or None; got {total_steps!r}.")
-        self.mask_ratio = float(mask_ratio)
-        self.temperature = float(temperature)
-        self.sharpen_temperature = float(sharpen_temperature)
-        self.me_max_weight = float(me_max_weight)
-        self.use_sinkhorn = bool(use_sinkhorn)
-        self.sinkhorn_iters = int(sinkhorn_iters)
-        self.entropy_weight = float(entropy_weight)
-        self.ema_momentum = float(ema_momentum)
-        self.final_ema_momentum = float(final_ema_momentum)
-        self.total_steps = None if total_steps is None else int(total_steps)
-        self.head_hidden_dim = int(head_hidden_dim)
-        self.head_output_dim = int(head_output_dim)
-        self.num_prototypes = int(num_prototypes)
-        self.seed = seed
+        values = dict(locals())
+        for key, convert in _SETTINGS.items():
+            value = values[key]
+            setattr(self, key, None if value is None else convert(value))
+        # Checks ipe_scale (and total_steps) once, here.
+        if self.total_steps is not None:
+            scaled_steps(self.total_steps, self.ipe_scale)
 
         self.encoder = encoder
         if projection_head is None:
@@ -161,6 +182,7 @@ class MSNPretrainer(keras.Model):
                 hidden_dim=self.head_hidden_dim,
                 output_dim=self.head_output_dim,
                 input_dim=encoder.hidden_dim,
+                use_batch_norm=self.head_batch_norm,
                 dtype=encoder.dtype_policy,
                 name="projection_head",
             )
@@ -200,7 +222,8 @@ class MSNPretrainer(keras.Model):
         )
         self.target_encoder.trainable = False
         self.target_projection_head.trainable = False
-        for source, target in self._ema_pairs(include_encoder=copy_encoder):
+        pairs = self._ema_pairs(include_encoder=copy_encoder, include_statistics=True)
+        for source, target in pairs:
             # A copy: JAX would otherwise share (and donate twice) one buffer.
             target.assign(ops.copy(source))
 
@@ -215,41 +238,50 @@ class MSNPretrainer(keras.Model):
         target, anchor, focal = self._views(inputs)
         layout = self.encoder.data_format
 
-        # Anchor branch: the masked global view, then the unmasked focal views.
+        # Anchor branch: the masked global view, then the unmasked focal views, each
+        # resolution group through encoder AND head on its own (per-group BatchNorm
+        # statistics, as the original's forward over a list of crop sizes).
         keep = None
         if self.mask_ratio > 0:
-            keep = random_patch_keep_indices(
-                ops.shape(anchor)[0],
-                self._num_patches(anchor.shape, layout),
-                self.mask_ratio,
-                seed=self.seed_generator,
-            )
-        features = [self._cls(self.encoder, anchor, training, patch_keep_indices=keep)]
+            keep = self._anchor_keep_indices(anchor, layout)
+        masked = self._cls(self.encoder, anchor, training, patch_keep_indices=keep)
+        anchors = [self.projection_head(masked, training=training)]
         num_views = 1
         if focal is not None:
             num_views += focal.shape[1]
             # (B, M, ...) -> (M * B, ...): view-major, as msn_loss expects.
             flat = ops.reshape(ops.swapaxes(focal, 0, 1), (-1,) + tuple(focal.shape[2:]))
-            features.append(self._cls(self.encoder, flat, training))
-        # One head call over all anchor views: BatchNorm sees them together, as the
-        # original's concatenated forward.
-        anchors = self.projection_head(ops.concatenate(features, axis=0), training=training)
+            anchors.append(
+                self.projection_head(self._cls(self.encoder, flat, training), training=training)
+            )
+        anchors = ops.concatenate(anchors, axis=0) if len(anchors) > 1 else anchors[0]
 
-        # Target branch: EMA encoder, unmasked, batch-statistics BatchNorm, no gradient.
+        # Target branch: EMA encoder, unmasked, no gradient; its head in torch's
+        # training mode (batch statistics, its own moving statistics updated).
         targets = self.target_projection_head(
-            self._cls(self.target_encoder, target, False), use_batch_statistics=True
+            self._cls(self.target_encoder, target, False),
+            training=training,
+            use_batch_statistics=True,
         )
         return msn_loss(
             anchors,
             ops.stop_gradient(targets),
             self.prototypes.prototypes,
             temperature=self.temperature,
-            sharpen_temperature=self.sharpen_temperature,
+            sharpen_temperature=self.current_sharpen_temperature(),
             me_max_weight=self.me_max_weight,
             use_sinkhorn=self.use_sinkhorn,
             sinkhorn_iters=self.sinkhorn_iters,
             entropy_weight=self.entropy_weight,
             num_anchor_views_per_target=num_views,
+        )
+
+    def _anchor_keep_indices(self, anchor, layout):
+        return random_patch_keep_indices(
+            ops.shape(anchor)[0],
+            self._num_patches(anchor.shape, layout),
+            self.mask_ratio,
+            seed=self.seed_generator,
         )
 
     def _views(self, inputs):
@@ -286,189 +318,110 @@ class MSNPretrainer(keras.Model):
         )
         return outputs["last_hidden_state"][:, 0]
 
-    # --------------------------------------------------------------- training
-    def compile(self, optimizer=None, exclude_from_weight_decay=True, **kwargs):
-        """Compile with MSN's optimizer recipe unless another optimizer is given.
-
-        Args:
-            optimizer: None for :func:`msn_optimizer` over ``total_steps`` (AdamW,
-                warm-up + cosine lr, cosine weight decay 0.04 -> 0.4, global clipnorm
-                3), or any Keras optimizer / identifier.
-            exclude_from_weight_decay: exclude biases, norm parameters (every
-                variable of rank <= 1) and the prototypes from weight decay, as the
-                original; applied to any optimizer with a ``weight_decay``.
-            **kwargs: other ``keras.Model.compile`` arguments (not ``loss`` or
-                ``metrics``: the MSN loss and its logged parts are built in).
-        """
-        for arg in ("loss", "metrics", "weighted_metrics"):
-            if kwargs.get(arg) is not None:
-                raise ValueError(
-                    f"MSNPretrainer computes the MSN loss and logs its parts itself; "
-                    f"`{arg}` cannot be given to compile()."
-                )
-        if optimizer is None:
-            if self.total_steps is None:
-                raise ValueError(
-                    "The default MSN optimizer needs the run length: pass `total_steps` "
-                    "to MSNPretrainer (epochs * steps_per_epoch), or an optimizer to "
-                    "compile()."
-                )
-            optimizer = msn_optimizer(self.total_steps)
-        optimizer = keras.optimizers.get(optimizer)
-        if exclude_from_weight_decay and getattr(optimizer, "weight_decay", None) is not None:
-            optimizer.exclude_from_weight_decay(var_list=self.no_weight_decay_variables())
-        super().compile(optimizer=optimizer, **kwargs)
-
-    def get_compile_config(self):
-        if not self.compiled:
-            return None
-        return {"optimizer": keras.saving.serialize_keras_object(self.optimizer)}
-
-    def compile_from_config(self, config):
-        # compile() re-derives the weight-decay exclusions, which are not serialisable.
-        self.compile(optimizer=keras.saving.deserialize_keras_object(config["optimizer"]))
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
-
-    def no_weight_decay_variables(self):
-        """Trainable variables the original excludes from weight decay: biases and norm
-        parameters (rank <= 1) and the prototypes."""
-        out = [v for v in self.trainable_variables if len(v.shape) <= 1]
-        return out + [self.prototypes.prototypes]
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss = y_pred["loss"]
-        if self.losses:
-            loss = loss + ops.sum(ops.stack([ops.cast(l, "float32") for l in self.losses]))
-        return loss
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        for tracker in self.part_trackers:
-            tracker.update_state(y_pred[tracker.name])
-        return self.get_metrics_result()
-
-    def train_step(self, *args, **kwargs):
-        if keras.backend.backend() == "jax":
-            return self._stateless_train_step(*args, **kwargs)
-        logs = super().train_step(*args, **kwargs)
-        self.update_target()
-        return logs
-
-    def _stateless_train_step(self, state, data):
-        # JAX: the parent step returns new variable values instead of assigning them;
-        # run the EMA on those values and hand back the target's new values.
-        logs, state = super().train_step(state, data)
-        trainable, non_trainable, *rest = state
-        mapping = list(zip(self.trainable_variables, trainable))
-        mapping += list(zip(self.non_trainable_variables, non_trainable))
-        with keras.StatelessScope(state_mapping=mapping) as scope:
-            self.update_target()
-        updated = [scope.get_current_value(v) for v in self.non_trainable_variables]
-        non_trainable = [
-            value if new is None else new for new, value in zip(updated, non_trainable)
-        ]
-        return logs, (trainable, non_trainable, *rest)
-
-    def current_ema_momentum(self):
-        """The momentum the next target update uses (a scalar tensor)."""
-        if self.total_steps is None:
-            return ops.convert_to_tensor(self.ema_momentum, "float32")
-        schedule = LinearSchedule(self.ema_momentum, self.final_ema_momentum, self.total_steps)
-        return schedule(self.ema_steps)
-
-    def update_target(self):
-        """target <- m * target + (1 - m) * anchor for every encoder and head weight.
-
-        Called by ``train_step`` after each optimizer update (BatchNorm moving
-        statistics are averaged too, so the exported head is usable); advances the
-        momentum schedule by one step.
-        """
-        momentum = self.current_ema_momentum()
-        for source, target in self._ema_pairs():
-            m = ops.cast(momentum, target.dtype)
-            target.assign(m * target + (1 - m) * ops.cast(source, target.dtype))
-        self.ema_steps.assign(self.ema_steps + 1)
-
-    def _ema_pairs(self, include_encoder=True):
-        pairs = []
-        groups = [(self.projection_head, self.target_projection_head)]
-        if include_encoder:
-            groups.insert(0, (self.encoder, self.target_encoder))
-        for source_layer, target_layer in groups:
-            source = _weights_by_relative_path(source_layer)
-            target = _weights_by_relative_path(target_layer)
-            if set(source) != set(target):
-                raise ValueError(
-                    f"{source_layer.name} and {target_layer.name} do not have the same "
-                    f"weights: {sorted(set(source) ^ set(target))}."
-                )
-            pairs += [(source[k], target[k]) for k in sorted(source)]
-        return pairs
-
     # ---------------------------------------------------------- presets, config
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        # Keras does not save SeedGenerator states; the masks of a resumed run must
+        # continue the same random stream.
+        store[_SEED_STATE_KEY] = self.seed_generator.state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        if _SEED_STATE_KEY in keys:  # absent from files written before it was saved
+            self.seed_generator.state.assign(store[_SEED_STATE_KEY])
+            store = {k: store[k] for k in keys if k != _SEED_STATE_KEY}
+        super().load_own_variables(store)
+
     @classmethod
-    def from_preset(cls, preset, load_weights=True, **kwargs):
+    def from_preset(cls, preset, load_weights=True, restore_optimizer=False, optimizer=None,
+                    **kwargs):
         """A pretrainer that continues from released or saved weights.
 
-        The encoder (and its EMA copy) come from ``ViTMSNBackbone.from_preset(preset)``.
-        When ``preset`` is an original MSN ``.pth.tar`` or a preset directory holding
-        ``msn_head.weights.h5`` (converted from one, or written by
-        :meth:`save_to_preset`), the projection head and prototypes are restored too;
-        otherwise (e.g. the Hugging Face presets, which ship the encoder only) they
-        start fresh.
+        - An original MSN ``.pth.tar`` (``module.`` prefixes or not): the online
+          encoder and head from its ``encoder``, the EMA target encoder and head from
+          ``target_encoder``, the prototypes.
+        - A preset written by :meth:`save_to_preset`: the target from the backbone
+          preset and ``msn_head.weights.h5``; with its training state (the default)
+          also the online encoder and head, the schedule position, the mask seed and
+          the pretrainer's settings (``**kwargs`` override them), so that training
+          continues exactly where it stopped.
+        - Any other preset (a converted ``.pth.tar`` directory, a Hugging Face or
+          built-in preset): the encoder and its EMA copy from
+          ``ViTMSNBackbone.from_preset``; head and prototypes from
+          ``msn_head.weights.h5`` when present, else new.
 
         Args:
             preset: a preset name, ``hf://`` handle, directory or checkpoint file.
             load_weights: False builds the architecture with random weights.
+            restore_optimizer: also restore the optimizer's state (this compiles the
+                pretrainer: do not compile it again): from an original checkpoint
+                its AdamW moments and step, so the next step is the one the original
+                would take (with the run's ``total_steps``, warm-up and
+                ``ipe_scale=1.25``); from our presets every optimizer variable. The
+                schedules continue from that step (``ema_steps`` too).
+            optimizer: the optimizer to compile with when ``restore_optimizer``
+                (default: the pretrainer's recipe, :func:`msn_optimizer`; a run
+                trained with another optimizer must pass it again).
             **kwargs: ``ViTMSNBackbone.from_preset`` overrides (e.g. ``num_heads``,
                 ``image_shape``, ``dtype``) and other ``MSNPretrainer`` arguments.
 
         Example (not run: needs a checkpoint):
-            pretrainer = MSNPretrainer.from_preset("vits16_800ep.pth.tar", total_steps=1000)
+            pretrainer = MSNPretrainer.from_preset(
+                "vits16_800ep.pth.tar", total_steps=800 * 1251, ipe_scale=1.25,
+                restore_optimizer=True)
         """
-        accepted = constructor_argument_names(ViTMSNBackbone)
-        backbone_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in accepted and k != "name"}
-        encoder = ViTMSNBackbone.from_preset(preset, load_weights=load_weights, **backbone_kwargs)
-        if load_weights and _has_msn_head(preset):
-            head, prototypes = head_and_prototypes_from_state(
-                os.fspath(preset), dtype=encoder.dtype_policy
-            )
-            kwargs.setdefault("projection_head", head)
-            kwargs.setdefault("prototypes", prototypes)
-        return cls(encoder, **kwargs)
+        return resume.from_preset(
+            cls, preset, load_weights=load_weights, restore_optimizer=restore_optimizer,
+            optimizer=optimizer, **kwargs
+        )
 
-    def save_to_preset(self, preset_dir):
-        """Export the target encoder as a normal backbone preset.
+    @classmethod
+    def from_recipe(cls, recipe="msn_vits16", backbone_or_preset=None, steps_per_epoch=None,
+                    load_weights=True, **overrides):
+        """A pretrainer configured by a released recipe (:mod:`keras_vitmsn.msn.recipes`).
 
-        Writes ``config.json`` + ``model.weights.h5`` (loadable with
-        ``ViTMSNBackbone.from_preset`` / ``ViTMSNClassifier.from_preset``, usable by
-        ``keras-vitmsn finetune`` and ``lowshot``), ``image_converter.json`` (resize to
-        the encoder's size, ImageNet normalisation) and ``msn_head.weights.h5`` (target
-        head + prototypes, so :meth:`from_preset` continues pretraining from it).
+        Args:
+            recipe: a recipe name (``"msn_vits16"``, ``"msn_vitb16"``, ...) or a
+                recipe config dict (:func:`keras_vitmsn.msn.get_recipe`).
+            backbone_or_preset: None to pretrain from scratch with the recipe's
+                architecture (random init, ``global_size`` pixels); a
+                :class:`ViTMSNBackbone`; or a preset / checkpoint to continue from
+                (:meth:`from_preset`). A given backbone or preset keeps its own
+                architecture; the recipe sets everything else.
+            steps_per_epoch: optimizer steps per epoch of your data; with it the
+                schedules span ``epochs * steps_per_epoch`` steps and warm up for
+                ``int(warmup_epochs * steps_per_epoch)`` (needed by the default
+                ``compile()``).
+            load_weights: with a preset: False for its architecture, random weights.
+            **overrides: recipe keys (e.g. ``epochs=100``, ``mask_ratio=0.3``) and
+                other :class:`MSNPretrainer` / :meth:`from_preset` arguments (``seed``,
+                ``restore_optimizer``, ``num_heads``, ...).
+
+        Example:
+        >>> pretrainer = MSNPretrainer.from_recipe(
+        ...     "msn_vits16", steps_per_epoch=10, epochs=4, warmup_epochs=1, global_size=32,
+        ...     patch_size=16, hidden_dim=32, num_layers=1, num_heads=2, intermediate_dim=64,
+        ...     head_hidden_dim=32, head_output_dim=16, num_prototypes=8)
+        >>> pretrainer.total_steps, pretrainer.warmup_steps, pretrainer.use_sinkhorn
+        (40, 10, True)
         """
-        save_preset_directory(preset_dir, self._write_preset)
+        return recipes.build_pretrainer(
+            cls, recipe, backbone_or_preset, steps_per_epoch, load_weights, overrides
+        )
 
-    def _write_preset(self, preset_dir):
-        file_format.write_backbone(
-            self.target_encoder,
-            preset_dir,
-            metadata={"msn_pretraining_steps": int(ops.convert_to_numpy(self.ema_steps))},
-            # The EMA copy is frozen here; the exported backbone is a normal, trainable one.
-            config_overrides={"name": self.encoder.name, "trainable": True},
-        )
-        converter = ViTMSNImageConverter(
-            image_size=self.encoder.image_shape[:2], data_format=self.encoder.data_format
-        )
-        file_format.write_image_converter(converter, preset_dir)
-        head = _weights_by_relative_path(self.target_projection_head)
-        save_msn_pretraining_state(
-            {
-                "head": {k: ops.convert_to_numpy(v) for k, v in head.items()},
-                "prototypes": ops.convert_to_numpy(self.prototypes.prototypes),
-                "encoder": "target_encoder",
-            },
-            os.path.join(preset_dir, MSN_HEAD_FILE),
-        )
+    def save_to_preset(self, preset_dir, training_state=True):
+        """Export the target encoder as a normal backbone preset, and the training state.
+
+        Writes ``config.json`` + ``model.weights.h5`` (the EMA target encoder, loadable
+        with ``ViTMSNBackbone.from_preset`` / ``ViTMSNClassifier.from_preset``, usable
+        by ``keras-vitmsn finetune`` and ``lowshot``), ``image_converter.json`` (resize
+        to the encoder's size, ImageNet normalisation), ``msn_head.weights.h5`` (target
+        head + prototypes) and, with ``training_state``, ``msn_training_state.h5``
+        (online encoder and head, schedule position, mask seed, settings and optimizer
+        state: :meth:`from_preset` then continues the run exactly; about twice the
+        encoder's size more, three times with the optimizer).
+        """
+        resume.save_to_preset(self, preset_dir, training_state=training_state)
 
     def get_config(self):
         config = super().get_config()
@@ -476,21 +429,8 @@ class MSNPretrainer(keras.Model):
             encoder=keras.saving.serialize_keras_object(self.encoder),
             projection_head=keras.saving.serialize_keras_object(self.projection_head),
             prototypes=keras.saving.serialize_keras_object(self.prototypes),
-            mask_ratio=self.mask_ratio,
-            temperature=self.temperature,
-            sharpen_temperature=self.sharpen_temperature,
-            me_max_weight=self.me_max_weight,
-            use_sinkhorn=self.use_sinkhorn,
-            sinkhorn_iters=self.sinkhorn_iters,
-            entropy_weight=self.entropy_weight,
-            ema_momentum=self.ema_momentum,
-            final_ema_momentum=self.final_ema_momentum,
-            total_steps=self.total_steps,
-            head_hidden_dim=self.head_hidden_dim,
-            head_output_dim=self.head_output_dim,
-            num_prototypes=self.num_prototypes,
-            seed=self.seed,
         )
+        config.update({key: getattr(self, key) for key in _SETTINGS})
         return config
 
     @classmethod
@@ -499,23 +439,3 @@ class MSNPretrainer(keras.Model):
         for key in ("encoder", "projection_head", "prototypes"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
-
-
-def _weights_by_relative_path(layer):
-    # Paths start with the layer's own (unique) name; what follows is the same in a
-    # layer and its copy, whatever the weights' trainable flags.
-    prefix = f"{layer.name}/"
-    out = {}
-    for variable in layer.weights:
-        path = variable.path
-        out[path[path.index(prefix) + len(prefix):] if prefix in path else path] = variable
-    return out
-
-
-def _has_msn_head(preset):
-    if not isinstance(preset, (str, os.PathLike)):
-        return False
-    path = os.fspath(preset)
-    if is_msn_checkpoint_path(path):
-        return True
-    return os.path.isdir(path) and os.path.exists(os.path.join(path, MSN_HEAD_FILE))

@@ -10,7 +10,8 @@ A preset is a directory (keras-hub's layout):
   ``classifier/kernel``);
 - ``image_converter.json``: the serialised :class:`ViTMSNImageConverter`;
 - MSN pretraining state adds ``msn_head.weights.h5`` (projection head and prototypes;
-  written and read by :mod:`keras_vitmsn.msn.head_state`).
+  written and read by :mod:`keras_vitmsn.msn.head_state`) and
+  ``msn_training_state.h5`` (the rest of a run: :mod:`keras_vitmsn.msn.resume`).
 """
 
 import datetime
@@ -30,6 +31,7 @@ TASK_CONFIG_FILE = "task.json"
 TASK_WEIGHTS_FILE = "task.weights.h5"
 IMAGE_CONVERTER_FILE = "image_converter.json"
 MSN_HEAD_FILE = "msn_head.weights.h5"
+MSN_TRAINING_STATE_FILE = "msn_training_state.h5"
 PRESET_FORMAT_VERSION = 1
 # Every file a preset of ours may hold: what replacing one of ours may remove.
 PRESET_FILES = (
@@ -40,6 +42,7 @@ PRESET_FILES = (
     TASK_WEIGHTS_FILE,
     IMAGE_CONVERTER_FILE,
     MSN_HEAD_FILE,
+    MSN_TRAINING_STATE_FILE,
 )
 
 

@@ -196,9 +196,9 @@ class ConvertedSource:
         if kwargs["num_heads"] is None:
             raise ValueError(
                 f"{self.origin}: the number of attention heads is not recorded in the "
-                f"checkpoint and hidden_dim={kwargs['hidden_dim']} is not a multiple of "
-                "the 64-dimensional heads of the released MSN models; pass num_heads, "
-                "e.g. from_preset(path, num_heads=...)."
+                f"checkpoint, and hidden_dim={kwargs['hidden_dim']} is none of the released "
+                "MSN widths (384, 768, 1024: 6, 12, 16 heads); pass it, e.g. "
+                "from_preset(path, num_heads=...)."
             )
         if not load_weights:
             return backbone_cls(**kwargs)
