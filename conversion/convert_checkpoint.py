@@ -30,7 +30,7 @@ import numpy as np
 TOLERANCE = 1e-4
 
 
-def _transformers_reference(source, task):
+def _transformers_reference(source, task, num_heads):
     """The transformers model for ``source`` (eval mode, eager attention)."""
     import transformers
 
@@ -45,15 +45,16 @@ def _transformers_reference(source, task):
     elif os.path.isdir(source):
         model = cls.from_pretrained(source)
     elif msn_checkpoint.is_msn_checkpoint_path(source):
-        model = _transformers_from_msn(source)
+        model = _transformers_from_msn(source, num_heads)
     else:
         raise ValueError(f"Cannot build a transformers reference for {source!r}.")
     model.set_attn_implementation("eager")
     return model.eval()
 
 
-def _transformers_from_msn(path):
-    """transformers.ViTMSNModel holding an MSN checkpoint's target encoder."""
+def _transformers_from_msn(path, num_heads):
+    """transformers.ViTMSNModel holding an MSN checkpoint's target encoder (with the
+    number of heads of the written preset: the weights do not record it)."""
     import transformers
     from safetensors.numpy import save_file
 
@@ -61,12 +62,10 @@ def _transformers_from_msn(path):
 
     raw = msn_checkpoint.read_msn_checkpoint(path)
     kwargs = msn_checkpoint.msn_backbone_kwargs(raw["backbone_state"])
-    if kwargs["num_heads"] is None:
-        raise ValueError(f"{path}: cannot infer the number of heads for --verify.")
     config = transformers.ViTMSNConfig(
         hidden_size=kwargs["hidden_dim"],
         num_hidden_layers=kwargs["num_layers"],
-        num_attention_heads=kwargs["num_heads"],
+        num_attention_heads=num_heads,
         intermediate_size=kwargs["intermediate_dim"],
         image_size=kwargs["image_shape"][0],
         patch_size=kwargs["patch_size"],
@@ -90,7 +89,7 @@ def verify(source, output, seed=0):
 
     backbone = kv.ViTMSNBackbone.from_preset(output, data_format="channels_first")
     task = os.path.exists(os.path.join(output, "task.json"))
-    reference = _transformers_reference(source, task)
+    reference = _transformers_reference(source, task, backbone.num_heads)
     height, width, channels = backbone.image_shape
     pixels = np.random.default_rng(seed).standard_normal((2, channels, height, width)).astype("float32")
     with torch.no_grad():
@@ -120,13 +119,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", required=True, help="hf://org/repo, preset name, DIR or FILE.pth.tar")
     parser.add_argument("--output", required=True, help="directory to write the Keras preset to")
+    parser.add_argument("--num-heads", type=int, help="heads of an MSN checkpoint of a width none of the released models has")
     parser.add_argument("--verify", action="store_true", help="compare with transformers (max abs diff <= 1e-4)")
     parser.add_argument("--upload-hf", metavar="REPO", help="upload the preset to this hub repository")
     args = parser.parse_args(argv)
 
     import keras_vitmsn as kv
 
-    backbone = kv.convert_to_preset(args.source, args.output)
+    backbone = kv.convert_to_preset(args.source, args.output, num_heads=args.num_heads)
     print(
         f"Wrote {args.output}: {sorted(os.listdir(args.output))} "
         f"({backbone.count_params():,} backbone parameters)"

@@ -10,7 +10,7 @@ from keras_vitmsn.presets.resolve import resolve_preset
 from keras_vitmsn.presets.sources import ConvertedSource
 
 
-def convert_to_preset(source, output_dir):
+def convert_to_preset(source, output_dir, num_heads=None):
     """Convert a checkpoint to a Keras preset directory.
 
     The preset is written to a temporary folder and moved into place when complete.
@@ -23,6 +23,8 @@ def convert_to_preset(source, output_dir):
             file (its projection head and prototypes are kept in
             ``msn_head.weights.h5``).
         output_dir: directory to write.
+        num_heads: attention heads of an original MSN checkpoint whose width is none
+            of the released ones (the number is not stored in the weights).
 
     Returns:
         The converted backbone.
@@ -44,8 +46,9 @@ def convert_to_preset(source, output_dir):
 
     def write(directory):
         if isinstance(resolved, ConvertedSource):
+            overrides = {} if num_heads is None else {"num_heads": num_heads}
             built["backbone"] = resolved.write_keras_preset(
-                directory, preset_class, metadata={"source": str(source)}
+                directory, preset_class, metadata={"source": str(source)}, **overrides
             )
             msn_state = resolved.checkpoint.msn_state
             if msn_state is not None:

@@ -387,7 +387,7 @@ def msn_checkpoint(tmp_path, rng):
 
 def test_msn_checkpoint_parity(msn_checkpoint, rng):
     ref_model, _, _, path = msn_checkpoint
-    backbone = kv.ViTMSNBackbone.from_preset(path)
+    backbone = kv.ViTMSNBackbone.from_preset(path, num_heads=2)  # 128 wide: not a released width
     assert (backbone.num_heads, backbone.intermediate_dim, backbone.num_layers) == (2, 256, 2)
     pixels = pixels_for(MSN_TINY, rng)
     diff = max_abs_diff(backbone(nchw_to_nhwc(pixels))["last_hidden_state"], reference_hidden(ref_model, pixels))
@@ -397,7 +397,7 @@ def test_msn_checkpoint_parity(msn_checkpoint, rng):
 
 def test_msn_checkpoint_with_other_head_width_needs_num_heads(tmp_path, rng):
     ref_model, _, _, path = _write_msn(tmp_path, rng, TINY)  # 32-wide tokens, 4 heads
-    with pytest.raises(ValueError, match="pass num_heads"):
+    with pytest.raises(ValueError, match=r"none of the released MSN widths.*num_heads=\.\.\."):
         kv.ViTMSNBackbone.from_preset(path)
     backbone = kv.ViTMSNBackbone.from_preset(path, num_heads=4)
     pixels = pixels_for(TINY, rng)
@@ -458,7 +458,7 @@ def test_msn_head_and_prototypes_are_kept(msn_checkpoint, tmp_path, rng):
 
     # Converted presets carry them too, in msn_head.weights.h5.
     out = tmp_path / "preset"
-    kv.convert_to_preset(path, str(out))
+    kv.convert_to_preset(path, str(out), num_heads=2)
     assert (out / "msn_head.weights.h5").exists()
     reloaded = kv.load_msn_pretraining_state(str(out))
     assert set(reloaded["head"]) == set(head)
@@ -481,7 +481,7 @@ def test_msn_checkpoint_errors(tmp_path, rng, msn_checkpoint):
     path = str(tmp_path / "broken.pth.tar")
     write_msn_checkpoint(path, broken, rng)
     with pytest.raises(ValueError) as info:
-        kv.ViTMSNBackbone.from_preset(path)
+        kv.ViTMSNBackbone.from_preset(path, num_heads=2)
     message = str(info.value)
     assert "missing keys (1): encoder.layer.1.output.dense.bias" in message
     assert "unexpected keys (1): module.head.weight" in message
@@ -491,7 +491,7 @@ def test_msn_checkpoint_errors(tmp_path, rng, msn_checkpoint):
     path = str(tmp_path / "shape.pth.tar")
     write_msn_checkpoint(path, shape, rng)
     with pytest.raises(ValueError, match=r"module.blocks.0.attn.proj.weight \(as encoder.layer.0.attention.output.dense.weight\): checkpoint \(128, 16\)"):
-        kv.ViTMSNBackbone.from_preset(path)
+        kv.ViTMSNBackbone.from_preset(path, num_heads=2)
 
     evil = str(tmp_path / "evil.pth.tar")
     torch.save({"target_encoder": {"x": torch.zeros(1)}, "args": _Payload()}, evil)
@@ -531,7 +531,7 @@ def test_convert_script_verifies_a_transformers_directory(tmp_path, convert_scri
 def test_convert_script_verifies_an_msn_checkpoint(tmp_path, rng, convert_script, capsys):
     _, _, _, path = _write_msn(tmp_path, rng, MSN_TINY)
     out = tmp_path / "preset"
-    assert convert_script.main(["--source", path, "--output", str(out), "--verify"]) == 0
+    assert convert_script.main(["--source", path, "--output", str(out), "--num-heads", "2", "--verify"]) == 0
     printed = capsys.readouterr().out
     assert "verify OK" in printed
     assert "msn_head.weights.h5" in os.listdir(out)

@@ -242,7 +242,7 @@ class ConvertedSource:
         kwargs.update(overrides)
         return converter_cls(**kwargs)
 
-    def write_keras_preset(self, directory, classes, metadata=None):
+    def write_keras_preset(self, directory, classes, metadata=None, **backbone_overrides):
         """Write the checkpoint as a Keras preset into ``directory``; returns the backbone.
 
         The preset leaves ``data_format`` out, so it loads in the layout of
@@ -250,7 +250,7 @@ class ConvertedSource:
         state (projection head, prototypes) is not written here: see
         :func:`keras_vitmsn.convert_to_preset`.
         """
-        backbone = self.load_backbone(classes("backbone"), load_weights=True)
+        backbone = self.load_backbone(classes("backbone"), load_weights=True, **backbone_overrides)
         metadata = dict(metadata or {})
         metadata.setdefault("source", self.origin)
         ff.write_backbone(backbone, directory, metadata=metadata, drop_data_format=True)
