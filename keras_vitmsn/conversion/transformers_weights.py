@@ -4,6 +4,10 @@ Works on plain ``{key: np.ndarray}`` dicts, so nothing here imports torch. Every
 assignment is accounted for: a key the model needs but the checkpoint lacks, a key
 the checkpoint has but nothing uses, or a shape that does not fit raises an error
 naming them all.
+
+The Keras attention fuses query, key and value into one ``qkv`` Dense; each of the
+three checkpoint tensors maps to a third of its variables (a :class:`FusedSlice`),
+and the three are concatenated before the variable is assigned.
 """
 
 import re
@@ -28,8 +32,45 @@ def _same(w):
     return w
 
 
+class FusedSlice:
+    """Part ``index`` of ``parts`` equal slices of ``variable`` along its last axis.
+
+    A weight-map target standing for one checkpoint tensor inside a fused variable
+    (query, key and value in the ``qkv`` kernel and bias).
+
+    Example:
+    >>> import keras
+    >>> v = keras.Variable(np.zeros((4, 6), "float32"))
+    >>> FusedSlice(v, 1, 3).shape
+    (4, 2)
+    >>> FusedSlice(v, 1, 3).take(np.arange(6.0)[None])
+    array([[2., 3.]])
+    """
+
+    def __init__(self, variable, index, parts):
+        if not 0 <= index < parts or variable.shape[-1] % parts:
+            raise ValueError(
+                f"Cannot take slice {index} of {parts} along the last axis of a "
+                f"variable of shape {tuple(variable.shape)}."
+            )
+        self.variable = variable
+        self.index = int(index)
+        self.parts = int(parts)
+
+    @property
+    def shape(self):
+        shape = tuple(self.variable.shape)
+        return shape[:-1] + (shape[-1] // self.parts,)
+
+    def take(self, full):
+        """This slice of ``full``, an array shaped like the variable."""
+        width = full.shape[-1] // self.parts
+        return full[..., self.index * width : (self.index + 1) * width]
+
+
 def backbone_weight_map(backbone, prefix=""):
-    """``{checkpoint_key: (keras_variable, transform)}`` for every backbone variable."""
+    """``{checkpoint_key: (target, transform)}`` for every backbone variable; a target
+    is a Keras variable or a :class:`FusedSlice` of one (query, key, value)."""
     emb = backbone.embeddings
     mapping = {
         "embeddings.cls_token": (emb.cls_token, _same),
@@ -50,10 +91,12 @@ def backbone_weight_map(backbone, prefix=""):
     for i, block in enumerate(backbone.encoder_layers):
         layer = f"encoder.layer.{i}"
         attn = block.attention
+        for index, name in enumerate(("query", "key", "value")):
+            key = f"{layer}.attention.attention.{name}"
+            mapping[f"{key}.weight"] = (FusedSlice(attn.qkv.kernel, index, 3), _linear)
+            if attn.qkv.bias is not None:
+                mapping[f"{key}.bias"] = (FusedSlice(attn.qkv.bias, index, 3), _same)
         dense_layers = {
-            f"{layer}.attention.attention.query": attn.query,
-            f"{layer}.attention.attention.key": attn.key,
-            f"{layer}.attention.attention.value": attn.value,
             f"{layer}.attention.output.dense": attn.output_dense,
             f"{layer}.intermediate.dense": block.intermediate_dense,
             f"{layer}.output.dense": block.output_dense,
@@ -82,7 +125,8 @@ def convert_weights(weight_map, state_dict, optional_keys=(), ignore_keys=(), ke
     """Check ``state_dict`` against ``weight_map`` strictly and convert it to Keras layout.
 
     Args:
-        weight_map: ``{key: (variable, transform)}`` from :func:`backbone_weight_map`.
+        weight_map: ``{key: (target, transform)}`` from :func:`backbone_weight_map`;
+            a target is a variable or a :class:`FusedSlice` of one.
         state_dict: ``{key: np.ndarray}``.
         optional_keys: keys that may be absent from ``state_dict`` (the variable keeps
             its initial value).
@@ -92,7 +136,9 @@ def convert_weights(weight_map, state_dict, optional_keys=(), ignore_keys=(), ke
 
     Returns:
         ``{key: (variable, value)}`` with each value transformed, contiguous and cast
-        to its variable's dtype (a new array, never a view of ``state_dict``).
+        to its variable's dtype (a new array, never a view of ``state_dict``). The
+        slices of a fused variable are concatenated into one entry, keyed by their
+        keys joined with ``"+"``.
 
     Raises:
         ValueError: listing missing keys, unexpected keys and shape mismatches.
@@ -128,10 +174,25 @@ def convert_weights(weight_map, state_dict, optional_keys=(), ignore_keys=(), ke
         raise ValueError(
             "The checkpoint does not fit the model: " + " | ".join(parts) + "."
         )
-    out = {}
+    out, fused = {}, {}
     for key, value in converted.items():
-        variable = weight_map[key][0]
+        target = weight_map[key][0]
+        if isinstance(target, FusedSlice):
+            fused.setdefault(id(target.variable), []).append((target, key, value))
+            continue
         # A copy in any case: the source may be a read-only memory map of the file.
+        out[key] = (target, np.array(value, dtype=target.dtype, order="C"))
+    for parts in fused.values():
+        parts.sort(key=lambda part: part[0].index)
+        variable = parts[0][0].variable
+        if [part[0].index for part in parts] != list(range(parts[0][0].parts)):
+            # Only when a slice is optional and absent: never the case for q/k/v.
+            raise ValueError(
+                f"The checkpoint fills only part of the fused variable {variable.path}: "
+                f"{', '.join(part[1] for part in parts)}."
+            )
+        value = np.concatenate([part[2] for part in parts], axis=-1)
+        key = "+".join(part[1] for part in parts)
         out[key] = (variable, np.array(value, dtype=variable.dtype, order="C"))
     return out
 

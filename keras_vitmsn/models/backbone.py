@@ -4,12 +4,14 @@ import keras
 
 from keras_vitmsn.layers.embeddings import ViTMSNEmbeddings
 from keras_vitmsn.layers.transformer_block import ViTMSNTransformerBlock
+from keras_vitmsn.models.export import INPUT_NAME, ExportMixin
 from keras_vitmsn.models.naming import default_name
 from keras_vitmsn.models.preset_io import PresetMixin
+from keras_vitmsn.models.quantization import QuantizationMixin, dtype_config
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
-class ViTMSNBackbone(PresetMixin, keras.Model):
+class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
     """ViT-MSN encoder: patch embedding, pre-norm transformer blocks, final LayerNorm.
 
     Numerically the same network as ``transformers.ViTMSNModel``; the defaults are the
@@ -168,6 +170,12 @@ class ViTMSNBackbone(PresetMixin, keras.Model):
             return (hwc[2], hwc[0], hwc[1])
         return tuple(hwc)
 
+    def export_input_signature(self):
+        """``[keras.InputSpec]`` of ``export``: float32 images named "images" of the
+        model's ``image_shape`` in its ``data_format``, any batch size."""
+        shape = (None,) + self._layout(self.image_shape)
+        return [keras.InputSpec(shape=shape, dtype="float32", name=INPUT_NAME)]
+
     def build(self, input_shape=None):
         self.embeddings.build(None)
         for block in self.encoder_layers:
@@ -268,7 +276,7 @@ class ViTMSNBackbone(PresetMixin, keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "dtype": dtype_config(self),
             "image_shape": self.image_shape,
             "patch_size": self.patch_size,
             "hidden_dim": self.hidden_dim,
