@@ -11,6 +11,7 @@ repository changed). huggingface_hub keeps the downloaded files in its own cache
 (``HF_HUB_CACHE``) and shows its progress bars while downloading.
 """
 
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,21 @@ from keras_vitmsn.conversion import checkpoints
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CACHE_FILES = ("config.json", "model.weights.h5", "metadata.json")
+# The weights layout of the Keras presets this version writes (metadata.json's
+# "preset_format"). 2: the attention's query/key/value live in one fused `qkv`
+# Dense. Cache entries of another layout are converted again.
+PRESET_FORMAT_VERSION = 2
+
+
+def preset_format(folder):
+    """The ``preset_format`` in ``folder``'s metadata.json (1 if unrecorded), or None
+    when the file is missing or unreadable."""
+    try:
+        with open(os.path.join(folder, "metadata.json"), encoding="utf-8") as f:
+            metadata = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return metadata.get("preset_format", 1) if isinstance(metadata, dict) else None
 
 
 class PresetDownloadError(ConnectionError):
@@ -51,7 +67,8 @@ def cache_dir_for(repo_id):
 
 def is_cached(repo_id):
     folder = cache_dir_for(repo_id)
-    return all(os.path.exists(os.path.join(folder, f)) for f in _CACHE_FILES)
+    complete = all(os.path.exists(os.path.join(folder, f)) for f in _CACHE_FILES)
+    return complete and preset_format(folder) == PRESET_FORMAT_VERSION
 
 
 def _local_alternative(repo_id):
@@ -198,9 +215,9 @@ def write_cache_entry(source, repo_id, metadata=None):
     try:
         backbone = source.save_keras_preset(tmp, metadata=metadata)
         if os.path.exists(target):
-            # Not a complete entry (those are loaded, never rewritten): a leftover from
-            # a crash of an older version, or made by hand. Replace it.
-            warnings.warn(f"Replacing the incomplete Keras preset cache entry {target}.")
+            # Not a complete current entry (those are loaded, never rewritten): written
+            # in an older weights layout, a leftover from a crash, or made by hand.
+            warnings.warn(f"Replacing the outdated or incomplete Keras preset cache entry {target}.")
             shutil.rmtree(target)
         try:
             os.rename(tmp, target)

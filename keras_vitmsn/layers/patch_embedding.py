@@ -39,7 +39,7 @@ class ViTMSNPatchEmbedding(keras.layers.Layer):
 
     Example:
     >>> layer = ViTMSNPatchEmbedding(hidden_dim=32, patch_size=4)
-    >>> layer(keras.ops.zeros((2, 16, 16, 3))).shape
+    >>> tuple(layer(keras.ops.zeros((2, 16, 16, 3))).shape)
     (2, 16, 32)
     """
 

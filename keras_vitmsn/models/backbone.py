@@ -7,7 +7,7 @@ from keras_vitmsn.layers.transformer_block import ViTMSNTransformerBlock
 from keras_vitmsn.models.export import INPUT_NAME, ExportMixin
 from keras_vitmsn.models.naming import default_name
 from keras_vitmsn.models.preset_io import PresetMixin
-from keras_vitmsn.models.quantization import QuantizationMixin, dtype_config
+from keras_vitmsn.models.quantization import QuantizationMixin, resolved_policy_map, dtype_config
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
@@ -177,10 +177,11 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
         return [keras.InputSpec(shape=shape, dtype="float32", name=INPUT_NAME)]
 
     def build(self, input_shape=None):
-        self.embeddings.build(None)
-        for block in self.encoder_layers:
-            block.build(None)
-        self.layernorm.build((None, None, self.hidden_dim))
+        with resolved_policy_map(self):  # a quantised model's config: see quantization.py
+            self.embeddings.build(None)
+            for block in self.encoder_layers:
+                block.build(None)
+            self.layernorm.build((None, None, self.hidden_dim))
         self.built = True
 
     def call(

@@ -8,7 +8,7 @@ from keras_vitmsn.models.backbone import ViTMSNBackbone
 from keras_vitmsn.models.export import INPUT_NAME, ExportMixin
 from keras_vitmsn.models.naming import default_name
 from keras_vitmsn.models.preset_io import PresetMixin
-from keras_vitmsn.models.quantization import QuantizationMixin, dtype_config, float_policy
+from keras_vitmsn.models.quantization import QuantizationMixin, resolved_policy_map, dtype_config, float_policy
 
 _AUTO = object()  # from_preset's "attach the preset's image converter" default.
 
@@ -111,7 +111,8 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
         return [keras.InputSpec(shape=shape, dtype="uint8", name=INPUT_NAME)]
 
     def build(self, input_shape=None):
-        self.classifier.build((None, self.backbone.hidden_dim))
+        with resolved_policy_map(self):  # a quantised model's config: see quantization.py
+            self.classifier.build((None, self.backbone.hidden_dim))
         self.built = True
 
     def call(self, images, training=None):
@@ -191,6 +192,8 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
             )
         task_kwargs = {} if fresh_head else dict(source.task_kwargs)
         task_kwargs.pop("name", None)
+        # Present only for a quantised head: which of its layers are quantised.
+        head_dtype = task_kwargs.pop("dtype", None)
         for key, value in (
             ("activation", activation),
             ("dropout", dropout),
@@ -212,7 +215,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
             backbone,
             num_classes=num_classes,
             preprocessor=preprocessor,
-            dtype=backbone_kwargs.get("dtype"),
+            dtype=backbone_kwargs.get("dtype") or head_dtype,
             name=name,
             **task_kwargs,
         )

@@ -88,7 +88,7 @@ def _export_onnx_torch(model, filepath, input_signature, verbose=None, opset_ver
     )
     program.save(str(filepath))
     if verbose is None or verbose:
-        keras.utils.io_utils.print_msg(f"Saved artifact at '{filepath}'.")
+        print(f"Saved artifact at '{filepath}'.")
 
 
 class ExportMixin:

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from keras_vitmsn import presets as preset_table
+from keras_vitmsn.conversion.hub import PRESET_FORMAT_VERSION, preset_format
 from keras_vitmsn.conversion.safetensors_io import CheckpointError
 
 CONFIG_FILE = "config.json"
@@ -36,7 +37,6 @@ METADATA_FILE = "metadata.json"
 TASK_CONFIG_FILE = "task.json"
 TASK_WEIGHTS_FILE = "task.weights.h5"
 IMAGE_CONVERTER_FILE = "image_converter.json"
-PRESET_FORMAT_VERSION = 1
 
 
 class classproperty:
@@ -238,8 +238,12 @@ class KerasPresetSource:
     def task_kwargs(self):
         """The head's constructor arguments saved in task.json."""
         config = dict(self.task_config["config"])
-        for key in ("backbone", "preprocessor", "num_classes", "dtype", "trainable"):
+        for key in ("backbone", "preprocessor", "num_classes", "trainable"):
             config.pop(key, None)
+        # A plain policy follows the backbone; a quantised head's policy map stays.
+        dtype = config.pop("dtype", None)
+        if isinstance(dtype, dict) and dtype.get("class_name") == "DTypePolicyMap":
+            config["dtype"] = dtype
         return config
 
     def _backbone_config(self):
@@ -270,8 +274,16 @@ class KerasPresetSource:
                     f"weights file: {e}"
                 ) from e
             except ValueError as e:
+                hint = ""
+                if (preset_format(self.path) or PRESET_FORMAT_VERSION) < PRESET_FORMAT_VERSION:
+                    hint = (
+                        f" The preset is in format {preset_format(self.path)} (separate "
+                        "query/key/value weights, keras-vitmsn before the fused qkv "
+                        "projection); convert the original checkpoint again "
+                        "(from_preset on it, then save_to_preset)."
+                    )
                 raise ValueError(
-                    f"{path} does not fit the backbone described by {CONFIG_FILE}: {e}"
+                    f"{path} does not fit the backbone described by {CONFIG_FILE}: {e}{hint}"
                 ) from e
 
         if target == native:

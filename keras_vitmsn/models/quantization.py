@@ -12,9 +12,13 @@ So, as keras-hub does, ``get_config`` stores the model's ``dtype`` as a
 ``keras.dtype_policies.DTypePolicyMap`` from each quantised sublayer's path to its
 policy (default: the model's float policy); ``from_config``, ``keras.saving.load_model``
 and ``from_preset`` then rebuild those sublayers quantised before the weights load.
-The paths start with the model's name, which the config keeps.
+Unlike keras-hub, the stored paths are relative to the model (``classifier``,
+``encoder_layer_0/attention/qkv``): a model rebuilt under another name (presets
+do not keep the classifier's) still finds them. :func:`resolved_policy_map` makes them
+absolute when the model builds, before any sublayer looks its policy up.
 """
 
+import contextlib
 import re
 
 import keras
@@ -38,20 +42,67 @@ def is_quantizable(layer):
 def dtype_config(model, exclude=()):
     """``model``'s serialised dtype: its policy, or a DTypePolicyMap recording the
     quantised sublayers (those of the models in ``exclude`` left out: they
-    serialise their own)."""
+    serialise their own).
+
+    Example:
+    >>> import keras_vitmsn as kv
+    >>> backbone = kv.ViTMSNBackbone(image_shape=(16, 16, 3), patch_size=8,
+    ...     hidden_dim=8, num_layers=1, num_heads=2, intermediate_dim=16)
+    >>> backbone.quantize("int8")
+    >>> config = backbone.get_config()
+    >>> sorted(config["dtype"]["config"]["policy_map"])[:2]
+    ['embeddings/patch_embedding/projection', 'encoder_layer_0/attention/output_dense']
+    >>> renamed = kv.ViTMSNBackbone.from_config(dict(config, name="renamed"))
+    >>> renamed.encoder_layers[0].attention.qkv.kernel.dtype
+    'int8'
+    """
     policy = model.dtype_policy
     excluded = {id(layer) for sub in exclude if sub is not None for layer in sub._flatten_layers()}
     policy_map = DTypePolicyMap(default_policy=float_policy(policy))
+    prefix = f"{model.path}/"
     for layer in model._flatten_layers(include_self=False):
         if id(layer) in excluded or layer.quantization_mode is None:
             continue
         resolved = layer.dtype_policy
         if isinstance(resolved, DTypePolicyMap):
             resolved = resolved[layer.path]
-        policy_map[layer.path] = resolved
+        if not layer.path.startswith(prefix):
+            raise ValueError(
+                f"The quantised layer {layer.path} is not inside the model {model.path}; "
+                "cannot record its dtype policy."
+            )
+        policy_map[layer.path[len(prefix) :]] = resolved
     if len(policy_map):
         return keras.dtype_policies.serialize(policy_map)
     return keras.dtype_policies.serialize(float_policy(policy))
+
+
+@contextlib.contextmanager
+def resolved_policy_map(model):
+    """Wrap the body of ``model.build`` when its dtype may be a DTypePolicyMap (a
+    quantised model's config, see :func:`dtype_config` for a round trip).
+
+    On entry the map's relative keys get the model's path as prefix, so each
+    sublayer finds its policy by its own path while it builds. On exit every layer
+    holding the map gets its resolved policy instead: Keras' Dense and EinsumDense
+    read ``self.dtype_policy.quantization_mode`` when saving and quantising, which
+    a shared map would answer with its float default (int8 weights would then save
+    without their scales).
+    """
+    policy = model.dtype_policy
+    if not isinstance(policy, DTypePolicyMap) or not model.path:
+        yield
+        return
+    prefix = f"{model.path}/"
+    for key in list(policy.keys()):
+        if not key.startswith(prefix):
+            value = policy[key]
+            del policy[key]
+            policy[prefix + key] = value
+    yield
+    for layer in model._flatten_layers(include_self=True):
+        if layer._dtype_policy is policy:
+            layer._dtype_policy = policy[layer.path] if layer.path else policy.default_policy
 
 
 class QuantizationMixin:
