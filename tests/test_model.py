@@ -116,7 +116,7 @@ def test_global_mixed_policy_is_followed(images):
     try:
         backbone = tiny_backbone()
         assert backbone.dtype_policy.name == "mixed_bfloat16"
-        assert backbone.encoder_layers[0].attention.query.dtype_policy.name == "mixed_bfloat16"
+        assert backbone.encoder_layers[0].attention.qkv.dtype_policy.name == "mixed_bfloat16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
 

@@ -82,7 +82,7 @@ def test_pretrainer_and_cli_defaults_are_the_vits16_recipe():
     args = build_parser().parse_args(["pretrain", "--data", "d", "--output", "o"])
     assert args.recipe == "msn_vits16" and args.preset is None
     # Every recipe flag defaults to "take the recipe's value".
-    from keras_vitmsn.cli import _RECIPE_FLAGS
+    from keras_vitmsn.cli_commands import _RECIPE_FLAGS
 
     assert all(getattr(args, flag) is None for flag in _RECIPE_FLAGS)
 

@@ -359,6 +359,42 @@ def test_hf_handle_converts_once_then_loads_from_the_keras_cache(tmp_path, offli
     assert clf.predict(rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8), verbose=0).shape == (2, 3)
 
 
+def test_cache_entry_of_an_older_weights_layout_is_converted_again(tmp_path, offline_hub):
+    """Entries written before query/key/value were fused (preset_format 1) cannot be
+    read by this version: they are converted again instead of failing."""
+    hf_checkpoint(tmp_path / "ck")
+    offline_hub("org/tiny-msn", tmp_path / "ck")
+    first = kv.ViTMSNBackbone.from_preset("hf://org/tiny-msn")
+    entry = hub.cache_dir_for("org/tiny-msn")
+    metadata_path = os.path.join(entry, "metadata.json")
+    metadata = json.loads(open(metadata_path).read())
+    assert metadata["preset_format"] == file_format.PRESET_FORMAT_VERSION
+    json.dump(dict(metadata, preset_format=1), open(metadata_path, "w"))
+    with open(os.path.join(entry, "model.weights.h5"), "wb") as f:
+        f.write(b"an old layout")  # unreadable: must not be loaded
+    with pytest.warns(UserWarning, match="outdated or incomplete"):
+        again = kv.ViTMSNBackbone.from_preset("hf://org/tiny-msn")
+    assert_same_weights(again, first)
+    assert json.loads(open(metadata_path).read())["preset_format"] == file_format.PRESET_FORMAT_VERSION
+
+
+def test_old_format_preset_error_says_so(tmp_path):
+    backbone = kv.ViTMSNBackbone(image_shape=(16, 16, 3), patch_size=8, hidden_dim=8, num_layers=1, num_heads=2, intermediate_dim=16)
+    backbone.save_to_preset(tmp_path / "p")
+    # Format 1 stored the attention as query/key/value: rename the fused group the same way.
+    import h5py
+
+    with h5py.File(tmp_path / "p" / "model.weights.h5", "r+") as f:
+        groups = []
+        f.visit(lambda name: groups.append(name) if name.endswith("attention/qkv") else None)
+        for name in groups:
+            f.move(name, name[: -len("qkv")] + "query")
+    metadata = json.loads((tmp_path / "p" / "metadata.json").read_text())
+    (tmp_path / "p" / "metadata.json").write_text(json.dumps(dict(metadata, preset_format=1)))
+    with pytest.raises(ValueError, match="format 1 .separate query/key/value weights"):
+        kv.ViTMSNBackbone.from_preset(str(tmp_path / "p"))
+
+
 def test_builtin_name_resolves_to_its_hub_repository(tmp_path, offline_hub, monkeypatch):
     # A tiny checkpoint published under the real repo id: only the id mapping matters.
     hf_checkpoint(tmp_path / "ck")

@@ -11,11 +11,11 @@ import numpy as np
 
 from keras_vitmsn.conversion import msn_checkpoint
 from keras_vitmsn.conversion.safetensors_io import load_safetensors
+from keras_vitmsn.conversion.hf_processor import RELEASED_PROCESSOR
+from keras_vitmsn.conversion.hf_processor import image_converter_kwargs_from_hf
 from keras_vitmsn.conversion.transformers_weights import (
-    RELEASED_PROCESSOR,
     backbone_kwargs_from_hf_config,
     canonicalize_transformers_state,
-    image_converter_kwargs_from_hf,
     num_classes_from_hf_config,
 )
 from keras_vitmsn.errors import CheckpointError

@@ -17,8 +17,6 @@ from keras_vitmsn.version import __version__
 
 # A complete cache entry (see keras_vitmsn.presets.hub_cache) has at least these.
 _CACHE_FILES = ("config.json", "model.weights.h5", "metadata.json")
-
-
 def parse_hf_handle(handle):
     """``"hf://org/repo"`` -> ``"org/repo"``, validated."""
     repo_id = handle[len("hf://") :] if handle.startswith("hf://") else handle
@@ -68,9 +66,9 @@ def hub_unreachable(timeout=3.0):
     import socket
     from urllib.parse import urlparse
 
-    import huggingface_hub
+    from huggingface_hub import constants
 
-    url = urlparse(huggingface_hub.constants.ENDPOINT)
+    url = urlparse(constants.ENDPOINT)
     host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
     if (host, port) not in _UNREACHABLE:
         try:
@@ -88,9 +86,9 @@ def download(repo_id, filename, optional=False):
     Returns None for an ``optional`` file the repository does not have.
     """
     import huggingface_hub
-    from huggingface_hub import errors
+    from huggingface_hub import constants, errors
 
-    unreachable = None if huggingface_hub.constants.HF_HUB_OFFLINE else hub_unreachable()
+    unreachable = None if constants.HF_HUB_OFFLINE else hub_unreachable()
     if unreachable is not None:
         # huggingface_hub would retry for ~25 s before falling back to its cache.
         cached = huggingface_hub.try_to_load_from_cache(repo_id, filename)

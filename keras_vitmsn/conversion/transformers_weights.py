@@ -4,6 +4,10 @@ Works on plain ``{key: np.ndarray}`` dicts, so nothing here imports torch. Every
 assignment is accounted for: a key the model needs but the checkpoint lacks, a key
 the checkpoint has but nothing uses, or a shape that does not fit raises an error
 naming them all.
+
+The Keras attention fuses query, key and value into one ``qkv`` Dense; each of the
+three checkpoint tensors maps to a third of its variables (a :class:`FusedSlice`),
+and the three are concatenated before the variable is assigned.
 """
 
 import re
@@ -11,7 +15,6 @@ import re
 import numpy as np
 
 from keras_vitmsn.layers.activations import SUPPORTED_ACTIVATIONS
-from keras_vitmsn.utils import IMAGENET_MEAN, IMAGENET_STD
 
 # Keys a checkpoint may omit: the released checkpoints carry no mask token.
 OPTIONAL_KEYS = ("embeddings.mask_token",)
@@ -29,8 +32,45 @@ def _same(w):
     return w
 
 
+class FusedSlice:
+    """Part ``index`` of ``parts`` equal slices of ``variable`` along its last axis.
+
+    A weight-map target standing for one checkpoint tensor inside a fused variable
+    (query, key and value in the ``qkv`` kernel and bias).
+
+    Example:
+    >>> import keras
+    >>> v = keras.Variable(np.zeros((4, 6), "float32"))
+    >>> FusedSlice(v, 1, 3).shape
+    (4, 2)
+    >>> FusedSlice(v, 1, 3).take(np.arange(6.0)[None])
+    array([[2., 3.]])
+    """
+
+    def __init__(self, variable, index, parts):
+        if not 0 <= index < parts or variable.shape[-1] % parts:
+            raise ValueError(
+                f"Cannot take slice {index} of {parts} along the last axis of a "
+                f"variable of shape {tuple(variable.shape)}."
+            )
+        self.variable = variable
+        self.index = int(index)
+        self.parts = int(parts)
+
+    @property
+    def shape(self):
+        shape = tuple(self.variable.shape)
+        return shape[:-1] + (shape[-1] // self.parts,)
+
+    def take(self, full):
+        """This slice of ``full``, an array shaped like the variable."""
+        width = full.shape[-1] // self.parts
+        return full[..., self.index * width : (self.index + 1) * width]
+
+
 def backbone_weight_map(backbone, prefix=""):
-    """``{checkpoint_key: (keras_variable, transform)}`` for every backbone variable."""
+    """``{checkpoint_key: (target, transform)}`` for every backbone variable; a target
+    is a Keras variable or a :class:`FusedSlice` of one (query, key, value)."""
     emb = backbone.embeddings
     mapping = {
         "embeddings.cls_token": (emb.cls_token, _same),
@@ -51,10 +91,12 @@ def backbone_weight_map(backbone, prefix=""):
     for i, block in enumerate(backbone.encoder_layers):
         layer = f"encoder.layer.{i}"
         attn = block.attention
+        for index, name in enumerate(("query", "key", "value")):
+            key = f"{layer}.attention.attention.{name}"
+            mapping[f"{key}.weight"] = (FusedSlice(attn.qkv.kernel, index, 3), _linear)
+            if attn.qkv.bias is not None:
+                mapping[f"{key}.bias"] = (FusedSlice(attn.qkv.bias, index, 3), _same)
         dense_layers = {
-            f"{layer}.attention.attention.query": attn.query,
-            f"{layer}.attention.attention.key": attn.key,
-            f"{layer}.attention.attention.value": attn.value,
             f"{layer}.attention.output.dense": attn.output_dense,
             f"{layer}.intermediate.dense": block.intermediate_dense,
             f"{layer}.output.dense": block.output_dense,
@@ -83,7 +125,8 @@ def convert_weights(weight_map, state_dict, optional_keys=(), ignore_keys=(), ke
     """Check ``state_dict`` against ``weight_map`` strictly and convert it to Keras layout.
 
     Args:
-        weight_map: ``{key: (variable, transform)}`` from :func:`backbone_weight_map`.
+        weight_map: ``{key: (target, transform)}`` from :func:`backbone_weight_map`;
+            a target is a variable or a :class:`FusedSlice` of one.
         state_dict: ``{key: np.ndarray}``.
         optional_keys: keys that may be absent from ``state_dict`` (the variable keeps
             its initial value).
@@ -93,7 +136,9 @@ def convert_weights(weight_map, state_dict, optional_keys=(), ignore_keys=(), ke
 
     Returns:
         ``{key: (variable, value)}`` with each value transformed, contiguous and cast
-        to its variable's dtype (a new array, never a view of ``state_dict``).
+        to its variable's dtype (a new array, never a view of ``state_dict``). The
+        slices of a fused variable are concatenated into one entry, keyed by their
+        keys joined with ``"+"``.
 
     Raises:
         ValueError: listing missing keys, unexpected keys and shape mismatches.
@@ -129,10 +174,25 @@ def convert_weights(weight_map, state_dict, optional_keys=(), ignore_keys=(), ke
         raise ValueError(
             "The checkpoint does not fit the model: " + " | ".join(parts) + "."
         )
-    out = {}
+    out, fused = {}, {}
     for key, value in converted.items():
-        variable = weight_map[key][0]
+        target = weight_map[key][0]
+        if isinstance(target, FusedSlice):
+            fused.setdefault(id(target.variable), []).append((target, key, value))
+            continue
         # A copy in any case: the source may be a read-only memory map of the file.
+        out[key] = (target, np.array(value, dtype=target.dtype, order="C"))
+    for parts in fused.values():
+        parts.sort(key=lambda part: part[0].index)
+        variable = parts[0][0].variable
+        if [part[0].index for part in parts] != list(range(parts[0][0].parts)):
+            # Only when a slice is optional and absent: never the case for q/k/v.
+            raise ValueError(
+                f"The checkpoint fills only part of the fused variable {variable.path}: "
+                f"{', '.join(part[1] for part in parts)}."
+            )
+        value = np.concatenate([part[2] for part in parts], axis=-1)
+        key = "+".join(part[1] for part in parts)
         out[key] = (variable, np.array(value, dtype=variable.dtype, order="C"))
     return out
 
@@ -266,78 +326,3 @@ def num_classes_from_hf_config(config, head_state):
             f"lists {len(id2label)} labels."
         )
     return rows
-
-
-# PIL resampling filters as stored in ``preprocessor_config.json`` (``resample``).
-_PIL_RESAMPLE = {0: "nearest", 1: "lanczos3", 2: "bilinear", 3: "bicubic"}
-_PROCESSOR_TYPES = ("ViTImageProcessor", "ViTImageProcessorFast", "ViTFeatureExtractor")
-RELEASED_PROCESSOR = dict(
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    interpolation="bilinear",
-    rescale_factor=1.0 / 255.0,
-)
-
-
-def image_converter_kwargs_from_hf(preprocessor_config, model_config):
-    """ViTMSNImageConverter kwargs from a ``preprocessor_config.json`` dict.
-
-    With ``preprocessor_config=None`` (a checkpoint saved without one) the released
-    ViT-MSN processor is used: resize to the model's ``image_size`` (bilinear),
-    rescale by 1/255, ImageNet mean/std.
-
-    Raises:
-        ValueError: a processor type or option the converter cannot reproduce
-            (center crop, shortest-edge resizing, an unknown resample filter).
-    """
-    image_size = model_config.get("image_size", 224)
-    if isinstance(image_size, int):
-        image_size = (image_size, image_size)
-    if preprocessor_config is None:
-        return dict(RELEASED_PROCESSOR, image_size=tuple(image_size))
-    kind = preprocessor_config.get("image_processor_type") or preprocessor_config.get(
-        "feature_extractor_type"
-    )
-    if kind not in _PROCESSOR_TYPES:
-        raise ValueError(
-            f"Unsupported image processor {kind!r} in preprocessor_config.json; "
-            f"supported: {', '.join(_PROCESSOR_TYPES)}."
-        )
-    if preprocessor_config.get("do_center_crop"):
-        raise ValueError(
-            "preprocessor_config.json asks for a center crop, which "
-            "ViTMSNImageConverter does not do (ViT-MSN's processor resizes only)."
-        )
-    kwargs = {}
-    if preprocessor_config.get("do_resize", True):
-        size = preprocessor_config.get("size", image_size)
-        if isinstance(size, int):
-            size = (size, size)
-        elif isinstance(size, dict):
-            if "height" not in size or "width" not in size:
-                raise ValueError(
-                    f"Unsupported resize size {size} in preprocessor_config.json: only "
-                    "{'height': H, 'width': W} (or an int) is supported."
-                )
-            size = (size["height"], size["width"])
-        kwargs["image_size"] = (int(size[0]), int(size[1]))
-        resample = preprocessor_config.get("resample", 2)
-        if resample not in _PIL_RESAMPLE:
-            raise ValueError(
-                f"Unsupported resample filter {resample!r} in preprocessor_config.json; "
-                f"supported: {_PIL_RESAMPLE}."
-            )
-        kwargs["interpolation"] = _PIL_RESAMPLE[resample]
-    else:
-        kwargs["image_size"] = None
-    if preprocessor_config.get("do_rescale", True):
-        kwargs["rescale_factor"] = float(preprocessor_config.get("rescale_factor", 1.0 / 255.0))
-    else:
-        kwargs["rescale_factor"] = None
-    if preprocessor_config.get("do_normalize", True):
-        # Missing values take ViTImageProcessor's own defaults (0.5), not ImageNet's.
-        kwargs["mean"] = tuple(preprocessor_config.get("image_mean", (0.5, 0.5, 0.5)))
-        kwargs["std"] = tuple(preprocessor_config.get("image_std", (0.5, 0.5, 0.5)))
-    else:
-        kwargs["mean"] = kwargs["std"] = None
-    return kwargs

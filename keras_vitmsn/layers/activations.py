@@ -1,14 +1,36 @@
 """The activation names a transformers ViT-MSN config may carry, as Keras functions."""
 
 import functools
+import math
 
 import keras
+from keras import ops
+
+
+def exact_gelu(x):
+    """``x * Phi(x)`` with the normal CDF written with ``erf``, as transformers does.
+
+    On TensorFlow, ``tf.nn.gelu`` computes it with ``erfc``, which ONNX has no
+    operator for (tf2onnx cannot convert the model); the ``erf`` form is the same
+    function and converts everywhere. The other backends' fused kernels already
+    use ``erf``.
+
+    Example:
+    >>> round(float(exact_gelu(keras.ops.convert_to_tensor(1.0))), 6)
+    0.841345
+    """
+    if keras.backend.backend() != "tensorflow":
+        return keras.activations.gelu(x, approximate=False)
+    x = ops.convert_to_tensor(x)
+    half = ops.cast(0.5, x.dtype)
+    return half * x * (1.0 + ops.erf(x * ops.cast(1.0 / math.sqrt(2.0), x.dtype)))
+
 
 # transformers' "gelu" is the exact erf form; "gelu_new" and "gelu_pytorch_tanh" are
 # the tanh approximation. Keras' own "gelu" string means the *approximate* form on
 # some versions, so never pass the name through to keras.activations.get.
 _ACTIVATIONS = {
-    "gelu": functools.partial(keras.activations.gelu, approximate=False),
+    "gelu": exact_gelu,
     "gelu_new": functools.partial(keras.activations.gelu, approximate=True),
     "gelu_pytorch_tanh": functools.partial(keras.activations.gelu, approximate=True),
     "relu": keras.activations.relu,

@@ -8,14 +8,15 @@ from keras_vitmsn.layers.initializers import kernel_initializer
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
 class ViTMSNAttention(keras.layers.Layer):
-    """Self-attention with separate query/key/value/output projections.
+    """Self-attention with one fused query/key/value projection and an output projection.
 
-    Separate projections keep a one-to-one, transpose-only mapping to the
-    ``attention.attention.{query,key,value}`` and ``attention.output.dense`` weights of
-    transformers checkpoints. The call still does a single fused matmul against the
-    three kernels concatenated: one larger GEMM runs faster than three small ones,
-    and the concatenation is ``3 * hidden_dim**2`` values per call, negligible next to
-    the ``batch * tokens * hidden_dim * 3 * hidden_dim`` multiply-adds.
+    Both projections are plain ``keras.layers.Dense`` sublayers, so ``quantize``
+    ("int8", "float8", ...) and LoRA reach them through Keras' own code:
+    ``qkv`` (kernel ``(hidden_dim, 3 * hidden_dim)``, query then key then value
+    columns, as transformers' three ``attention.attention.{query,key,value}``
+    matrices concatenated) and ``output_dense``. One GEMM for the three projections
+    runs faster than three small ones; per-output-channel quantisation scales are the
+    same as for three separate layers.
 
     Two numerically equivalent paths:
     - ``keras.ops.dot_product_attention`` (fused / flash kernels where the backend has
@@ -69,19 +70,17 @@ class ViTMSNAttention(keras.layers.Layer):
         self.attention_dropout = float(attention_dropout)
         self.dropout_rate = float(dropout_rate)
 
-        def dense(name, use_bias):
+        def dense(name, units, use_bias):
             return keras.layers.Dense(
-                self.hidden_dim,
+                units,
                 use_bias=use_bias,
                 kernel_initializer=kernel_initializer(),
                 dtype=self.dtype_policy,
                 name=name,
             )
 
-        self.query = dense("query", self.qkv_bias)
-        self.key = dense("key", self.qkv_bias)
-        self.value = dense("value", self.qkv_bias)
-        self.output_dense = dense("output_dense", True)
+        self.qkv = dense("qkv", 3 * self.hidden_dim, self.qkv_bias)
+        self.output_dense = dense("output_dense", self.hidden_dim, True)
         self.attention_probs_dropout = keras.layers.Dropout(
             self.attention_dropout, dtype=self.dtype_policy, name="attention_probs_dropout"
         )
@@ -90,17 +89,12 @@ class ViTMSNAttention(keras.layers.Layer):
         )
 
     def build(self, input_shape=None):
-        for layer in (self.query, self.key, self.value, self.output_dense):
-            layer.build((None, None, self.hidden_dim))
+        self.qkv.build((None, None, self.hidden_dim))
+        self.output_dense.build((None, None, self.hidden_dim))
         self.built = True
 
     def _project_qkv(self, x):
-        projections = (self.query, self.key, self.value)
-        kernel = ops.concatenate([p.kernel for p in projections], axis=-1)
-        qkv = ops.matmul(x, kernel)
-        if self.qkv_bias:
-            qkv = qkv + ops.concatenate([p.bias for p in projections], axis=-1)
-        qkv = ops.reshape(qkv, (-1, x.shape[1], 3, self.num_heads, self.head_dim))
+        qkv = ops.reshape(self.qkv(x), (-1, x.shape[1], 3, self.num_heads, self.head_dim))
         # unstack, not three slices: torch's backward of a slice zero-fills a full
         # qkv-sized buffer per slice, unstack's backward is one stack.
         return ops.unstack(qkv, num=3, axis=2)

@@ -1,10 +1,12 @@
 """Patch embedding: a Conv2D with kernel = stride = patch size, flattened to tokens.
 
-Because the patches do not overlap, that convolution is exactly one matmul of the
-flattened patches with the reshaped kernel. We apply it that way: it reads either
-image layout directly, so neither the user's layout nor a backend's preferred conv
-layout costs a transpose of the whole image (the torch backend otherwise transposes
-channels-last inputs to NCHW and back), and the matmul is the same size.
+Because the patches do not overlap, that convolution is exactly one contraction of
+each patch with the kernel. We apply it that way, as a ``keras.layers.EinsumDense``
+over ``(batch, tokens, patch, patch, channels)``: it reads either image layout
+directly, so neither the user's layout nor a backend's preferred conv layout costs a
+transpose of the whole image (the torch backend otherwise transposes channels-last
+inputs to NCHW and back), the GEMM is the same size, and, being one of Keras' own
+quantisable layers, ``quantize`` handles it like any Dense.
 """
 
 import keras
@@ -19,8 +21,8 @@ class ViTMSNPatchEmbedding(keras.layers.Layer):
     """Cut images into patches and project each to ``hidden_dim``.
 
     The weights are those of a ``Conv2D(hidden_dim, patch_size, strides=patch_size)``
-    (``projection.kernel`` of shape ``(patch, patch, channels, hidden_dim)``), and so
-    are the outputs, tokens in row-major patch order.
+    (``projection.kernel`` of shape ``(patch, patch, channels, hidden_dim)``, held by
+    an ``EinsumDense``), and so are the outputs, tokens in row-major patch order.
 
     Args:
         hidden_dim: int, width of each patch token.
@@ -49,21 +51,20 @@ class ViTMSNPatchEmbedding(keras.layers.Layer):
         self.patch_size = int(patch_size)
         self.num_channels = int(num_channels)
         self.data_format = data_format
-        # Holds the variables only (see the module docstring); its kernel layout
-        # (p, p, C, D) does not depend on the image layout.
-        self.projection = keras.layers.Conv2D(
-            self.hidden_dim,
-            kernel_size=self.patch_size,
-            strides=self.patch_size,
-            padding="valid",
-            data_format="channels_last",
+        # Conv2D's kernel layout (kh, kw, C, D), whatever the image layout, so the
+        # variables (and saved weights) are those of the convolution.
+        self.projection = keras.layers.EinsumDense(
+            "btijc,ijcd->btd",
+            output_shape=(None, self.hidden_dim),
+            bias_axes="d",
             kernel_initializer=kernel_initializer(),
             dtype=self.dtype_policy,
             name="projection",
         )
 
     def build(self, input_shape=None):
-        self.projection.build((None, None, None, self.num_channels))
+        p = self.patch_size
+        self.projection.build((None, None, p, p, self.num_channels))
         self.built = True
 
     def call(self, images):
@@ -76,11 +77,9 @@ class ViTMSNPatchEmbedding(keras.layers.Layer):
             grid_h, grid_w = images.shape[1] // p, images.shape[2] // p
             patches = ops.reshape(images, (-1, grid_h, p, grid_w, p, c))
             patches = ops.transpose(patches, (0, 1, 3, 2, 4, 5))
-        # (batch, rows, cols, kh, kw, C) flattens in the kernel's (kh, kw, C) order.
-        patches = ops.reshape(patches, (-1, grid_h * grid_w, p * p * c))
-        patches = ops.cast(patches, self.compute_dtype)
-        kernel = ops.reshape(self.projection.kernel, (p * p * c, self.hidden_dim))
-        return ops.matmul(patches, kernel) + self.projection.bias
+        # (batch, rows, cols, kh, kw, C) -> (batch, tokens, kh, kw, C), row-major tokens.
+        patches = ops.reshape(patches, (-1, grid_h * grid_w, p, p, c))
+        return self.projection(ops.cast(patches, self.compute_dtype))
 
     def compute_output_shape(self, input_shape):
         spatial = spatial_shape(input_shape, self.data_format)

@@ -9,11 +9,13 @@ from keras_vitmsn.presets import file_format
 from keras_vitmsn.presets.mixin import PresetMixin
 from keras_vitmsn.presets.mixin import register_preset_class
 from keras_vitmsn.presets.mixin import save_preset_directory
+from keras_vitmsn.models.export import INPUT_NAME, ExportMixin
+from keras_vitmsn.models.quantization import QuantizationMixin, resolved_policy_map, dtype_config
 
 
 @register_preset_class("backbone")
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
-class ViTMSNBackbone(PresetMixin, keras.Model):
+class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
     """ViT-MSN encoder: patch embedding, pre-norm transformer blocks, final LayerNorm.
 
     Numerically the same network as ``transformers.ViTMSNModel``; the defaults are the
@@ -172,11 +174,18 @@ class ViTMSNBackbone(PresetMixin, keras.Model):
             return (hwc[2], hwc[0], hwc[1])
         return tuple(hwc)
 
+    def export_input_signature(self):
+        """``[keras.InputSpec]`` of ``export``: float32 images named "images" of the
+        model's ``image_shape`` in its ``data_format``, any batch size."""
+        shape = (None,) + self._layout(self.image_shape)
+        return [keras.InputSpec(shape=shape, dtype="float32", name=INPUT_NAME)]
+
     def build(self, input_shape=None):
-        self.embeddings.build(None)
-        for block in self.encoder_layers:
-            block.build(None)
-        self.layernorm.build((None, None, self.hidden_dim))
+        with resolved_policy_map(self):  # a quantised model's config: see quantization.py
+            self.embeddings.build(None)
+            for block in self.encoder_layers:
+                block.build(None)
+            self.layernorm.build((None, None, self.hidden_dim))
         self.built = True
 
     def call(
@@ -272,7 +281,7 @@ class ViTMSNBackbone(PresetMixin, keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "dtype": dtype_config(self),
             "image_shape": self.image_shape,
             "patch_size": self.patch_size,
             "hidden_dim": self.hidden_dim,

@@ -11,13 +11,15 @@ from keras_vitmsn.presets import file_format
 from keras_vitmsn.presets.mixin import PresetMixin
 from keras_vitmsn.presets.mixin import register_preset_class
 from keras_vitmsn.presets.mixin import save_preset_directory
+from keras_vitmsn.models.export import INPUT_NAME, ExportMixin
+from keras_vitmsn.models.quantization import QuantizationMixin, resolved_policy_map, dtype_config, float_policy
 
 _AUTO = object()  # from_preset's "attach the preset's image converter" default.
 
 
 @register_preset_class("classifier")
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
-class ViTMSNClassifier(PresetMixin, keras.Model):
+class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
     """Image classifier: ``Dense(num_classes)`` on the final CLS token of a backbone.
 
     The model is compiled on construction so ``fit`` works at once: AdamW
@@ -71,7 +73,7 @@ class ViTMSNClassifier(PresetMixin, keras.Model):
         if int(num_classes) < 1:
             raise ValueError(f"`num_classes` must be >= 1, got {num_classes}.")
         super().__init__(
-            dtype=dtype or backbone.dtype_policy,
+            dtype=dtype or float_policy(backbone.dtype_policy),
             name=default_name(name, "vit_msn_classifier"),
             **kwargs,
         )
@@ -92,11 +94,30 @@ class ViTMSNClassifier(PresetMixin, keras.Model):
             dtype=self.dtype_policy,
             name="classifier",
         )
-        self.build(None)
+        # The input shape is recorded (Keras' `_build_shapes_dict`) for TensorFlow's
+        # SavedModel tracing of this model; the variables do not depend on it.
+        self.build(self.export_input_signature()[0].shape)
         self._compile_defaults()
 
+    def export_input_signature(self):
+        """``[keras.InputSpec]`` of ``export``: images named "images", any batch size.
+
+        Without a preprocessor: float32 images of the backbone's ``image_shape``,
+        already normalised. With one: raw ``uint8`` images (0-255) of the
+        converter's ``image_size`` (the backbone's when it has none), so the export
+        runs no resize; resize to that size before calling it, or pass your own
+        ``input_signature`` (e.g. float32 images in [0, 255]).
+        """
+        backbone = self.backbone
+        if self.preprocessor is None:
+            return backbone.export_input_signature()
+        size = self.preprocessor.image_size or backbone.image_shape[:2]
+        shape = (None,) + backbone._layout(tuple(size) + (backbone.image_shape[2],))
+        return [keras.InputSpec(shape=shape, dtype="uint8", name=INPUT_NAME)]
+
     def build(self, input_shape=None):
-        self.classifier.build((None, self.backbone.hidden_dim))
+        with resolved_policy_map(self):  # a quantised model's config: see quantization.py
+            self.classifier.build((None, self.backbone.hidden_dim))
         self.built = True
 
     def call(self, images, training=None):
@@ -139,7 +160,7 @@ class ViTMSNClassifier(PresetMixin, keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "dtype": dtype_config(self, exclude=(self.backbone, self.preprocessor)),
             "backbone": keras.layers.serialize(self.backbone),
             "num_classes": self.num_classes,
             "activation": keras.activations.serialize(self.activation),
@@ -185,6 +206,8 @@ class ViTMSNClassifier(PresetMixin, keras.Model):
             )
         task_kwargs = {} if fresh_head else dict(source.task_kwargs)
         task_kwargs.pop("name", None)
+        # Present only for a quantised head: which of its layers are quantised.
+        head_dtype = task_kwargs.pop("dtype", None)
         for key, value in (
             ("activation", activation),
             ("dropout", dropout),
@@ -206,7 +229,7 @@ class ViTMSNClassifier(PresetMixin, keras.Model):
             backbone,
             num_classes=num_classes,
             preprocessor=preprocessor,
-            dtype=backbone_kwargs.get("dtype"),
+            dtype=backbone_kwargs.get("dtype") or head_dtype,
             name=name,
             **task_kwargs,
         )

@@ -15,6 +15,7 @@ A preset is a directory (keras-hub's layout):
 """
 
 import datetime
+import json
 import os
 
 import h5py
@@ -32,7 +33,9 @@ TASK_WEIGHTS_FILE = "task.weights.h5"
 IMAGE_CONVERTER_FILE = "image_converter.json"
 MSN_HEAD_FILE = "msn_head.weights.h5"
 MSN_TRAINING_STATE_FILE = "msn_training_state.h5"
-PRESET_FORMAT_VERSION = 1
+# The weights layout of the presets this version writes (metadata.json's
+# "preset_format"). 2: the attention's query/key/value live in one fused `qkv` Dense.
+PRESET_FORMAT_VERSION = 2
 # Every file a preset of ours may hold: what replacing one of ours may remove.
 PRESET_FILES = (
     CONFIG_FILE,
@@ -152,6 +155,17 @@ def read_task_weights(task, path):
         )
     for key, variable in expected.items():
         variable.assign(stored[key])
+
+
+def preset_format(folder):
+    """The ``preset_format`` in ``folder``'s metadata.json (1 if unrecorded), or None
+    when the file is missing or unreadable."""
+    try:
+        with open(os.path.join(folder, METADATA_FILE), encoding="utf-8") as f:
+            metadata = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return metadata.get("preset_format", 1) if isinstance(metadata, dict) else None
 
 
 def check_replaceable(path):

@@ -23,6 +23,14 @@ from keras_vitmsn.presets.sources import KerasPresetSource
 from keras_vitmsn.utils import read_json
 
 
+def is_current(repo_id):
+    """A complete cache entry in the weights layout this version writes."""
+    return (
+        hub.is_cached(repo_id)
+        and ff.preset_format(hub.cache_dir_for(repo_id)) == ff.PRESET_FORMAT_VERSION
+    )
+
+
 def fetch_keras_preset(repo_id, config_path, load_weights=True):
     """Download the other files of a Keras preset stored on the hub; returns its folder.
 
@@ -50,14 +58,14 @@ def write_cache_entry(source, repo_id, classes, metadata=None):
     try:
         source.write_keras_preset(tmp, classes, metadata=metadata)
         if os.path.exists(target):
-            # Not a complete entry (those are loaded, never rewritten): a leftover from
-            # a crash of an older version, or made by hand. Replace it.
-            warnings.warn(f"Replacing the incomplete Keras preset cache entry {target}.")
+            # Not a complete current entry (those are loaded, never rewritten): written
+            # in an older weights layout, a leftover from a crash, or made by hand.
+            warnings.warn(f"Replacing the outdated or incomplete Keras preset cache entry {target}.")
             shutil.rmtree(target)
         try:
             os.rename(tmp, target)
         except OSError:
-            if not hub.is_cached(repo_id):
+            if not is_current(repo_id):
                 raise
             # Another process finished the same conversion first: keep its entry.
             shutil.rmtree(tmp, ignore_errors=True)
@@ -76,7 +84,7 @@ def load_hf_source(handle, load_weights, classes):
     """
     repo_id = hub.parse_hf_handle(handle)
     origin = f"hf://{repo_id}"
-    if hub.is_cached(repo_id):
+    if is_current(repo_id):
         return KerasPresetSource(hub.cache_dir_for(repo_id), origin=origin)
     config_path = hub.download(repo_id, "config.json")
     config = read_json(config_path, "config")

@@ -99,8 +99,12 @@ class KerasPresetSource:
     def task_kwargs(self):
         """The head's constructor arguments saved in task.json."""
         config = dict(self.task_config["config"])
-        for key in ("backbone", "preprocessor", "num_classes", "dtype", "trainable"):
+        for key in ("backbone", "preprocessor", "num_classes", "trainable"):
             config.pop(key, None)
+        # A plain policy follows the backbone; a quantised head's policy map stays.
+        dtype = config.pop("dtype", None)
+        if isinstance(dtype, dict) and dtype.get("class_name") == "DTypePolicyMap":
+            config["dtype"] = dtype
         return config
 
     @property
@@ -137,8 +141,17 @@ class KerasPresetSource:
                     f"weights file: {e}"
                 ) from e
             except ValueError as e:
+                hint = ""
+                stored = ff.preset_format(self.path)
+                if (stored or ff.PRESET_FORMAT_VERSION) < ff.PRESET_FORMAT_VERSION:
+                    hint = (
+                        f" The preset is in format {stored} (separate query/key/value "
+                        "weights, keras-vitmsn before the fused qkv projection); convert "
+                        "the original checkpoint again (from_preset on it, then "
+                        "save_to_preset)."
+                    )
                 raise ValueError(
-                    f"{path} does not fit the backbone described by {ff.CONFIG_FILE}: {e}"
+                    f"{path} does not fit the backbone described by {ff.CONFIG_FILE}: {e}{hint}"
                 ) from e
 
         if target == native:
