@@ -254,7 +254,7 @@ def test_bad_images_end_in_one_error_naming_them_all(capsys, preset, tmp_path, c
     bad = write_bad_images(tmp_path / "bad")
     output = str(tmp_path / "out")
     argv = {
-        "pretrain": ["--data", root, "--epochs", "1", "--batch-size", "4", "--num-focal-views",
+        "pretrain": ["--data", root, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4", "--num-focal-views",
                      "0", "--num-prototypes", "4", "--output", output],
         "finetune": ["--train", root, "--epochs", "1", "--output", output + ".keras"],
         "lowshot": ["--train", root, "--test", root, "--shots", "1", "--splits", "1"],
@@ -275,7 +275,7 @@ def test_pretrain_skip_bad_images(capsys, preset, tmp_path):
     output = str(tmp_path / "out")
     with pytest.warns(UserWarning, match="Skipping 2 of 10") as caught:
         code = main(["pretrain", "--data", root, "--preset", preset, "--epochs", "1",
-                     "--batch-size", "8", "--num-focal-views", "0", "--num-prototypes", "4",
+                     "--warmup-epochs", "0", "--batch-size", "8", "--num-focal-views", "0", "--num-prototypes", "4",
                      "--skip-bad-images", "--output", output])
     assert code == 0, capsys.readouterr().err
     assert "pretrain: 8 images" in capsys.readouterr().err
