@@ -278,6 +278,6 @@ def test_pretrain_skip_bad_images(capsys, preset, tmp_path):
                      "--warmup-epochs", "0", "--batch-size", "8", "--num-focal-views", "0", "--num-prototypes", "4",
                      "--skip-bad-images", "--output", output])
     assert code == 0, capsys.readouterr().err
-    assert "pretrain: 8 images" in capsys.readouterr().err
+    assert "8 images from" in capsys.readouterr().err
     assert any(all(path in str(w.message) for path in bad) for w in caught)
     assert kv.ViTMSNBackbone.from_preset(output).image_shape == (SIZE, SIZE, 3)
