@@ -18,7 +18,7 @@ import pytest
 import keras_vitmsn as kv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUBSTITUTIONS = {"epochs=100, batch_size=64": "epochs=1, batch_size=4"}
+SUBSTITUTIONS = {"epochs=100, batch_size=64": "epochs=1, warmup_epochs=0, batch_size=4"}
 
 
 def python_snippets():
