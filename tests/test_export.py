@@ -128,6 +128,25 @@ def test_export_reloads_with_its_runtime(tmp_path, fmt, kind):
         assert diff <= TOL, f"{fmt} {kind} batch {batch}: max abs diff {diff:.2e} > {TOL}"
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_int8_model_exports(tmp_path, fmt):
+    if fmt not in supported_export_formats():
+        pytest.skip(f"format={fmt!r} is not supported on the {BACKEND} backend")
+    pytest.importorskip(RUNTIMES[fmt], reason=f"reloading {fmt} needs {RUNTIMES[fmt]}")
+    model = make_model("classifier")
+    model.quantize("int8")
+    path = artefact_path(tmp_path, fmt)
+    if fmt == "onnx" and BACKEND == "jax":
+        with pytest.raises(ValueError, match="onnxruntime cannot run"):
+            model.export(path, format=fmt)
+        assert not os.path.exists(path)
+        return
+    model.export(path, format=fmt, verbose=False)
+    x = images_for("classifier", 3, 4)
+    diff = float(np.max(np.abs(runner(fmt, path)(x) - keras_output(model, x))))
+    assert diff <= TOL, f"int8 {fmt}: max abs diff {diff:.2e}"
+
+
 @pytest.mark.parametrize("fmt", sorted(set(FORMATS + ("openvino", "litert")) - set(supported_export_formats())))
 def test_unsupported_format_raises(tmp_path, fmt):
     model = make_model("classifier")

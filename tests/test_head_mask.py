@@ -21,13 +21,15 @@ def tiny_backbone():
 
 
 def zero_value_head(backbone, layer, head):
-    value = backbone.encoder_layers[layer].attention.value
-    kernel, bias = to_numpy(value.kernel), to_numpy(value.bias)
-    cols = slice(head * HEAD_DIM, (head + 1) * HEAD_DIM)
+    # The fused qkv projection holds query, key then value columns.
+    qkv = backbone.encoder_layers[layer].attention.qkv
+    kernel, bias = to_numpy(qkv.kernel), to_numpy(qkv.bias)
+    start = 2 * HEADS * HEAD_DIM + head * HEAD_DIM
+    cols = slice(start, start + HEAD_DIM)
     kernel[:, cols] = 0.0
     bias[cols] = 0.0
-    value.kernel.assign(kernel)
-    value.bias.assign(bias)
+    qkv.kernel.assign(kernel)
+    qkv.bias.assign(bias)
 
 
 @pytest.fixture

@@ -405,6 +405,17 @@ def test_from_original_msn_checkpoint(tmp_path, rng):
         to_numpy(pretrainer.encoder.layers[0].cls_token) - 0.01,
         to_numpy(pretrainer.target_encoder.layers[0].cls_token), atol=1e-7,
     )
+    # A file with the EMA encoder only: both branches start from it.
+    from keras_vitmsn.conversion.torch_io import save_torch_file
+
+    target_only = str(tmp_path / "target_only.pth.tar")
+    save_torch_file({"target_encoder": encoder_state, "prototypes": prototypes}, target_only)
+    single = msn.MSNPretrainer.from_preset(target_only, num_heads=TINY["num_attention_heads"])
+    for a, b in zip(single.encoder.weights, pretrainer.target_encoder.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    with pytest.raises(kv.conversion.CheckpointError, match="no 'opt' entry"):
+        msn.MSNPretrainer.from_preset(target_only, num_heads=TINY["num_attention_heads"],
+                                      total_steps=3, restore_optimizer=True)
     # The width is not a released one (384, 768, 1024): no guessing of the heads.
     with pytest.raises(ValueError, match="none of the released MSN widths .* num_heads="):
         msn.MSNPretrainer.from_preset(path, total_steps=3)
@@ -445,7 +456,21 @@ def test_data_parallel_equals_single_device(tmp_path):
                      "focal": rng.normal(size=(16, 2, 8, 8, 3)).astype("float32")}
             history = pretrainer.fit(views, batch_size=16, epochs=3, verbose=0, shuffle=False)
             shards = len(pretrainer.encoder.weights[0].value.sharding.device_set)
-            weights = [np.asarray(v.value) for v in pretrainer.weights]
+            # Parameters with an exactly zero gradient (key biases; fc1/fc2 biases and
+            # the final LayerNorm beta, before a BatchNorm) get float-noise AdamW steps
+            # of up to lr, which a different reduction order changes: left out, with
+            # the online head's BatchNorm moving means, which track those biases.
+            # The key biases are the middle third of each fused qkv bias.
+            zero = ("fc1/bias", "fc2/bias", "/layernorm/beta",
+                    "^projection_head/bn1/moving_mean", "^projection_head/bn2/moving_mean")
+            weights = []
+            for v in pretrainer.weights:
+                value = np.asarray(v.value)
+                if v.path.endswith("attention/qkv/bias"):
+                    query, _, values = np.split(value, 3)
+                    value = np.concatenate([query, values])
+                if not ("^" + v.path).endswith(zero):
+                    weights.append((v.path, value))
             keras.distribution.set_distribution(None)
             return history.history, weights, shards
 
@@ -454,7 +479,8 @@ def test_data_parallel_equals_single_device(tmp_path):
         print(json.dumps({
             "shards": shards,
             "loss_single": single["loss"], "loss_multi": multi["loss"],
-            "max_weight_diff": max(float(np.abs(a - b).max()) for a, b in zip(w_single, w_multi)),
+            "weight_diffs": sorted(((float(np.abs(a - b).max()), path)
+                                    for (path, a), (_, b) in zip(w_single, w_multi)), reverse=True)[:3],
         }))
         """
     )
@@ -464,4 +490,4 @@ def test_data_parallel_equals_single_device(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["shards"] == 8  # replicated weights: the run really used 8 devices
     np.testing.assert_allclose(result["loss_multi"], result["loss_single"], rtol=1e-4)
-    assert result["max_weight_diff"] <= 1e-4, result
+    assert result["weight_diffs"][0][0] <= 1e-4, result

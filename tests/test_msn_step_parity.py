@@ -88,6 +88,22 @@ def fixed_masks(monkeypatch):
     return keep
 
 
+def split_fused_qkv_bias(values):
+    """``.../attention/qkv/bias`` as its query, key and value thirds.
+
+    The key third alone has a zero gradient, so it is compared under its own name.
+    """
+    out = {}
+    for key, value in values.items():
+        if key.endswith("attention/qkv/bias"):
+            stem = key[: -len("qkv/bias")]
+            for part, third in zip(("query", "key", "value"), np.split(value, 3)):
+                out[f"{stem}{part}/bias"] = third
+        else:
+            out[key] = value
+    return out
+
+
 def named_values(pretrainer):
     """Every weight and AdamW moment, by a path shared by any two pretrainers."""
     out = {}
@@ -104,7 +120,7 @@ def named_values(pretrainer):
                 index = optimizer._get_variable_index(variable)
                 out[f"m/{part}/{key}"] = to_numpy(optimizer._momentums[index])
                 out[f"v/{part}/{key}"] = to_numpy(optimizer._velocities[index])
-    return out
+    return split_fused_qkv_bias(out)
 
 
 def is_zero_gradient(key):

@@ -180,8 +180,8 @@ def read_msn_checkpoint(path, encoder="target_encoder", online=False, optimizer=
         encoder: which encoder is THE model: ``"target_encoder"`` (the EMA encoder
             every evaluation uses) or ``"encoder"``.
         online: also return the online (anchor) encoder, ``checkpoint["encoder"]``,
-            under ``"online"``: a continued run starts from it, the target from
-            ``target_encoder`` (they differ mid-training).
+            under ``"online"`` (None when the file has none): a continued run starts
+            from it, the target from ``target_encoder`` (they differ mid-training).
         optimizer: also return the AdamW state under ``"optimizer"`` (see
             :func:`read_msn_optimizer_state`).
 
@@ -194,7 +194,7 @@ def read_msn_checkpoint(path, encoder="target_encoder", online=False, optimizer=
     from keras_vitmsn.conversion.torch_io import load_torch_file
 
     checkpoint = load_torch_file(path)
-    wanted = [encoder] + (["encoder"] if online else []) + (["opt", "encoder"] if optimizer else [])
+    wanted = [encoder] + (["opt", "encoder"] if optimizer else [])
     missing = [key for key in wanted if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
@@ -213,7 +213,9 @@ def read_msn_checkpoint(path, encoder="target_encoder", online=False, optimizer=
         "epoch": checkpoint.get("epoch"),
         "encoder": encoder,
     }
-    if online:
+    if online and "encoder" not in checkpoint:
+        out["online"] = None
+    elif online:
         online_backbone, online_head, online_names = split_msn_encoder(checkpoint["encoder"])
         out["online"] = {
             "backbone_state": online_backbone,

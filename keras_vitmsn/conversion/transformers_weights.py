@@ -4,10 +4,8 @@ Works on plain ``{key: np.ndarray}`` dicts, so nothing here imports torch. Every
 assignment is accounted for: a key the model needs but the checkpoint lacks, a key
 the checkpoint has but nothing uses, or a shape that does not fit raises an error
 naming them all.
-
-The Keras attention fuses query, key and value into one ``qkv`` Dense; each of the
-three checkpoint tensors maps to a third of its variables (a :class:`FusedSlice`),
-and the three are concatenated before the variable is assigned.
+Query, key and value each map to a third of the fused ``qkv`` Dense's variables (a
+:class:`FusedSlice`); the three are concatenated before the variable is assigned.
 """
 
 import re
@@ -24,8 +22,8 @@ def _linear(w):  # torch Linear (out, in) -> Keras Dense (in, out)
     return np.transpose(w)
 
 
-def _conv(w):  # torch Conv2d (out, in, kh, kw) -> Keras Conv2D (kh, kw, in, out)
-    return np.transpose(w, (2, 3, 1, 0))
+def _conv(w):  # torch Conv2d (out, in, kh, kw) -> Dense over flat patches (kh*kw*in, out)
+    return np.transpose(w, (2, 3, 1, 0)).reshape(-1, w.shape[0])
 
 
 def _same(w):
@@ -33,10 +31,8 @@ def _same(w):
 
 
 class FusedSlice:
-    """Part ``index`` of ``parts`` equal slices of ``variable`` along its last axis.
-
-    A weight-map target standing for one checkpoint tensor inside a fused variable
-    (query, key and value in the ``qkv`` kernel and bias).
+    """Part ``index`` of ``parts`` equal slices of ``variable`` along its last axis:
+    a weight-map target for one checkpoint tensor inside a fused variable.
 
     Example:
     >>> import keras

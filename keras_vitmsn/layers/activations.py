@@ -22,8 +22,12 @@ def exact_gelu(x):
     if keras.backend.backend() != "tensorflow":
         return keras.activations.gelu(x, approximate=False)
     x = ops.convert_to_tensor(x)
-    half = ops.cast(0.5, x.dtype)
-    return half * x * (1.0 + ops.erf(x * ops.cast(1.0 / math.sqrt(2.0), x.dtype)))
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    # In float32 whatever the input: bf16 / fp16 products would round at each step
+    # (the fused kernels compute internally in float32 too).
+    x32 = ops.cast(x, "float32")
+    y = 0.5 * x32 * (1.0 + ops.erf(x32 * (1.0 / math.sqrt(2.0))))
+    return ops.cast(y, dtype)
 
 
 # transformers' "gelu" is the exact erf form; "gelu_new" and "gelu_pytorch_tanh" are

@@ -1,12 +1,14 @@
 """Patch embedding: a Conv2D with kernel = stride = patch size, flattened to tokens.
 
-Because the patches do not overlap, that convolution is exactly one contraction of
-each patch with the kernel. We apply it that way, as a ``keras.layers.EinsumDense``
-over ``(batch, tokens, patch, patch, channels)``: it reads either image layout
-directly, so neither the user's layout nor a backend's preferred conv layout costs a
-transpose of the whole image (the torch backend otherwise transposes channels-last
-inputs to NCHW and back), the GEMM is the same size, and, being one of Keras' own
-quantisable layers, ``quantize`` handles it like any Dense.
+Because the patches do not overlap, that convolution is exactly one matmul of the
+flattened patches with the reshaped kernel. We apply it that way, as a
+``keras.layers.Dense`` over ``(batch, tokens, patch * patch * channels)``: it reads
+either image layout directly, so neither the user's layout nor a backend's preferred
+conv layout costs a transpose of the whole image (the torch backend otherwise
+transposes channels-last inputs to NCHW and back), the GEMM is the same size, and
+``quantize`` handles it like any Dense. (Not an EinsumDense keeping the conv kernel's
+4-D shape: TensorFlow's CPU einsum accumulates bfloat16 products in bfloat16, 8x
+less accurate than its matmul.)
 """
 
 import keras
@@ -21,8 +23,9 @@ class ViTMSNPatchEmbedding(keras.layers.Layer):
     """Cut images into patches and project each to ``hidden_dim``.
 
     The weights are those of a ``Conv2D(hidden_dim, patch_size, strides=patch_size)``
-    (``projection.kernel`` of shape ``(patch, patch, channels, hidden_dim)``, held by
-    an ``EinsumDense``), and so are the outputs, tokens in row-major patch order.
+    with its ``(patch, patch, channels, hidden_dim)`` kernel flattened to
+    ``(patch * patch * channels, hidden_dim)`` (``projection.kernel``, a Dense), and
+    so are the outputs, tokens in row-major patch order.
 
     Args:
         hidden_dim: int, width of each patch token.
@@ -51,12 +54,9 @@ class ViTMSNPatchEmbedding(keras.layers.Layer):
         self.patch_size = int(patch_size)
         self.num_channels = int(num_channels)
         self.data_format = data_format
-        # Conv2D's kernel layout (kh, kw, C, D), whatever the image layout, so the
-        # variables (and saved weights) are those of the convolution.
-        self.projection = keras.layers.EinsumDense(
-            "btijc,ijcd->btd",
-            output_shape=(None, self.hidden_dim),
-            bias_axes="d",
+        # Rows in Conv2D's (kh, kw, C) order, whatever the image layout.
+        self.projection = keras.layers.Dense(
+            self.hidden_dim,
             kernel_initializer=kernel_initializer(),
             dtype=self.dtype_policy,
             name="projection",
@@ -64,7 +64,7 @@ class ViTMSNPatchEmbedding(keras.layers.Layer):
 
     def build(self, input_shape=None):
         p = self.patch_size
-        self.projection.build((None, None, p, p, self.num_channels))
+        self.projection.build((None, None, p * p * self.num_channels))
         self.built = True
 
     def call(self, images):
@@ -77,8 +77,8 @@ class ViTMSNPatchEmbedding(keras.layers.Layer):
             grid_h, grid_w = images.shape[1] // p, images.shape[2] // p
             patches = ops.reshape(images, (-1, grid_h, p, grid_w, p, c))
             patches = ops.transpose(patches, (0, 1, 3, 2, 4, 5))
-        # (batch, rows, cols, kh, kw, C) -> (batch, tokens, kh, kw, C), row-major tokens.
-        patches = ops.reshape(patches, (-1, grid_h * grid_w, p, p, c))
+        # (batch, rows, cols, kh, kw, C) flattens in the kernel's (kh, kw, C) order.
+        patches = ops.reshape(patches, (-1, grid_h * grid_w, p * p * c))
         return self.projection(ops.cast(patches, self.compute_dtype))
 
     def compute_output_shape(self, input_shape):

@@ -6,13 +6,17 @@ the Keras outputs in ``tests/test_export.py``):
 
 - ``"tf_saved_model"`` (Keras' default): TensorFlow natively, JAX through jax2tf.
   Keras writes it from torch through torch_xla, which is built for one torch release
-  at a time; it is not offered on torch.
+  at a time, and Keras 3.15's torch path fails inside ``torch.export`` (its dynamic
+  batch spec does not match the inputs' structure); it is not offered on torch.
 - ``"onnx"``: tf2onnx (TensorFlow), jax2onnx (JAX), torch.onnx (torch).
 - ``"torch"``: ``torch.export`` (``.pt2``), torch backend only.
 
 ``"openvino"`` and ``"litert"`` are Keras formats this package does not test, so
 they are refused with the list above rather than attempted.
 """
+
+import os
+import tempfile
 
 import keras
 
@@ -86,7 +90,16 @@ def _export_onnx_torch(model, filepath, input_signature, verbose=None, opset_ver
         opset_version=opset_version,
         verbose=bool(verbose),
     )
-    program.save(str(filepath))
+    # Written next to the target, then renamed: no half-written file on failure.
+    folder, name = os.path.split(os.path.abspath(os.fspath(filepath)))
+    handle, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".onnx", dir=folder)
+    os.close(handle)
+    try:
+        program.save(tmp)
+        os.replace(tmp, filepath)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     if verbose is None or verbose:
         print(f"Saved artifact at '{filepath}'.")
 
@@ -109,7 +122,9 @@ class ExportMixin:
         size. Formats by backend: ``"tf_saved_model"`` and ``"onnx"`` on TensorFlow
         and JAX, ``"onnx"`` and ``"torch"`` on torch; any other combination raises a
         ValueError listing them, before anything is traced or written. ONNX export
-        needs the float32 dtype policy (a Keras requirement).
+        needs the float32 dtype policy (a Keras requirement). Quantised models
+        export too, except int8/int4 ones to ONNX from JAX (onnxruntime cannot run
+        the int8 Einsum nodes jax2onnx writes): that raises a ValueError as well.
 
         Args:
             filepath: where to write the artefact (a ``.pt2`` file for "torch").
@@ -133,6 +148,7 @@ class ExportMixin:
         check_export_format(format)
         if format == "onnx":
             self._check_onnx_dtypes()
+            self._check_onnx_quantization()
         if input_signature is None:
             input_signature = self.export_input_signature()
         if keras.backend.backend() == "torch":
@@ -164,4 +180,15 @@ class ExportMixin:
                 "ONNX export needs the float32 dtype policy; this model computes in "
                 f"{', '.join(wrong)}. Rebuild it with dtype='float32' (e.g. "
                 "from_preset(..., dtype='float32')) to export to ONNX."
+            )
+
+    def _check_onnx_quantization(self):
+        modes = {layer.quantization_mode for layer in self._flatten_layers()} - {None}
+        if keras.backend.backend() == "jax" and modes & {"int8", "int4"}:
+            raise ValueError(
+                "This model is quantised (int8 weights and activations); jax2onnx writes "
+                "its int8 products as ONNX Einsum nodes on int8 inputs, which "
+                "onnxruntime cannot run. Save it (model.save('model.keras')) and export "
+                "it to ONNX under the torch or tensorflow backend, or use "
+                "format='tf_saved_model' here."
             )

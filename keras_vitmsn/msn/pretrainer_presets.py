@@ -15,7 +15,8 @@ class PretrainerPresetsMixin:
         """A pretrainer that continues from released or saved weights.
 
         - An original MSN ``.pth.tar`` (``module.`` prefixes or not): the online
-          encoder and head from its ``encoder``, the EMA target encoder and head from
+          encoder and head from its ``encoder`` (from ``target_encoder`` too when the
+          file has no ``encoder``), the EMA target encoder and head from
           ``target_encoder``, the prototypes.
         - A preset written by :meth:`save_to_preset`: the target from the backbone
           preset and ``msn_head.weights.h5``; with its training state (the default)

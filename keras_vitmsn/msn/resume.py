@@ -106,6 +106,9 @@ def _from_original(cls, path, backbone_kwargs, restore_optimizer, optimizer, kwa
             origin=origin,
         ))
 
+    if raw["online"] is None:
+        # A file with the EMA encoder only (no `encoder`): both branches start from it.
+        raw["online"] = {k: raw[k] for k in ("backbone_state", "key_names", "head")}
     target = source(raw).load_backbone(ViTMSNBackbone, **backbone_kwargs)
     online = source(raw["online"]).load_backbone(ViTMSNBackbone, **backbone_kwargs)
     dtype = {"dtype": online.dtype_policy}
