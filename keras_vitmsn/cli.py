@@ -133,6 +133,10 @@ def build_parser():
     lowshot.add_argument("--feature", choices=["cls_pre_norm", "cls"], default=None,
                          help="CLS before (paper, default) or after the final LayerNorm.")
     lowshot.add_argument("--batch-size", type=int, default=32)
+    lowshot.add_argument("--preprocess", choices=["hub", "paper"], default="hub",
+                         help="hub: resize to the model size (the hub processor's way); paper: "
+                              "the paper's evaluation transform (resize to cover 256/224 of the "
+                              "model size, centre crop).")
     lowshot.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES_HELP)
     lowshot.set_defaults(handler=_lowshot)
 

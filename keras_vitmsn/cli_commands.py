@@ -242,8 +242,9 @@ def _lowshot(args):
     remap = [train.class_names.index(name) for name in test.class_names]
     results = lowshot.lowshot_eval(
         backbone,
-        train.load(size),
-        test.load(size),
+        # The preset's converter then only normalises: the images already have its size.
+        train.load(size, resize_mode=args.preprocess),
+        test.load(size, resize_mode=args.preprocess),
         train_labels=train.labels,
         test_labels=[remap[i] for i in test.labels],
         shots=shots,

@@ -14,23 +14,54 @@ import keras
 import numpy as np
 
 from keras_vitmsn.image_files import read_class_folders
+from keras_vitmsn.resize_geometry import paper_resize_geometry
 
 
-def load_image(path, size, channels=3):
-    """Decode ``path`` and resize it to ``size = (height, width)`` (bilinear).
+#: How :func:`load_image` brings an image to the model size.
+RESIZE_MODES = ("hub", "paper")
+
+
+def load_image(path, size, channels=3, resize_mode="hub"):
+    """Decode ``path`` and bring it to ``size = (height, width)`` with Pillow's bilinear filter.
+
+    ``resize_mode="hub"`` resizes straight to ``size`` (the hub processor's way);
+    ``"paper"`` is the MSN paper's evaluation transform, torchvision's ``Resize(256)`` +
+    ``CenterCrop(224)`` scaled with ``size``: keep the aspect ratio, resize to cover
+    ``size * 256 / 224``, crop the centre ``size``
+    (:func:`keras_vitmsn.resize_geometry.paper_resize_geometry`, the geometry
+    ``ViTMSNImageConverter(resize_mode="paper")`` uses too).
 
     Returns:
         uint8 array ``(height, width, channels)``.
 
     Raises:
-        ValueError: the file is missing or not an image Pillow can read.
+        ValueError: the file is missing or not an image Pillow can read, or an
+            unknown ``resize_mode``.
+
+    Example:
+    >>> import tempfile, os
+    >>> from PIL import Image
+    >>> path = os.path.join(tempfile.mkdtemp(), "wide.png")
+    >>> Image.fromarray(np.zeros((300, 400, 3), "uint8")).save(path)
+    >>> load_image(path, (224, 224), resize_mode="paper").shape
+    (224, 224, 3)
     """
     from PIL import Image, UnidentifiedImageError
 
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}; got {resize_mode!r}.")
+    height, width = int(size[0]), int(size[1])
     try:
         with Image.open(path) as image:
             image = image.convert("RGB" if channels == 3 else "L")
-            image = image.resize((int(size[1]), int(size[0])), Image.BILINEAR)
+            if resize_mode == "paper":
+                new_h, new_w, top, left = paper_resize_geometry(
+                    image.height, image.width, (height, width)
+                )
+                image = image.resize((new_w, new_h), Image.BILINEAR)
+                image = image.crop((left, top, left + width, top + height))
+            else:
+                image = image.resize((width, height), Image.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ValueError(f"Cannot read image {path}: {exc}") from exc
@@ -83,10 +114,16 @@ class ImageFolder:
     def class_counts(self):
         return {name: int(np.sum(self.labels == i)) for i, name in enumerate(self.class_names)}
 
-    def load(self, size, indices=None, channels=3):
-        """All (or ``indices``) images as one uint8 array ``(n, height, width, channels)``."""
+    def load(self, size, indices=None, channels=3, resize_mode="hub"):
+        """All (or ``indices``) images as one uint8 array ``(n, height, width, channels)``.
+
+        ``resize_mode``: ``"hub"`` (resize) or ``"paper"`` (resize, centre crop), as
+        :func:`load_image`.
+        """
         indices = range(len(self.paths)) if indices is None else indices
-        return np.stack([load_image(self.paths[i], size, channels) for i in indices])
+        return np.stack(
+            [load_image(self.paths[i], size, channels, resize_mode) for i in indices]
+        )
 
     def as_dataset(self, size, batch_size=32, shuffle=False, seed=0, channels=3, **kwargs):
         """A :class:`ImageFolderDataset` over this folder."""

@@ -119,6 +119,24 @@ def expect_user_error(capsys, argv, pattern):
     assert pattern in lines[0], lines[0]
 
 
+def test_lowshot_paper_preprocessing_loads_centre_crops(preset, folders, capsys, monkeypatch):
+    from keras_vitmsn.data import ImageFolder
+
+    modes = []
+    load = ImageFolder.load
+
+    def spy(self, size, indices=None, channels=3, resize_mode="hub"):
+        modes.append(resize_mode)
+        return load(self, size, indices, channels, resize_mode)
+
+    monkeypatch.setattr(ImageFolder, "load", spy)
+    train, test = folders
+    assert main(["lowshot", "--preset", preset, "--train", train, "--test", test,
+                 "--shots", "1", "--splits", "1", "--preprocess", "paper"]) == 0
+    assert modes == ["paper", "paper"]
+    assert "Low-shot top-1" in capsys.readouterr().out
+
+
 def test_pretrain_then_lowshot_on_the_result(tmp_path, preset, folders, capsys):
     # MSN pretraining on an unlabelled folder (class sub-folders are ignored), continuing
     # from a preset, then the exported preset goes straight into lowshot.

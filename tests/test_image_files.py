@@ -177,3 +177,39 @@ def test_no_warning_without_bad_images(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(list_image_files(tmp_path, skip_bad_images=True)) == 1
+
+
+def _paper_crop_reference(image, crop, resize):
+    """torchvision's Resize(resize) + CenterCrop(crop) on a PIL image, written out here."""
+    width, height = image.size
+    if height <= width:
+        size = (int(resize * width / height), resize)
+    else:
+        size = (resize, int(resize * height / width))
+    resized = np.asarray(image.resize(size, Image.BILINEAR))
+    top = int(round((resized.shape[0] - crop) / 2.0))
+    left = int(round((resized.shape[1] - crop) / 2.0))
+    return resized[top : top + crop, left : left + crop]
+
+
+def test_folder_paper_transform_is_resize_then_centre_crop(tmp_path):
+    rng = np.random.default_rng(0)
+    shapes = {"a": [(300, 400), (375, 500)], "b": [(301, 257), (150, 200)]}
+    originals = []
+    for name, sizes in shapes.items():
+        os.makedirs(tmp_path / name)
+        for i, (h, w) in enumerate(sizes):
+            image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            image.save(tmp_path / name / f"{i}.png")
+            originals.append(image)
+    folder = ImageFolder(str(tmp_path))
+    paper = folder.load((224, 224), resize_mode="paper")
+    hub = folder.load((224, 224))
+    for got, image in zip(paper, originals):
+        np.testing.assert_array_equal(got, _paper_crop_reference(image, 224, 256))
+    assert np.abs(paper.astype(int) - hub.astype(int)).max() > 50
+    # Scaled with the model size: 112 is cropped from a 128 cover.
+    small = folder.load((112, 112), resize_mode="paper")
+    np.testing.assert_array_equal(small[0], _paper_crop_reference(originals[0], 112, 128))
+    with pytest.raises(ValueError, match=r"resize_mode must be one of \('hub', 'paper'\)"):
+        folder.load((224, 224), resize_mode="crop")

@@ -406,6 +406,22 @@ def test_extract_other_image_size(backbone):
     np.testing.assert_allclose(feats, to_numpy(expected["hidden_states"][-1][:, 0]), atol=1e-5)
 
 
+def test_extract_with_named_preprocessing(extractor):
+    # Raw uint8 images of another size and aspect: "hub" and "paper" are the image
+    # converter at the backbone's size in that resize mode.
+    raw = np.random.default_rng(1).integers(0, 256, (3, 40, 52, 3), dtype=np.uint8)
+    for mode in ("hub", "paper"):
+        converter = kv.ViTMSNImageConverter(image_size=(32, 32), resize_mode=mode)
+        got = lowshot.extract_features(extractor, raw, preprocessing=mode, verbose=0)
+        expected = lowshot.extract_features(extractor, to_numpy(converter(raw)), verbose=0)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    paper = lowshot.extract_features(extractor, raw, preprocessing="paper", verbose=0)
+    hub = lowshot.extract_features(extractor, raw, preprocessing="hub", verbose=0)
+    assert np.abs(paper - hub).max() > 1e-3
+    with pytest.raises(ValueError, match="`preprocessing` must be None, a callable, or one of 'hub', 'paper'"):
+        lowshot.extract_features(extractor, raw, preprocessing="crop", verbose=0)
+
+
 @pytest.mark.parametrize(
     "data,kwargs,match",
     [

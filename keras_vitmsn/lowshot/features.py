@@ -27,6 +27,8 @@ import numpy as np
 from keras import ops
 
 from keras_vitmsn.lowshot.arrays import to_numpy
+from keras_vitmsn.image_converter import ViTMSNImageConverter
+from keras_vitmsn.layers.layout import spatial_shape
 from keras_vitmsn.models.backbone import ViTMSNBackbone
 
 __all__ = [
@@ -202,8 +204,13 @@ def extract_features(
             ``"cls"``: after the final LayerNorm, ``["last_hidden_state"][:, 0]``.
         interpolate_pos_encoding: bool, allow images of another size than the
             backbone's ``image_shape`` (None: False, or the extractor's setting).
-        preprocessing: optional callable applied to every image batch before the model
-            (e.g. rescaling and ImageNet mean/std normalisation).
+        preprocessing: None (images are already normalised, at the model size),
+            ``"hub"`` or ``"paper"`` (raw images of any size, uint8 or floats in
+            [0, 255]: a :class:`keras_vitmsn.ViTMSNImageConverter` at the backbone's
+            size with ImageNet mean/std and that ``resize_mode``; ``"paper"`` is the
+            paper's evaluation transform, resize to cover ``size * 256 / 224`` then
+            centre crop), or any callable applied to every image batch before the
+            model (e.g. ``ViTMSNImageConverter.from_preset(...)``).
         verbose: 1 shows a ``keras.utils.Progbar``, 0 is silent.
 
     Returns:
@@ -222,6 +229,27 @@ def extract_features(
     """
     model = feature_model(backbone, feature, interpolate_pos_encoding)
     return run_feature_model(model, data, batch_size, preprocessing, verbose)
+
+
+#: The names :func:`extract_features` takes for ``preprocessing`` besides a callable.
+PREPROCESSING_MODES = ("hub", "paper")
+
+
+def resolve_preprocessing(preprocessing, model):
+    """``preprocessing`` as a callable (or None) for the :class:`FeatureExtractor` ``model``."""
+    if preprocessing is None or callable(preprocessing):
+        return preprocessing
+    if preprocessing not in PREPROCESSING_MODES:
+        raise ValueError(
+            "`preprocessing` must be None, a callable, or one of "
+            f"{', '.join(repr(m) for m in PREPROCESSING_MODES)}; got {preprocessing!r}."
+        )
+    backbone = model.backbone
+    height, width = spatial_shape(backbone.image_shape, backbone.data_format)
+    return ViTMSNImageConverter(
+        image_size=(height, width), resize_mode=preprocessing,
+        data_format=backbone.data_format,
+    )
 
 
 def feature_model(backbone, feature, interpolate_pos_encoding):
@@ -253,6 +281,7 @@ def run_feature_model(model, data, batch_size, preprocessing, verbose):
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size}.")
+    preprocessing = resolve_preprocessing(preprocessing, model)
     iterator, total, pad_to = _batches(data, batch_size)
     progbar = keras.utils.Progbar(total, unit_name="batch") if verbose else None
 
