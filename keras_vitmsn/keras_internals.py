@@ -18,6 +18,17 @@ environment makes a whole process take every public path).
    layer run TensorFlow ops inside ``tf.data`` whatever the backend). Fallback:
    ``keras.layers.Layer``, which works eagerly and inside models, and in ``tf.data``
    only under the TensorFlow backend.
+3. A scheduled weight decay (``ScheduledAdamW``): the optimizer base reads
+   ``self.weight_decay`` at each step (probed, below; refused where it does not).
+4. A custom optimizer finding a variable's slots: ``update_step`` receives each
+   variable in the backend's own form (TensorFlow hands it the ``tf.Variable`` inside
+   the Keras variable, one per replica under a ``tf.distribute`` strategy), and Keras'
+   own optimizers look its index up with the private ``_get_variable_index``, which
+   resolves all of these (:class:`VariableIndex`). Fallback: an index by object
+   identity of the Keras variables (and their ``tf.Variable`` on TensorFlow), without
+   ``tf.distribute`` strategies.
+
+Other private names are not used: export builds its sample inputs itself.
 """
 
 import os
@@ -250,3 +261,55 @@ def _probe_weight_decay_property():
         return abs(float(keras.ops.convert_to_numpy(variable)[0]) - 1.0) < 1e-6
     except Exception:
         return False
+
+
+# -- 4. an optimizer variable's index -------------------------------------------------
+
+
+def _probe_variable_index():
+    if PUBLIC_ONLY:
+        return False
+    try:
+        variables = [keras.Variable([1.0]), keras.Variable([2.0, 3.0])]
+        optimizer = keras.optimizers.SGD()
+        optimizer.build(variables)
+        return [optimizer._get_variable_index(v) for v in reversed(variables)] == [1, 0]
+    except Exception:  # renamed or changed: use the public index
+        return False
+
+
+VARIABLE_INDEX_IS_PRIVATE = _probe_variable_index()
+
+
+class VariableIndex:
+    """``index(variable)``: the position of ``variable`` in the list an optimizer was
+    built on, for the variable as ``update_step`` receives it on this backend.
+
+    Args:
+        optimizer: the ``keras.optimizers.Optimizer`` being built.
+        variables: the ``var_list`` given to its ``build``.
+        private: use Keras' ``_get_variable_index`` (default: when it was probed to
+            work); False for the identity index.
+    """
+
+    def __init__(self, optimizer, variables, private=None):
+        self._optimizer = optimizer
+        self._private = VARIABLE_INDEX_IS_PRIVATE if private is None else bool(private)
+        self._by_id = {}
+        on_tensorflow = keras.backend.backend() == "tensorflow"
+        for i, variable in enumerate(variables):
+            self._by_id[id(variable)] = i
+            if on_tensorflow and isinstance(variable, keras.Variable):
+                self._by_id[id(variable.value)] = i
+
+    def __call__(self, variable):
+        if self._private:
+            return self._optimizer._get_variable_index(variable)
+        try:
+            return self._by_id[id(variable)]
+        except KeyError:
+            raise RuntimeError(
+                f"The optimizer was not built on {getattr(variable, 'name', variable)!r} "
+                f"(or, on Keras {keras.__version__} without the internals "
+                "keras_vitmsn.keras_internals relies on, it is a tf.distribute replica)."
+            ) from None

@@ -73,6 +73,36 @@ def test_scheduled_weight_decay_refuses_when_keras_ignores_it(monkeypatch):
     ScheduledAdamW(weight_decay=0.05)  # a float needs no probe
 
 
+def test_this_keras_takes_the_private_variable_index():
+    assert keras_internals.VARIABLE_INDEX_IS_PRIVATE
+
+
+def _train_with_scheduled_adamw():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(2)])
+    optimizer = ScheduledAdamW(learning_rate=0.1, weight_decay=CosineSchedule(0.1, 0.2, 4),
+                               global_clipnorm=0.5)
+    model.compile(optimizer=optimizer, loss="mse")
+    x = np.arange(12, dtype="float32").reshape(4, 3) / 10
+    model.fit(x, np.ones((4, 2), "float32"), batch_size=2, epochs=1, verbose=0, shuffle=False)
+    moments = [to_numpy(m) for v in model.trainable_variables for m in optimizer.moments(v)]
+    return [to_numpy(v) for v in model.weights] + moments
+
+
+def test_variable_index_public_path_trains_as_the_private_one(monkeypatch):
+    """Two compiled fit steps with ScheduledAdamW: the identity index (what runs where
+    Keras' _get_variable_index changed) gives what Keras' own lookup gives."""
+    expected = _train_with_scheduled_adamw()
+    monkeypatch.setattr(keras_internals, "VARIABLE_INDEX_IS_PRIVATE", False)
+    # The identity index must be what answers: Keras' own lookup would fail now.
+    monkeypatch.setattr(keras.optimizers.Optimizer, "_get_variable_index",
+                        lambda self, v: 1 / 0, raising=False)
+    got = _train_with_scheduled_adamw()
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert max(float(np.abs(m).max()) for m in got[-4:]) > 0  # the moments moved
+
+
 def _run_graph(root):
     return subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "import_graph.py"), "--root", str(root)],
@@ -110,7 +140,7 @@ def test_a_process_on_public_keras_only_loads_and_runs_models(tmp_path):
     script = f"""
 import numpy as np, keras_vitmsn as kv
 from keras_vitmsn import keras_internals as k
-assert not k.FAST_INIT and not k.DATA_LAYER_IS_PRIVATE, (k.FAST_INIT, k.DATA_LAYER_IS_PRIVATE)
+assert not (k.FAST_INIT or k.DATA_LAYER_IS_PRIVATE or k.VARIABLE_INDEX_IS_PRIVATE), (k.FAST_INIT, k.DATA_LAYER_IS_PRIVATE)
 clf = kv.ViTMSNClassifier.from_preset({str(tmp_path / "p")!r})
 out = clf.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0)
 diff = np.max(np.abs(np.asarray(out) - np.load({str(tmp_path / "expected.npy")!r})))

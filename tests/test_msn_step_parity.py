@@ -117,9 +117,9 @@ def named_values(pretrainer):
     for part in ("encoder", "projection_head", "prototypes"):
         for key, variable in weights_by_relative_path(getattr(pretrainer, part)).items():
             if variable.trainable:
-                index = optimizer._get_variable_index(variable)
-                out[f"m/{part}/{key}"] = to_numpy(optimizer._momentums[index])
-                out[f"v/{part}/{key}"] = to_numpy(optimizer._velocities[index])
+                exp_avg, exp_avg_sq = optimizer.moments(variable)
+                out[f"m/{part}/{key}"] = to_numpy(exp_avg)
+                out[f"v/{part}/{key}"] = to_numpy(exp_avg_sq)
     return split_fused_qkv_bias(out)
 
 

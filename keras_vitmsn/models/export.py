@@ -71,11 +71,12 @@ def _export_onnx_torch(model, filepath, input_signature, verbose=None, opset_ver
     """
     import torch
 
-    from keras.src.export.export_utils import convert_spec_to_tensor
-
     specs = list(input_signature)
     # Batch 2, not 1: torch.export specialises size-1 dimensions to constants.
-    samples = tuple(convert_spec_to_tensor(spec, replace_none_number=2) for spec in specs)
+    samples = tuple(
+        keras.ops.zeros([2 if d is None else d for d in spec.shape], dtype=spec.dtype)
+        for spec in specs
+    )
     names = [getattr(spec, "name", None) or f"input_{i}" for i, spec in enumerate(specs)]
     batch = _batch_dim_torch()
     dynamic = [{0: batch} if spec.shape[0] is None else None for spec in specs]

@@ -23,6 +23,7 @@ import math
 import keras
 from keras import ops
 
+from keras_vitmsn.keras_internals import VariableIndex
 from keras_vitmsn.keras_internals import optimizer_reads_weight_decay_property
 from keras_vitmsn.msn.schedules import msn_learning_rate
 from keras_vitmsn.msn.schedules import msn_weight_decay
@@ -31,19 +32,25 @@ TORCH_CLIP_EPSILON = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by norm + 1e
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
-class ScheduledAdamW(keras.optimizers.AdamW):
+class ScheduledAdamW(keras.optimizers.Optimizer):
     """``torch.optim.AdamW``'s update as a Keras optimizer; ``weight_decay`` may be a
     schedule of the step.
+
+    Built on Keras' public ``Optimizer`` base (which applies the decoupled weight
+    decay and ``exclude_from_weight_decay``), with its own moment slots, named and
+    ordered as Keras' ``AdamW`` names its own (``..._momentum``, ``..._velocity``).
 
     Args:
         learning_rate: float or schedule.
         weight_decay: a float, or a ``LearningRateSchedule``-like callable of the
             optimizer step (e.g. :class:`keras_vitmsn.msn.CosineSchedule`).
+        beta_1, beta_2: the moments' decay rates (torch's ``betas``).
         epsilon: added to the bias-corrected ``sqrt(v_hat)`` (1e-8, torch's default).
+        amsgrad: bool, torch's ``amsgrad``.
         global_clipnorm: clip the global norm of the gradients of every variable not
             excluded with :meth:`exclude_from_clipping` (torch's scale, see the module
             docstring); None = no clipping.
-        **kwargs: every other ``keras.optimizers.AdamW`` argument (``clipnorm`` and
+        **kwargs: every other ``keras.optimizers.Optimizer`` argument (``clipnorm`` and
             ``clipvalue`` keep Keras' semantics).
 
     Example:
@@ -54,7 +61,17 @@ class ScheduledAdamW(keras.optimizers.AdamW):
     (0.04, 1e-08)
     """
 
-    def __init__(self, learning_rate=0.001, weight_decay=0.004, epsilon=1e-8, **kwargs):
+    def __init__(
+        self,
+        learning_rate=0.001,
+        weight_decay=0.004,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        amsgrad=False,
+        name="scheduled_adamw",
+        **kwargs,
+    ):
         schedule = None
         if isinstance(weight_decay, dict):
             weight_decay = keras.saving.deserialize_keras_object(weight_decay)
@@ -67,7 +84,7 @@ class ScheduledAdamW(keras.optimizers.AdamW):
                 )
             schedule, weight_decay = weight_decay, 0.0
         super().__init__(
-            learning_rate=learning_rate, weight_decay=weight_decay, epsilon=epsilon, **kwargs
+            learning_rate=learning_rate, weight_decay=weight_decay, name=name, **kwargs
         )
         if self.global_clipnorm and (self.gradient_accumulation_steps or self.loss_scale_factor):
             raise ValueError(
@@ -75,10 +92,15 @@ class ScheduledAdamW(keras.optimizers.AdamW):
                 "be combined with `gradient_accumulation_steps` or `loss_scale_factor` "
                 "(wrap it in keras.optimizers.LossScaleOptimizer for float16 instead)."
             )
-        for name in ("beta_1", "beta_2"):
-            beta = getattr(self, name)
+        for arg, beta in (("beta_1", beta_1), ("beta_2", beta_2)):
             if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta < 1:
-                raise ValueError(f"`{name}` must be a float in (0, 1); got {beta!r}.")
+                raise ValueError(f"`{arg}` must be a float in (0, 1); got {beta!r}.")
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or epsilon < 0:
+            raise ValueError(f"`epsilon` must be a float >= 0; got {epsilon!r}.")
+        self.beta_1 = float(beta_1)
+        self.beta_2 = float(beta_2)
+        self.epsilon = float(epsilon)
+        self.amsgrad = bool(amsgrad)
         # Set after the base constructor: the property below reads it.
         self._weight_decay_schedule = schedule
         self._clip_exclusions = set()
@@ -94,17 +116,50 @@ class ScheduledAdamW(keras.optimizers.AdamW):
     def weight_decay(self, value):
         self._weight_decay_value = value
 
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._model_variables = list(var_list)
+        self._variable_index = VariableIndex(self, var_list)
+        self._exp_avgs, self._exp_avg_sqs = self.add_optimizer_variables(
+            var_list, ["momentum", "velocity"]
+        )
+        if self.amsgrad:
+            self._max_exp_avg_sqs = self.add_optimizer_variables(var_list, "velocity_hat")
+
+    def moments(self, variable):
+        """``(exp_avg, exp_avg_sq)``: the optimizer variables holding ``variable``'s
+        first and second moments (torch's names), after the optimizer is built.
+
+        Example:
+        >>> opt = ScheduledAdamW(learning_rate=0.1, weight_decay=0.0)
+        >>> w = keras.Variable([1.0, 2.0])
+        >>> opt.apply([keras.ops.ones((2,))], [w])
+        >>> [[round(float(x), 4) for x in keras.ops.convert_to_numpy(m)] for m in opt.moments(w)]
+        [[0.1, 0.1], [0.001, 0.001]]
+        """
+        if not self.built:
+            raise ValueError("The optimizer is not built yet: it has no moments.")
+        index = self._variable_index(variable)
+        return self._exp_avgs[index], self._exp_avg_sqs[index]
+
     def exclude_from_clipping(self, var_list):
         """Leave these variables' gradients out of the global-norm clipping (neither
         scaled nor counted), as the original leaves out its prototypes."""
-        self._clip_exclusions = {self._var_key(v) for v in var_list}
+        self._clip_exclusions = {id(v) for v in var_list}
 
     def apply(self, grads, trainable_variables=None):
         if self.global_clipnorm and len(grads):
-            variables = (
-                self._trainable_variables if trainable_variables is None
-                else list(trainable_variables)
-            )
+            if trainable_variables is None:
+                if not self.built:
+                    raise ValueError(
+                        "Pass `trainable_variables` to the first apply() (the optimizer "
+                        "is not built yet)."
+                    )
+                variables = self._model_variables
+            else:
+                variables = list(trainable_variables)
             grads = self._clip_global_norm(list(grads), variables)
         return super().apply(grads, trainable_variables)
 
@@ -114,8 +169,9 @@ class ScheduledAdamW(keras.optimizers.AdamW):
         return super()._clip_gradients(grads)
 
     def _clip_global_norm(self, grads, variables):
+        # apply() receives Keras variables on every backend: identity matches them.
         clipped = [
-            g is not None and self._var_key(v) not in self._clip_exclusions
+            g is not None and id(v) not in self._clip_exclusions
             for g, v in zip(grads, variables)
         ]
         if not any(clipped):
@@ -135,12 +191,12 @@ class ScheduledAdamW(keras.optimizers.AdamW):
         # 1 - beta ** step without float32 cancellation (torch computes it in float64).
         bias_correction1 = -ops.expm1(step * math.log(self.beta_1))
         bias_correction2 = -ops.expm1(step * math.log(self.beta_2))
-        index = self._get_variable_index(variable)
-        m, v = self._momentums[index], self._velocities[index]
+        index = self._variable_index(variable)
+        m, v = self._exp_avgs[index], self._exp_avg_sqs[index]
         self.assign_add(m, (gradient - m) * (1 - self.beta_1))
         self.assign_add(v, (ops.square(gradient) - v) * (1 - self.beta_2))
         if self.amsgrad:
-            v_hat = self._velocity_hats[index]
+            v_hat = self._max_exp_avg_sqs[index]
             self.assign(v_hat, ops.maximum(v_hat, v))
             v = v_hat
         denominator = ops.sqrt(v) / ops.sqrt(bias_correction2) + self.epsilon
@@ -148,6 +204,9 @@ class ScheduledAdamW(keras.optimizers.AdamW):
 
     def get_config(self):
         config = super().get_config()
+        config.update(
+            beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon, amsgrad=self.amsgrad
+        )
         if self._weight_decay_schedule is not None:
             config["weight_decay"] = keras.saving.serialize_keras_object(
                 self._weight_decay_schedule

@@ -173,10 +173,9 @@ def _restore_original_optimizer(pretrainer, raw, source, optimizer):
     if missing:
         raise ValueError(f"The checkpoint's optimizer state has no moments for {missing}.")
     for variable in trainable:
-        index = opt._get_variable_index(variable)
-        for moment, slot in (("exp_avg", opt._momentums), ("exp_avg_sq", opt._velocities)):
+        for moment, slot in zip(("exp_avg", "exp_avg_sq"), opt.moments(variable)):
             _, value = slots[id(variable)][moment]
-            slot[index].assign(np.asarray(value, dtype="float32").reshape(variable.shape))
+            slot.assign(np.asarray(value, dtype="float32").reshape(variable.shape))
     opt.iterations.assign(state["step"])
     pretrainer.ema_steps.assign(state["step"])
 
