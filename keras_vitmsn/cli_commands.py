@@ -48,7 +48,7 @@ def _classes_file(model_path):
 
 
 def _demo(args):
-    from keras_vitmsn.msn.demo import run_msn_demo
+    from keras_vitmsn.demos.msn_digits import run_msn_demo
 
     _backend_banner()
     config = {} if args.epochs is None else {"epochs": args.epochs}
@@ -57,7 +57,7 @@ def _demo(args):
 
 
 def _supervised_demo(args):
-    from keras_vitmsn.demo import run_demo
+    from keras_vitmsn.demos.supervised import run_demo
 
     run_demo(epochs=args.epochs, output=args.output)
     return 0

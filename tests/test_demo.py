@@ -29,7 +29,7 @@ def test_msn_demo_end_to_end_reduced(tmp_path, capsys):
             assert len(entry["splits"]) == 3 and 0 <= entry["mean"] <= 100
     assert os.path.exists(output / "lowshot.png")
     # The exported preset is a normal backbone preset, equal to the EMA target encoder.
-    from keras_vitmsn.msn.demo import DEMO_CONFIG
+    from keras_vitmsn.demos.msn_digits import DEMO_CONFIG
 
     backbone = kv.ViTMSNBackbone.from_preset(str(output / "preset"))
     assert backbone.image_shape == (DEMO_CONFIG["global_size"],) * 2 + (3,)
@@ -37,7 +37,7 @@ def test_msn_demo_end_to_end_reduced(tmp_path, capsys):
 
 def test_digits_split_is_stratified_and_disjoint():
     pytest.importorskip("sklearn")
-    from keras_vitmsn.msn.demo import load_digits_images, split_pool_test
+    from keras_vitmsn.demos.msn_digits import load_digits_images, split_pool_test
 
     images, labels = load_digits_images(16)
     assert images.shape == (1797, 16, 16, 3) and images.dtype == np.uint8
@@ -52,7 +52,7 @@ def test_supervised_demo_learns_and_saves(tmp_path):
     output = tmp_path / "demo.keras"
     assert main(["supervised-demo", "--epochs", "6", "--output", str(output)]) == 0
     loaded = keras.saving.load_model(output)
-    from keras_vitmsn.demo import quadrant_dataset
+    from keras_vitmsn.demos.supervised import quadrant_dataset
 
     x, y = quadrant_dataset(256, seed=1)
     accuracy = (loaded.predict(x, verbose=0).argmax(-1) == y).mean()
