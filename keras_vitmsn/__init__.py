@@ -9,6 +9,20 @@ import os as _os
 # is set here, before keras imports its backend; a value the user set wins, and it
 # has no effect if TensorFlow was imported first. JAX and PyTorch ignore it.
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# TensorFlow (loaded by every backend for tf.data and the augmentation pipeline) writes
+# C++ log lines to stderr that no user of this package can act on: the oneDNN banner
+# and "Could not find cuda drivers" at import, "failed call to cuInit" at the first op
+# on a CPU machine. Level 3 hides all of them (real failures still raise Python
+# exceptions); a level the user set wins (e.g. TF_CPP_MIN_LOG_LEVEL=0 to debug), and
+# so does JAX's default of 1 when JAX was imported first. absl prints the import-time
+# lines before any level applies, so a one-shot hook on TensorFlow's first import
+# applies the level to them (quiet_tensorflow). Like the switch above, neither has any
+# effect if TensorFlow was imported first.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from keras_vitmsn import quiet_tensorflow as _quiet_tensorflow  # noqa: E402
+
+_quiet_tensorflow.install()
 
 import functools as _functools
 import warnings as _warnings

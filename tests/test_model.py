@@ -227,6 +227,54 @@ def test_importing_first_turns_tensorflow_onednn_on_unless_set(preset, expected)
     assert out.stdout.strip().splitlines()[-1] == expected
 
 
+# What TensorFlow's C++ runtime writes to stderr at import on a CPU machine.
+TF_STARTUP_NOISE = (
+    "oneDNN custom operations",
+    "failed call to cuInit",
+    "Could not find cuda drivers",
+    "absl::InitializeLog",
+)
+
+
+# Backend-independent (each case is a fresh process): run in one pass of the suite.
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="runs in the torch pass only")
+@pytest.mark.parametrize("first,user_level,level", [
+    ("", None, "3"),  # keras_vitmsn's default hides all of TensorFlow's C++ lines
+    ("", "0", "0"),  # a user's level wins: TensorFlow prints everything
+    ("import jax\n", None, "1"),  # JAX's default (INFO hidden) wins when JAX came first
+])
+def test_tensorflow_startup_lines_obey_tf_cpp_min_log_level(first, user_level, level):
+    """keras_vitmsn defaults TF_CPP_MIN_LOG_LEVEL to 3 and applies the level to the
+    lines TensorFlow logs at import, which absl would otherwise always print."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("tensorflow")
+    if first:
+        pytest.importorskip("jax")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    # oneDNN on makes TensorFlow print its banner (INFO) at import: a line to look for.
+    env["TF_ENABLE_ONEDNN_OPTS"] = "1"
+    if user_level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = user_level
+    code = first + (
+        "import os, keras_vitmsn, tensorflow as tf\n"
+        "tf.constant(1.0) + 1.0\n"  # the first op: where a CPU machine fails cuInit
+        "print(os.environ['TF_CPP_MIN_LOG_LEVEL'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == level
+    if level == "0":
+        assert "oneDNN custom operations" in out.stderr, out.stderr[-2000:]
+    else:
+        shown = [line for line in TF_STARTUP_NOISE if line in out.stderr]
+        if level == "1":  # errors still show at level 1
+            shown = [line for line in shown if line != "failed call to cuInit"]
+        assert not shown, out.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     "shape,data_format",
     [((8, 224, 160, 3), "channels_last"), ((8, 3, 224, 160), "channels_first"),
