@@ -148,7 +148,9 @@ class QuantizationMixin:
                 "`filters` must be a regex string, a list of them, or a callable; got "
                 f"{type(filters).__name__}."
             )
-        super().quantize(mode, config=config, filters=selected, **kwargs)
+        # Keras collects garbage after every replaced kernel; once is enough.
+        with one_garbage_collection():
+            super().quantize(mode, config=config, filters=selected, **kwargs)
 
 
 def _matches(layer, filters):
