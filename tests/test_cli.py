@@ -167,7 +167,7 @@ def test_pretrain_from_scratch_at_another_size(tmp_path, preset, folders, capsys
     "args, message",
     [
         (["--data", "MISSING"], "does not exist or is not a directory"),
-        (["--epochs", "0"], "--epochs must be a positive integer; got 0"),
+        (["--epochs", "0"], "argument --epochs: must be a positive integer; got 0"),
         (["--focal-size", "12"], "focal_size 12 must be a multiple of the patch size 8"),
         (["--warmup-epochs", "1"], "warms up for 1.0 epochs of a 1-epoch run"),
     ],

@@ -16,6 +16,7 @@ from keras_vitmsn.conversion.hf_processor import image_converter_kwargs_from_hf
 from keras_vitmsn.conversion.transformers_weights import (
     backbone_kwargs_from_hf_config,
     canonicalize_transformers_state,
+    check_model_type,
     num_classes_from_hf_config,
 )
 from keras_vitmsn.errors import CheckpointError
@@ -132,9 +133,14 @@ def load_transformers_files(config_path, weights_path=None, preprocessor_path=No
 def load_transformers_checkpoint(directory, load_weights=True):
     """A :class:`ConvertedCheckpoint` from a ``save_pretrained`` directory."""
     directory = os.fspath(directory)
+    config_path = os.path.join(directory, "config.json")
+    # Before looking for weights: a checkpoint of another model says what it is.
+    config = read_json(config_path, "transformers config")
+    if isinstance(config, dict):
+        check_model_type(config, config_path)
     preprocessor = os.path.join(directory, "preprocessor_config.json")
     return load_transformers_files(
-        os.path.join(directory, "config.json"),
+        config_path,
         find_transformers_weights(directory) if load_weights else None,
         preprocessor if os.path.exists(preprocessor) else None,
         origin=os.path.abspath(directory),

@@ -207,13 +207,19 @@ def assign_weights(weight_map, state_dict, optional_keys=(), ignore_keys=(), key
         variable.assign(value)
 
 
-def backbone_kwargs_from_hf_config(config):
-    """Translate a transformers ``ViTMSNConfig`` dict into ViTMSNBackbone kwargs."""
+def check_model_type(config, where="The transformers config"):
+    """Raise unless ``config`` (a ``config.json`` dict) describes a ViT-MSN model."""
     model_type = config.get("model_type")
     if model_type != "vit_msn":
         raise ValueError(
-            f"Expected a transformers config with model_type 'vit_msn', got {model_type!r}."
+            f"{where} has model_type {model_type!r}: keras-vitmsn reads transformers "
+            "checkpoints of ViT-MSN only (model_type 'vit_msn', e.g. facebook/vit-msn-small)."
         )
+
+
+def backbone_kwargs_from_hf_config(config):
+    """Translate a transformers ``ViTMSNConfig`` dict into ViTMSNBackbone kwargs."""
+    check_model_type(config)
     hidden_act = config.get("hidden_act", "gelu")
     if hidden_act not in SUPPORTED_ACTIVATIONS:
         raise ValueError(

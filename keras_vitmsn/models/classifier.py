@@ -5,7 +5,9 @@ from keras import ops
 
 from keras_vitmsn.layers.initializers import kernel_initializer
 from keras_vitmsn.models.backbone import ViTMSNBackbone
+from keras_vitmsn.errors import MissingHeadError
 from keras_vitmsn.utils import default_name
+from keras_vitmsn.utils import positive_int
 from keras_vitmsn.image_converter import ViTMSNImageConverter
 from keras_vitmsn.presets import file_format
 from keras_vitmsn.presets.mixin import PresetMixin
@@ -31,7 +33,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
 
     Args:
         backbone: a :class:`ViTMSNBackbone`.
-        num_classes: int, outputs of the head (1 means regression).
+        num_classes: positive int, outputs of the head (1 means regression).
         activation: None (logits), "softmax", or any Keras activation.
         dropout: float, dropout on the CLS feature before the head.
         interpolate_pos_encoding: bool, accept images of another size than the
@@ -70,15 +72,14 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
             raise ValueError(
                 f"`backbone` must be a ViTMSNBackbone, got {type(backbone).__name__}."
             )
-        if int(num_classes) < 1:
-            raise ValueError(f"`num_classes` must be >= 1, got {num_classes}.")
+        num_classes = positive_int(num_classes, "num_classes")
         super().__init__(
             dtype=dtype or float_policy(backbone.dtype_policy),
             name=default_name(name, "vit_msn_classifier"),
             **kwargs,
         )
         self.backbone = backbone
-        self.num_classes = int(num_classes)
+        self.num_classes = num_classes
         self.activation = keras.activations.get(activation)
         self.dropout = float(dropout)
         self.interpolate_pos_encoding = bool(interpolate_pos_encoding)
@@ -116,9 +117,21 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
         return [keras.InputSpec(shape=shape, dtype="uint8", name=INPUT_NAME)]
 
     def build(self, input_shape=None):
+        # Every sublayer is built with a shape (not None), so that summary() can show
+        # each one's output shape.
         with resolved_policy_map(self):  # a quantised model's config: see quantization.py
-            self.classifier.build((None, self.backbone.hidden_dim))
+            if self.preprocessor is not None:
+                self.preprocessor.build(self.export_input_signature()[0].shape)
+            feature_shape = (None, self.backbone.hidden_dim)
+            self.head_dropout.build(feature_shape)
+            self.classifier.build(feature_shape)
         self.built = True
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_classes)
+
+    def compute_output_spec(self, images, training=None):
+        return keras.KerasTensor(self.compute_output_shape(images.shape), dtype="float32")
 
     def call(self, images, training=None):
         if self.preprocessor is not None:
@@ -199,7 +212,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
         if num_classes is None:
             num_classes = source.num_classes
         if num_classes is None:
-            raise ValueError(
+            raise MissingHeadError(
                 f"The preset {source.origin} has no classification head: pass "
                 "`num_classes` to build a new one, e.g. "
                 "ViTMSNClassifier.from_preset(preset, num_classes=10)."
