@@ -156,8 +156,7 @@ def _finetune(args):
     import keras
 
     import keras_vitmsn as kv
-    from keras_vitmsn.cli_files import check_model_output, classes_path
-    from keras_vitmsn.cli_files import save_model_with_class_names
+    from keras_vitmsn.cli_files import check_model_output, save_model
 
     if check_model_output(args.output):
         print(f"finetune: {args.output} exists; it is replaced when training ends",
@@ -175,7 +174,8 @@ def _finetune(args):
     if args.image_size:
         overrides["image_shape"] = (args.image_size, args.image_size, 3)
     model = kv.ViTMSNClassifier.from_preset(
-        args.preset, num_classes=len(train.class_names), **overrides
+        args.preset, num_classes=len(train.class_names), class_names=train.class_names,
+        **overrides,
     )
     learning_rate = args.learning_rate or (1e-3 if args.linear_probe else 5e-5)
     if args.linear_probe:
@@ -189,8 +189,8 @@ def _finetune(args):
     train_data = train.as_dataset(size, args.batch_size, shuffle=True, seed=args.seed)
     val_data = val.as_dataset(size, args.batch_size) if val is not None else None
     model.fit(train_data, validation_data=val_data, epochs=args.epochs, verbose=_progress())
-    save_model_with_class_names(model, args.output, train.class_names)
-    print(f"Saved {args.output} (class names in {classes_path(args.output)})")
+    save_model(model, args.output)
+    print(f"Saved {args.output} (classes {', '.join(train.class_names)})")
     return 0
 
 
@@ -255,7 +255,7 @@ def _predict(args):
     import numpy as np
 
     import keras_vitmsn as kv
-    from keras_vitmsn.cli_files import load_classifier, read_class_names
+    from keras_vitmsn.cli_files import legacy_class_names_note, load_classifier
     from keras_vitmsn.data import load_image
 
     for path in args.images:
@@ -264,17 +264,18 @@ def _predict(args):
         if not os.path.isfile(path):
             raise UsageError(f"Image {path!r} does not exist.")
     model = load_classifier(args.model)
-    names = read_class_names(args.model, model.num_classes)
+    note = legacy_class_names_note(args.model, model)
+    if note:
+        print(note, file=sys.stderr)
     size = model.backbone.image_shape[:2]
     images = np.stack([load_image(p, size) for p in args.images])
     if model.preprocessor is None:
         images = kv.ViTMSNImageConverter(image_size=size)(images)
-    probs = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(images, verbose=0)))
-    k = min(args.top_k, probs.shape[-1])
-    for path, p in zip(args.images, probs):
-        top = np.argsort(-p)[:k]
-        labels = ", ".join(
-            f"{names[i] if names else i}: {p[i]:.3f}" for i in top
-        )
+    outputs = model.predict(images, verbose=0)
+    # Logits unless the head applies an activation (then its outputs are the scores).
+    from_logits = model.activation is keras.activations.linear
+    decoded = kv.decode_predictions(outputs, model.class_names, args.top_k, from_logits=from_logits)
+    for path, top in zip(args.images, decoded):
+        labels = ", ".join(f"{index if name is None else name}: {p:.3f}" for index, name, p in top)
         print(f"{path}\t{labels}")
     return 0

@@ -1,19 +1,19 @@
 """The files ``keras-vitmsn finetune`` writes and ``predict`` reads: a ``.keras`` model
-and, beside it, its class names (``MODEL.keras.classes.json``, a JSON list)."""
+that holds its class names (``ViTMSNClassifier.class_names``, in its config)."""
 
-import json
 import os
+import re
+import sys
 import tempfile
 import zipfile
 
 from keras_vitmsn.cli_args import UsageError
 from keras_vitmsn.errors import CheckpointError
 from keras_vitmsn.utils import check_can_create
-from keras_vitmsn.utils import read_json
 
-
-def classes_path(model_path):
-    return model_path + ".classes.json"
+# Written by earlier keras-vitmsn beside the model; never read, since nothing ties it
+# to the model next to it.
+LEGACY_CLASSES_SUFFIX = ".classes.json"
 
 
 def check_model_output(path):
@@ -21,19 +21,16 @@ def check_model_output(path):
 
     The rules: the name ends in ``.keras``; an existing file of that name is
     replaced, atomically and only once the new model is complete (as
-    ``model.save`` and ``cp`` replace theirs); a folder of that name (or of the
-    class-names file's) is refused; missing parent folders are created, as
+    ``model.save`` and ``cp`` replace theirs); a folder of that name is refused; missing parent folders are created, as
     ``convert`` and ``pretrain`` create theirs, so the nearest existing one must be
     writable.
     """
     if not path.endswith(".keras"):
         raise UsageError(f"--output must end in .keras, got {path!r}.")
-    for target in (path, classes_path(path)):
-        if os.path.isdir(target):
-            raise UsageError(
-                f"--output {path}: {target} is a folder; finetune writes a FILE.keras "
-                "and its FILE.keras.classes.json. Choose another name."
-            )
+    if os.path.isdir(path):
+        raise UsageError(
+            f"--output {path} is a folder; finetune writes a FILE.keras. Choose another name."
+        )
     check_can_create(path)
     return os.path.exists(path)
 
@@ -48,34 +45,22 @@ def _temporary(folder, prefix, suffix):
     return path
 
 
-def save_model_with_class_names(model, path, class_names):
-    """Write ``model`` to ``path`` and its class names beside it, atomically.
+def save_model(model, path):
+    """Write ``model`` (with its class names inside) to ``path``, atomically.
 
-    Both are written in full to temporary files in the same folder first, so an
-    error or interruption while saving leaves any previous model and names as
-    they were.
+    The model is written in full to a temporary file in the same folder first, so an
+    error or interruption while saving leaves any previous model as it was.
     """
     path = os.path.abspath(path)
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
-    base = os.path.basename(path)
-    model_tmp = _temporary(folder, f".{base}.tmp-", ".keras")
-    names_tmp = _temporary(folder, f".{base}.classes.tmp-", ".json")
+    tmp = _temporary(folder, f".{os.path.basename(path)}.tmp-", ".keras")
     try:
-        model.save(model_tmp)
-        with open(names_tmp, "w", encoding="utf-8") as f:
-            json.dump(list(class_names), f)
-        # Names first, the model last: the model is what users and scripts wait
-        # for, so when a new one appears its names are already in place. An
-        # interruption between these two renames leaves new names beside the old
-        # model; predict refuses names whose count differs from the model's
-        # classes, and rerunning finetune replaces both.
-        os.replace(names_tmp, classes_path(path))
-        os.replace(model_tmp, path)
+        model.save(tmp)
+        os.replace(tmp, path)
     except BaseException:
-        for tmp in (model_tmp, names_tmp):
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        if os.path.exists(tmp):
+            os.remove(tmp)
         raise
 
 
@@ -118,25 +103,58 @@ def load_model_file(path):
         return keras.saving.load_model(path)
     except (zipfile.BadZipFile, EOFError, KeyError, OSError) as e:
         raise CheckpointError(f"{path} is truncated or corrupted: {e}") from e
+    except ValueError as e:  # e.g. a config edited by hand that the model refuses
+        raise CheckpointError(f"{path} cannot be loaded: {e}") from e
+    except TypeError as e:
+        message = unknown_class_message(path, e)
+        if message is None:
+            raise
+        raise CheckpointError(message) from e
 
 
-def read_class_names(model_path, num_classes):
-    """The class names saved beside ``model_path``, or None when there are none.
+def unknown_class_message(path, error):
+    """What to do about Keras' "Could not locate class" while loading ``path``, or
+    None for another error.
 
-    Raises:
-        UsageError: the file is not a list of names, or names a different number
-            of classes than the model has (the names belong to another model).
+    Keras finds a saved class only if the package that registers it was imported in
+    this process; the message says whether that is the cause (keras_vitmsn not
+    imported), the class is keras_vitmsn's but not this version's, or the file holds
+    another package's model.
     """
-    path = classes_path(model_path)
-    if not os.path.isfile(path):
+    found = re.search(
+        r"Could not locate class '([^']+)'.*?Full object config: \{'module': '([^']*)'", str(error), re.S
+    )
+    if found is None:
         return None
-    names = read_json(path, "class names")
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise UsageError(f"{path} must hold a JSON list of class names; got {names!r:.200}.")
-    if len(names) != num_classes:
-        raise UsageError(
-            f"{path} lists {len(names)} class names but the model {model_path} has "
-            f"{num_classes} classes: the names belong to another model. Restore the "
-            "matching names, or remove the file to see class indices."
+    name, module = found.groups()
+    if module.split(".")[0] != "keras_vitmsn":
+        return (
+            f"{path} holds a {name} from {module or 'an unknown module'}, not a keras-vitmsn "
+            "model; keras-vitmsn predict reads ViTMSNClassifier models (in a script, import "
+            f"the package that defines {name} before keras.saving.load_model)."
         )
-    return names
+    if "keras_vitmsn" not in sys.modules:
+        return (
+            f"{path} holds keras_vitmsn's {name}, which Keras only finds once the package is "
+            "imported: import keras_vitmsn first, then keras.saving.load_model."
+        )
+    from keras_vitmsn.version import __version__
+
+    return (
+        f"{path} holds keras_vitmsn's {name}, which this keras-vitmsn ({__version__}) does "
+        "not have: load it with the keras-vitmsn version that saved it."
+    )
+
+
+def legacy_class_names_note(model_path, model):
+    """A note for a model without class names that has a side file from an older
+    keras-vitmsn beside it (those names are not used: nothing ties them to this
+    model), or None."""
+    legacy = model_path + LEGACY_CLASSES_SUFFIX
+    if model.class_names is not None or not os.path.isfile(legacy):
+        return None
+    return (
+        f"predict: {model_path} holds no class names, so classes are shown by index; "
+        f"{legacy} (written by an older keras-vitmsn) is not read. To store names in the "
+        "model: clf = keras.saving.load_model(PATH); clf.class_names = [...]; clf.save(PATH)"
+    )

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import zipfile
 
 import numpy as np
 import pytest
@@ -32,7 +33,9 @@ def world(tmp_path_factory):
             Image.fromarray(np.full((20, 20, 3), 40 * i, "uint8")).save(root / "train" / name / f"{i}.png")
     model = kv.ViTMSNClassifier(backbone, num_classes=3)
     model.save(str(root / "three.keras"))
-    (root / "three.keras.classes.json").write_text(json.dumps(["cat", "dog"]))
+    _rewrite_config(root / "three.keras", root / "two_names.keras", class_names=["cat", "dog"])
+    _rewrite_config(root / "three.keras", root / "newer.keras", top=dict(
+        class_name="ViTMSNFromTheFuture", registered_name="keras_vitmsn>ViTMSNFromTheFuture"))
     (root / "garbage.pth.tar").write_bytes(np.random.default_rng(0).bytes(2000))
     (root / "corrupt.keras").write_bytes(b"PK\x03\x04" + b"\0" * 300)
     (root / "bert").mkdir()
@@ -40,12 +43,25 @@ def world(tmp_path_factory):
     (root / "a_file").write_text("not a folder")
     (root / "folder.keras").mkdir()
     paths = {name.replace(".", "_"): str(root / name) for name in (
-        "preset", "train", "three.keras", "garbage.pth.tar", "corrupt.keras", "bert",
+        "preset", "train", "three.keras", "two_names.keras", "newer.keras", "garbage.pth.tar", "corrupt.keras", "bert",
         "a_file", "folder.keras")}
     paths["root"] = str(root)
     paths["image"] = str(root / "train" / "cat" / "0.png")
     paths["unwritable"] = _unwritable_folder(root)
     return paths
+
+
+def _rewrite_config(source, target, top=(), **changes):
+    """Copy the .keras ``source`` to ``target`` with its model config changed by hand."""
+    with zipfile.ZipFile(source) as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    config = json.loads(files["config.json"])
+    config.update(top)
+    config["config"].update(changes)
+    files["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(target, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
 
 
 def _unwritable_folder(root):
@@ -101,9 +117,12 @@ CASES = [
     ("finetune-output-unwritable", FINETUNE[:-1] + ["{unwritable}/m.keras"], "is not writable"),
     ("finetune-output-below-a-file", FINETUNE[:-1] + ["{a_file}/m.keras"], "is a file, not a folder"),
     ("finetune-output-missing", FINETUNE[:-2], "the following arguments are required: --output"),
-    ("predict-fewer-names-than-classes", PREDICT, "lists 2 class names but the model"),
+    ("predict-fewer-names-than-classes", ["predict", "--model", "{two_names_keras}", "{image}"],
+     "cannot be loaded: `class_names` has 2 names for 3 classes"),
     ("predict-top-k-negative", PREDICT + ["--top-k", "-1"], "--top-k: must be a positive integer"),
     ("predict-top-k-0", PREDICT + ["--top-k", "0"], "--top-k: must be a positive integer"),
+    ("predict-class-of-another-version", ["predict", "--model", "{newer_keras}", "{image}"],
+     f"holds keras_vitmsn's ViTMSNFromTheFuture, which this keras-vitmsn ({kv.__version__}) does not have"),
     ("predict-image-is-a-folder", ["predict", "--model", "{three_keras}", "{train}"],
      "is a folder; predict takes image files"),
     ("predict-image-missing", ["predict", "--model", "{three_keras}", "{root}/nope.png"],
@@ -192,22 +211,25 @@ def test_version_in_a_real_process():
     assert result.stdout.strip() == f"keras-vitmsn {kv.__version__}"
 
 
-def test_an_interrupted_save_keeps_the_previous_model_and_names(tmp_path, monkeypatch):
-    from keras_vitmsn.cli_files import save_model_with_class_names
+def test_an_interrupted_save_keeps_the_previous_model(tmp_path, monkeypatch):
+    import keras
+
+    from keras_vitmsn.cli_files import save_model
 
     backbone = kv.ViTMSNBackbone(
         image_shape=(16, 16, 3), patch_size=8, hidden_dim=16, num_layers=1, num_heads=2,
         intermediate_dim=32,
     )
     path = str(tmp_path / "m.keras")
-    save_model_with_class_names(kv.ViTMSNClassifier(backbone, 2), path, ["cat", "dog"])
-    assert json.loads(open(path + ".classes.json").read()) == ["cat", "dog"]
+    save_model(kv.ViTMSNClassifier(backbone, 2, class_names=["cat", "dog"]), path)
+    assert keras.saving.load_model(path).class_names == ["cat", "dog"]
+    assert os.listdir(tmp_path) == ["m.keras"]  # no side file: the names are inside
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
     before = snapshot(str(tmp_path))
 
-    model = kv.ViTMSNClassifier(backbone, 3)
+    model = kv.ViTMSNClassifier(backbone, 3, class_names=["ant", "bee", "cow"])
 
     def save_half_then_stop(filepath, *args, **kwargs):
         with open(filepath, "wb") as f:
@@ -216,5 +238,38 @@ def test_an_interrupted_save_keeps_the_previous_model_and_names(tmp_path, monkey
 
     monkeypatch.setattr(model, "save", save_half_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        save_model_with_class_names(model, path, ["ant", "bee", "cow"])
-    assert snapshot(str(tmp_path)) == before  # old model and names, no temporary files
+        save_model(model, path)
+    assert snapshot(str(tmp_path)) == before  # the old model (and its names), no temporary file
+
+
+def test_predict_ignores_a_legacy_class_names_file_and_says_so(world, tmp_path, capsys):
+    # Names beside a model could belong to another one; only the model's own count.
+    legacy = tmp_path / "old.keras"
+    legacy.write_bytes(open(world["three_keras"], "rb").read())
+    (tmp_path / "old.keras.classes.json").write_text(json.dumps(["ant", "bee", "cow"]))
+    assert main(["predict", "--model", str(legacy), world["image"], "--top-k", "9"]) == 0
+    out, err = capsys.readouterr()
+    scores = out.strip().split("\t")[1]
+    assert sorted(s.split(":")[0] for s in scores.split(", ")) == ["0", "1", "2"]
+    assert "holds no class names" in err and "old.keras.classes.json" in err and "is not read" in err
+
+
+def test_unknown_class_messages(monkeypatch):
+    from keras_vitmsn.cli_files import unknown_class_message
+
+    def keras_error(module, name):
+        return TypeError(
+            f"Could not locate class '{name}'. Make sure custom classes ... Full object "
+            f"config: {{'module': '{module}', 'class_name': '{name}', 'config': {{}}}}"
+        )
+
+    assert unknown_class_message("m.keras", ValueError("something else")) is None
+    newer = unknown_class_message("m.keras", keras_error("keras_vitmsn.models.x", "ViTMSNNew"))
+    assert f"this keras-vitmsn ({kv.__version__}) does not have" in newer
+    other = unknown_class_message("m.keras", keras_error("my_pkg.models", "MyNet"))
+    assert "holds a MyNet from my_pkg.models, not a keras-vitmsn model" in other
+    # A script that did not import keras_vitmsn (the CLI always has).
+    monkeypatch.delitem(sys.modules, "keras_vitmsn")
+    fresh = unknown_class_message("m.keras", keras_error("keras_vitmsn.models.classifier",
+                                                         "ViTMSNClassifier"))
+    assert "import keras_vitmsn first" in fresh

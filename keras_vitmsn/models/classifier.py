@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_vitmsn.layers.initializers import kernel_initializer
 from keras_vitmsn.models.backbone import ViTMSNBackbone
+from keras_vitmsn.models.class_names import check_class_names
 from keras_vitmsn.errors import MissingHeadError
 from keras_vitmsn.utils import default_name
 from keras_vitmsn.utils import positive_int
@@ -44,6 +45,11 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
             the backbone's. ``from_preset`` attaches the preset's converter; pass
             ``preprocessor=None`` there to leave preprocessing to your input
             pipeline (e.g. ``tf.data.Dataset.map(converter)``).
+        class_names: None (unknown) or one string per output, e.g. the folder names
+            of the training set. Stored in the config, so they travel inside
+            ``.keras`` files and presets (``task.json``); ``from_preset`` reads them
+            from a transformers checkpoint's ``id2label``. See
+            :func:`keras_vitmsn.decode_predictions`.
         dtype: dtype policy of the head; defaults to the backbone's.
 
     Example:
@@ -54,6 +60,9 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
     >>> tuple(clf(np.zeros((2, 32, 32, 3), "float32")).shape)
     (2, 10)
     >>> history = clf.fit(np.zeros((4, 32, 32, 3), "float32"), np.arange(4), verbose=0)
+    >>> named = ViTMSNClassifier(backbone, num_classes=2, class_names=["cat", "dog"])
+    >>> named.class_names
+    ['cat', 'dog']
     """
 
     def __init__(
@@ -64,6 +73,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
         dropout=0.0,
         interpolate_pos_encoding=False,
         preprocessor=None,
+        class_names=None,
         dtype=None,
         name=None,
         **kwargs,
@@ -80,6 +90,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
         )
         self.backbone = backbone
         self.num_classes = num_classes
+        self.class_names = class_names
         self.activation = keras.activations.get(activation)
         self.dropout = float(dropout)
         self.interpolate_pos_encoding = bool(interpolate_pos_encoding)
@@ -126,6 +137,16 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
             self.head_dropout.build(feature_shape)
             self.classifier.build(feature_shape)
         self.built = True
+
+    @property
+    def class_names(self):
+        """The names of the outputs (a new list each time), or None when unknown."""
+        return None if self._class_names is None else list(self._class_names)
+
+    @class_names.setter
+    def class_names(self, names):
+        # A tuple: Keras would track a list attribute as a layer container.
+        self._class_names = check_class_names(names, self.num_classes)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes)
@@ -182,6 +203,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
             "preprocessor": (
                 None if self.preprocessor is None else keras.layers.serialize(self.preprocessor)
             ),
+            "class_names": self.class_names,
         }
 
     @classmethod
@@ -203,19 +225,34 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
         activation=_AUTO,
         dropout=_AUTO,
         interpolate_pos_encoding=_AUTO,
+        class_names=_AUTO,
         name=None,
         **backbone_kwargs,
     ):
-        """Classifier from a preset: the preset's head when it has one and
-        ``num_classes`` is not given, otherwise a new ``num_classes`` head."""
+        """Classifier from a preset: the preset's head (and class names) when it has
+        one and ``num_classes`` is not given, otherwise a new ``num_classes`` head,
+        whose class names are ``class_names`` or unknown (a new head's outputs are
+        not the old classes). ``class_names`` alone on a preset without a head sets
+        ``num_classes`` to their count."""
         fresh_head = num_classes is not None or not source.has_task
+        named = class_names is not _AUTO and class_names is not None
+        if named:
+            class_names = check_class_names(class_names, None)
+        if num_classes is None and not source.has_task and named:
+            num_classes = len(class_names)
         if num_classes is None:
             num_classes = source.num_classes
         if num_classes is None:
             raise MissingHeadError(
                 f"The preset {source.origin} has no classification head: pass "
-                "`num_classes` to build a new one, e.g. "
+                "`num_classes` (or `class_names`) to build a new one, e.g. "
                 "ViTMSNClassifier.from_preset(preset, num_classes=10)."
+            )
+        if named and not fresh_head and len(class_names) != num_classes:
+            raise ValueError(
+                f"`class_names` has {len(class_names)} names but the head of {source.origin} "
+                f"has {num_classes} classes; to train a new head for these classes pass "
+                f"num_classes={len(class_names)} as well."
             )
         task_kwargs = {} if fresh_head else dict(source.task_kwargs)
         task_kwargs.pop("name", None)
@@ -225,6 +262,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
             ("activation", activation),
             ("dropout", dropout),
             ("interpolate_pos_encoding", interpolate_pos_encoding),
+            ("class_names", class_names),
         ):
             if value is not _AUTO:
                 task_kwargs[key] = value

@@ -243,7 +243,11 @@ class ConvertedSource:
 
     has_task = property(lambda self: self.checkpoint.head_state is not None)
     num_classes = property(lambda self: self.checkpoint.num_classes)
-    task_kwargs = property(lambda self: {})
+
+    @property
+    def task_kwargs(self):
+        names = self.checkpoint.class_names
+        return {} if names is None else {"class_names": list(names)}
 
     def load_backbone(self, backbone_cls, load_weights=True, **overrides):
         check_overrides(backbone_cls, overrides)
@@ -318,7 +322,8 @@ class ConvertedSource:
         ff.write_image_converter(converter, directory, drop_data_format=True)
         if self.has_task:
             classifier = classes("classifier")(
-                backbone, num_classes=self.num_classes, preprocessor=converter
+                backbone, num_classes=self.num_classes, preprocessor=converter,
+                **self.task_kwargs,
             )
             self.load_task_weights(classifier)
             ff.write_task(classifier, directory, drop_data_format=True)
