@@ -32,11 +32,13 @@ from keras_vitmsn import lowshot
 from keras_vitmsn import msn
 from keras_vitmsn.models.backbone import ViTMSNBackbone
 from keras_vitmsn.models.classifier import ViTMSNClassifier
+from keras_vitmsn.models.class_names import decode_predictions
 from keras_vitmsn.image_converter import ViTMSNImageConverter
 from keras_vitmsn import conversion
 from keras_vitmsn import presets
 from keras_vitmsn.convert import convert_to_preset
 from keras_vitmsn.errors import CheckpointError
+from keras_vitmsn.errors import MissingHeadError
 from keras_vitmsn.errors import PresetDownloadError
 from keras_vitmsn.msn.head_state import load_msn_pretraining_state
 from keras_vitmsn.resampling import resample_position_embeddings

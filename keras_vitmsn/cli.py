@@ -1,12 +1,19 @@
 """The ``keras-vitmsn`` command line (also ``python -m keras_vitmsn``): the parser and
 the entry point; the commands are :mod:`keras_vitmsn.cli_commands`.
 
-Bad input ends with a one-line ``error:`` message and exit status 2, never a traceback.
+Bad input (a bad option value, a missing folder, an unreadable image, an unknown preset,
+an output that cannot be written) ends with a one-line ``error:`` message and exit
+status 2, never a traceback; outputs are checked before any work.
+``keras-vitmsn --version`` prints the version.
 """
 
 import argparse
 import sys
 
+from keras_vitmsn.cli_args import ArgumentParser
+from keras_vitmsn.cli_args import non_negative_float
+from keras_vitmsn.cli_args import positive_float
+from keras_vitmsn.cli_args import positive_int
 from keras_vitmsn.cli_commands import SKIP_BAD_IMAGES_HELP
 from keras_vitmsn.cli_commands import USER_ERROR_EXIT
 from keras_vitmsn.cli_commands import _user_errors
@@ -22,12 +29,14 @@ from keras_vitmsn.cli_commands import _supervised_demo
 
 def build_parser():
     from keras_vitmsn.msn.recipes import recipe_names
+    from keras_vitmsn.version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="keras-vitmsn",
         description="ViT-MSN vision transformers for Keras 3. "
         "Select the backend with KERAS_BACKEND=jax|torch|tensorflow.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
@@ -37,14 +46,14 @@ def build_parser():
     )
     demo.add_argument("--output", default="vit_msn_demo",
                       help="Directory for the preset, lowshot.json and lowshot.png.")
-    demo.add_argument("--epochs", type=int, default=None, help="Pretraining epochs (default: the demo recipe).")
+    demo.add_argument("--epochs", type=positive_int, default=None, help="Pretraining epochs (default: the demo recipe).")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_demo)
 
     supervised = commands.add_parser(
         "supervised-demo", help="Offline example: fit and evaluate a small ViT-MSN classifier."
     )
-    supervised.add_argument("--epochs", type=int, default=10)
+    supervised.add_argument("--epochs", type=positive_int, default=10)
     supervised.add_argument("--output", default="vit_msn_demo.keras", help="Where to save the model ('' to skip).")
     supervised.set_defaults(handler=_supervised_demo)
 
@@ -66,23 +75,23 @@ def build_parser():
                           help="Continue the optimizer and schedules saved in --preset (a previous "
                           "pretrain output or an original .pth.tar).")
     pretrain.add_argument("--output", required=True, help="Directory to write the pretrained preset to.")
-    pretrain.add_argument("--epochs", type=int, help="Default: the recipe's (800 for msn_vits16).")
+    pretrain.add_argument("--epochs", type=positive_int, help="Default: the recipe's (800 for msn_vits16).")
     pretrain.add_argument("--warmup-epochs", type=float,
                           help="Learning-rate warm-up (default: the recipe's 15; must be below --epochs).")
-    pretrain.add_argument("--batch-size", type=int,
+    pretrain.add_argument("--batch-size", type=positive_int,
                           help="Global batch (default: the recipe's 1024, capped at the number of images).")
-    pretrain.add_argument("--image-size", type=int,
+    pretrain.add_argument("--image-size", type=positive_int,
                           help="Global view size (default: the preset's, or the recipe's 224).")
-    pretrain.add_argument("--focal-size", type=int,
+    pretrain.add_argument("--focal-size", type=positive_int,
                           help="Focal view size (default: the recipe's 96/224 of the global size).")
     pretrain.add_argument("--num-focal-views", type=int, help="Default: the recipe's 10.")
     pretrain.add_argument("--mask-ratio", type=float,
                           help="Patches dropped from the anchor view (default: the recipe's).")
-    pretrain.add_argument("--num-prototypes", type=int, help="Default: the recipe's 1024.")
+    pretrain.add_argument("--num-prototypes", type=positive_int, help="Default: the recipe's 1024.")
     pretrain.add_argument("--me-max-weight", type=float, help="Default: the recipe's 1.")
     pretrain.add_argument("--sinkhorn", action=argparse.BooleanOptionalAction, default=None,
                           help="Balance the targets with Sinkhorn (default: the recipe's, on).")
-    pretrain.add_argument("--learning-rate", type=float,
+    pretrain.add_argument("--learning-rate", type=positive_float,
                           help="Peak learning rate after warm-up (default: the recipe's 1e-3).")
     pretrain.add_argument("--ipe-scale", type=float,
                           help="Stretch the schedules by this factor (the original: 1.25; default 1).")
@@ -108,19 +117,21 @@ def build_parser():
     finetune.add_argument("--preset", required=True, help="Preset name, hf://org/repo or directory.")
     finetune.add_argument("--train", required=True, help="Folder with one sub-folder per class.")
     finetune.add_argument("--val", help="Validation folder with the same classes.")
-    finetune.add_argument("--epochs", type=int, default=3)
-    finetune.add_argument("--batch-size", type=int, default=32)
-    finetune.add_argument("--image-size", type=int, help="Train at this size (position embeddings resampled).")
+    finetune.add_argument("--epochs", type=positive_int, default=3)
+    finetune.add_argument("--batch-size", type=positive_int, default=32)
+    finetune.add_argument("--image-size", type=positive_int, help="Train at this size (position embeddings resampled).")
     finetune.add_argument("--linear-probe", action="store_true", help="Freeze the backbone; train the head only.")
     finetune.add_argument(
         "--mixed-precision", nargs="?", const="mixed_bfloat16", default=None,
         choices=["mixed_bfloat16", "mixed_float16"], help="Mixed-precision policy (default mixed_bfloat16).",
     )
-    finetune.add_argument("--learning-rate", type=float, help="Default 1e-3 (linear probe) or 5e-5.")
-    finetune.add_argument("--weight-decay", type=float, default=0.01)
+    finetune.add_argument("--learning-rate", type=positive_float, help="Default 1e-3 (linear probe) or 5e-5.")
+    finetune.add_argument("--weight-decay", type=non_negative_float, default=0.01)
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES_HELP)
-    finetune.add_argument("--output", required=True, help="FILE.keras to save the fine-tuned model to.")
+    finetune.add_argument("--output", required=True,
+                          help="FILE.keras to save the fine-tuned model to (replaced if it exists; "
+                          "the class names are stored inside it).")
     finetune.set_defaults(handler=_finetune)
 
     lowshot = commands.add_parser("lowshot", help="MSN low-shot evaluation (logistic regression on frozen features).")
@@ -128,11 +139,11 @@ def build_parser():
     lowshot.add_argument("--train", required=True, help="Labelled pool: one sub-folder per class.")
     lowshot.add_argument("--test", required=True, help="Test folder with the same classes.")
     lowshot.add_argument("--shots", default="1,2,5", help="Images per class (ints) or label fractions.")
-    lowshot.add_argument("--splits", type=int, default=3)
+    lowshot.add_argument("--splits", type=positive_int, default=3)
     lowshot.add_argument("--seed", type=int, default=0)
     lowshot.add_argument("--feature", choices=["cls_pre_norm", "cls"], default=None,
                          help="CLS before (paper, default) or after the final LayerNorm.")
-    lowshot.add_argument("--batch-size", type=int, default=32)
+    lowshot.add_argument("--batch-size", type=positive_int, default=32)
     lowshot.add_argument("--preprocess", choices=["hub", "paper"], default="hub",
                          help="hub: resize to the model size (the hub processor's way); paper: "
                               "the paper's evaluation transform (resize to cover 256/224 of the "
@@ -143,14 +154,15 @@ def build_parser():
     predict = commands.add_parser("predict", help="Classify images with a fine-tuned model.")
     predict.add_argument("--model", required=True, help="A FILE.keras from finetune, or a classifier preset.")
     predict.add_argument("images", nargs="+")
-    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--top-k", type=positive_int, default=5,
+                         help="Classes shown per image (all of them if the model has fewer).")
     predict.set_defaults(handler=_predict)
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except _user_errors() as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__

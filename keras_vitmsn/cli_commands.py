@@ -3,14 +3,16 @@
 
 Commands: ``demo`` (MSN pretraining + low-shot on digits), ``supervised-demo``,
 ``presets``, ``convert``, ``pretrain``, ``finetune``, ``lowshot``, ``predict``.
-Bad input (a missing folder, too few classes, an unreadable image, an unknown preset,
-more shots than the smallest class has images) ends with a one-line ``error:`` message
-and exit status 2, never a traceback.
+Bad input (a bad option value, a missing folder, too few classes, an unreadable image,
+an unknown preset, more shots than the smallest class has images, an output that
+cannot be written) ends with a one-line ``error:`` message and exit status 2, never a
+traceback. Outputs are checked before any work.
 """
 
-import json
 import os
 import sys
+
+from keras_vitmsn.cli_args import UsageError
 
 USER_ERROR_EXIT = 2
 SKIP_BAD_IMAGES_HELP = (
@@ -19,16 +21,16 @@ SKIP_BAD_IMAGES_HELP = (
 )
 
 
-class UsageError(Exception):
-    """Bad input from the user: reported on one line."""
-
-
 def _user_errors():
-    # Raised by our own validation (ValueError), by preset resolution and by the
-    # checkpoint readers; anything else is a bug and keeps its traceback.
+    # Raised by our own validation (ValueError), by preset resolution, by the
+    # checkpoint readers and by the output checks (an existing file where a folder
+    # goes, an unwritable folder); anything else is a bug and keeps its traceback.
     from keras_vitmsn.errors import CheckpointError, PresetDownloadError
 
-    return (UsageError, ValueError, FileNotFoundError, CheckpointError, PresetDownloadError)
+    return (
+        UsageError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
+        NotADirectoryError, PermissionError, CheckpointError, PresetDownloadError,
+    )
 
 
 def _progress():
@@ -41,10 +43,6 @@ def _backend_banner():
     import keras
 
     print(f"Keras {keras.__version__}, backend {keras.backend.backend()}", file=sys.stderr)
-
-
-def _classes_file(model_path):
-    return model_path + ".classes.json"
 
 
 def _demo(args):
@@ -61,11 +59,6 @@ def _supervised_demo(args):
 
     run_demo(epochs=args.epochs, output=args.output)
     return 0
-
-
-def _positive(value, name):
-    if value is not None and value < 1:
-        raise UsageError(f"--{name} must be a positive integer; got {value}.")
 
 
 # `pretrain` flags that override a recipe key of the same meaning (flag -> recipe key).
@@ -90,8 +83,6 @@ def _pretrain(args):
 
     from keras_vitmsn.msn.training import build_msn_training
 
-    for name in ("epochs", "batch_size", "image_size", "focal_size", "num_prototypes"):
-        _positive(getattr(args, name), name.replace("_", "-"))
     if args.from_scratch and not args.preset:
         raise UsageError("--from-scratch takes the architecture of --preset; give one.")
     if args.restore_optimizer and not args.preset:
@@ -165,9 +156,11 @@ def _finetune(args):
     import keras
 
     import keras_vitmsn as kv
+    from keras_vitmsn.cli_files import check_model_output, save_model
 
-    if not args.output.endswith(".keras"):
-        raise UsageError(f"--output must end in .keras, got {args.output!r}.")
+    if check_model_output(args.output):
+        print(f"finetune: {args.output} exists; it is replaced when training ends",
+              file=sys.stderr)
     train = _load_folder(args.train, "train", args.skip_bad_images)
     val = _load_folder(args.val, "val", args.skip_bad_images) if args.val else None
     if val is not None and val.class_names != train.class_names:
@@ -181,7 +174,8 @@ def _finetune(args):
     if args.image_size:
         overrides["image_shape"] = (args.image_size, args.image_size, 3)
     model = kv.ViTMSNClassifier.from_preset(
-        args.preset, num_classes=len(train.class_names), **overrides
+        args.preset, num_classes=len(train.class_names), class_names=train.class_names,
+        **overrides,
     )
     learning_rate = args.learning_rate or (1e-3 if args.linear_probe else 5e-5)
     if args.linear_probe:
@@ -195,10 +189,8 @@ def _finetune(args):
     train_data = train.as_dataset(size, args.batch_size, shuffle=True, seed=args.seed)
     val_data = val.as_dataset(size, args.batch_size) if val is not None else None
     model.fit(train_data, validation_data=val_data, epochs=args.epochs, verbose=_progress())
-    model.save(args.output)
-    with open(_classes_file(args.output), "w") as f:
-        json.dump(train.class_names, f)
-    print(f"Saved {args.output} (class names in {_classes_file(args.output)})")
+    save_model(model, args.output)
+    print(f"Saved {args.output} (classes {', '.join(train.class_names)})")
     return 0
 
 
@@ -264,33 +256,27 @@ def _predict(args):
     import numpy as np
 
     import keras_vitmsn as kv
+    from keras_vitmsn.cli_files import legacy_class_names_note, load_classifier
     from keras_vitmsn.data import load_image
 
     for path in args.images:
+        if os.path.isdir(path):
+            raise UsageError(f"{path!r} is a folder; predict takes image files (e.g. {path}/*.png).")
         if not os.path.isfile(path):
             raise UsageError(f"Image {path!r} does not exist.")
-    if args.model.endswith(".keras"):
-        if not os.path.isfile(args.model):
-            raise UsageError(f"Model file {args.model!r} does not exist.")
-        model = keras.saving.load_model(args.model)
-    else:
-        model = kv.ViTMSNClassifier.from_preset(args.model)
-    if not isinstance(model, kv.ViTMSNClassifier):
-        raise UsageError(f"{args.model!r} holds a {type(model).__name__}, not a ViTMSNClassifier.")
-    names = None
-    if os.path.isfile(_classes_file(args.model)):
-        with open(_classes_file(args.model)) as f:
-            names = json.load(f)
+    model = load_classifier(args.model)
+    note = legacy_class_names_note(args.model, model)
+    if note:
+        print(note, file=sys.stderr)
     size = model.backbone.image_shape[:2]
     images = np.stack([load_image(p, size) for p in args.images])
     if model.preprocessor is None:
         images = kv.ViTMSNImageConverter(image_size=size)(images)
-    probs = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(images, verbose=0)))
-    k = min(args.top_k, probs.shape[-1])
-    for path, p in zip(args.images, probs):
-        top = np.argsort(-p)[:k]
-        labels = ", ".join(
-            f"{names[i] if names else i}: {p[i]:.3f}" for i in top
-        )
+    outputs = model.predict(images, verbose=0)
+    # Logits unless the head applies an activation (then its outputs are the scores).
+    from_logits = model.activation is keras.activations.linear
+    decoded = kv.decode_predictions(outputs, model.class_names, args.top_k, from_logits=from_logits)
+    for path, top in zip(args.images, decoded):
+        labels = ", ".join(f"{index if name is None else name}: {p:.3f}" for index, name, p in top)
         print(f"{path}\t{labels}")
     return 0

@@ -7,6 +7,7 @@ from keras_vitmsn.presets import file_format as ff
 from keras_vitmsn.presets.mixin import preset_class
 from keras_vitmsn.presets.mixin import save_preset_directory
 from keras_vitmsn.presets.resolve import resolve_preset
+from keras_vitmsn.utils import check_can_create
 from keras_vitmsn.presets.sources import ConvertedSource
 
 
@@ -85,11 +86,10 @@ def _check_output(output_dir):
     """Refuse an output that can never be a preset before any conversion work."""
     path = os.path.abspath(os.fspath(output_dir))
     if os.path.exists(path) and not os.path.isdir(path):
-        raise FileExistsError(f"{path} exists and is not a directory.")
+        raise FileExistsError(
+            f"{path} exists and is a file; a preset is a folder: choose a new path or "
+            "an empty folder (a preset written by keras-vitmsn is replaced whole)."
+        )
     if os.path.isdir(path) and os.listdir(path):
         ff.check_replaceable(path)
-    parent = os.path.dirname(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"Cannot write {path}: {parent} is not writable.")
+    check_can_create(path)

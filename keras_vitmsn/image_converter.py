@@ -3,6 +3,12 @@
 import keras
 
 from keras_vitmsn.layers.layout import spatial_shape
+from keras_vitmsn.pixel_range import DTYPE_RANGES
+from keras_vitmsn.pixel_range import PIXEL_RANGE
+from keras_vitmsn.pixel_range import check_input_range
+from keras_vitmsn.pixel_range import check_values
+from keras_vitmsn.pixel_range import dtype_of
+from keras_vitmsn.pixel_range import to_pixel_range
 from keras_vitmsn.utils import default_name
 from keras_vitmsn.keras_internals import DATA_LAYER_IS_PRIVATE
 from keras_vitmsn.keras_internals import DataLayerBase
@@ -13,6 +19,7 @@ from keras_vitmsn.resize_geometry import PAPER_CROP_FRACTION
 from keras_vitmsn.resize_geometry import paper_resize_geometry
 from keras_vitmsn.utils import IMAGENET_MEAN
 from keras_vitmsn.utils import IMAGENET_STD
+
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "lanczos3", "lanczos5")
 RESIZE_MODES = ("hub", "paper")
 
@@ -55,6 +62,21 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
     centre ``image_size`` (:func:`paper_resize_geometry`). It zooms in by 256/224 even
     on images already at ``image_size``.
 
+    Input range. The processor works on pixels in [0, 255]. uint8 images are read
+    as [0, 255] and uint16 images as [0, 65535] (their dtype says so); images of
+    any other dtype (floats, int32 ...) are taken to span ``input_range``, (0, 255)
+    by default, and mapped linearly onto [0, 255] before ``rescale_factor``. Float
+    images in [0, 1] therefore need ``input_range=(0, 1)``. A value outside
+    ``input_range`` raises a ValueError when the images are concrete (NumPy arrays
+    and eager tensors of any backend: direct calls, eager ``fit``/``predict``); inside
+    compiled functions and ``tf.data`` graphs values cannot be inspected without a
+    device round trip, so there they are not checked. Images in [0, 1] passed with
+    the default range are inside it and cannot be told from dark [0, 255] images:
+    declare their range. PyTorch has no uint16 tensors: inside a model run by the
+    torch backend, uint16 arrays arrive as int32 and are read with ``input_range``
+    (so they fail the check); call the converter on the NumPy array, or pass floats
+    with ``input_range=(0, 65535)``.
+
     It is a Keras preprocessing layer: call it eagerly on NumPy arrays or any
     backend's tensors, inside a model (``ViTMSNClassifier(preprocessor=...)``), or in
     a ``tf.data`` pipeline under any backend (it then runs TensorFlow ops).
@@ -69,8 +91,12 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
         std: per-channel std dividing after the mean is subtracted.
         interpolation: one of "bilinear", "nearest", "bicubic", "lanczos3", "lanczos5".
         antialias: bool, widen the resize filter when downscaling (matches PIL).
-        rescale_factor: multiplier applied after resizing, 1/255 by default (inputs
-            are uint8 or floats in [0, 255]); None for images already in [0, 1].
+        rescale_factor: multiplier applied to the [0, 255] pixels after resizing,
+            1/255 by default (the processor's); None to skip rescaling.
+        input_range: ``(low, high)`` that float (and non-uint8/uint16 integer)
+            images span, mapped onto [0, 255]: (0, 255) by default, (0, 1) for
+            images in [0, 1], (-1, 1) for images in [-1, 1]. uint8 and uint16
+            images always use their dtype's full range.
         data_format: "channels_last" or "channels_first"; defaults to
             ``keras.config.image_data_format()``.
         dtype: output dtype, "float32" by default whatever the global policy is
@@ -111,6 +137,7 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
         data_format=None,
         dtype="float32",
         name=None,
+        input_range=PIXEL_RANGE,
         **kwargs,
     ):
         super().__init__(
@@ -157,6 +184,7 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
                 f"`data_format` must be 'channels_last' or 'channels_first', "
                 f"got {data_format!r}."
             )
+        self.input_range = check_input_range(input_range)
         self.image_size = image_size
         self.resize_mode = resize_mode
         self.mean = mean
@@ -179,10 +207,17 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
     def _channel_axis(self):
         return -1 if self.data_format == "channels_last" else -3
 
-    def call(self, images):
+    def __call__(self, images, **kwargs):
+        # Inside a TF graph the DataLayer base class casts inputs to float32 before
+        # `call`, so the dtype that says what range an image has is read here.
+        kwargs["source_dtype"] = dtype_of(images)
+        return super().__call__(images, **kwargs)
+
+    def call(self, images, source_dtype=None):
         # `self.backend` is the running backend, or TensorFlow inside a tf.data graph
         # (set by the DataLayer base class), so only its ops are used here.
         ops = self.backend
+        source_dtype = source_dtype or dtype_of(images)
         rank = len(images.shape)
         if rank not in (3, 4):
             raise ValueError(
@@ -195,6 +230,9 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
                 f"Images have {channels} channels ({self.data_format}, shape "
                 f"{tuple(images.shape)}) but `mean`/`std` have {len(self.mean)} values."
             )
+        low, high = DTYPE_RANGES.get(source_dtype, self.input_range)
+        if source_dtype not in DTYPE_RANGES:
+            check_values(images, ops, self.input_range)
         x = ops.cast(images, self.compute_dtype)
         if rank == 3:
             x = ops.numpy.expand_dims(x, 0)
@@ -202,6 +240,10 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
             x = self._resize_and_crop(x, ops)
         elif self.image_size is not None and spatial_shape(x.shape, self.data_format) != self.image_size:
             x = self._resize(x, self.image_size, ops)
+        if (low, high) != PIXEL_RANGE:
+            # Affine, so it commutes with the (weights summing to one) resize: done
+            # after it, on fewer pixels.
+            x = to_pixel_range(x, low, high, ops)
         if self.rescale_factor is not None:
             x = x * ops.cast(self.rescale_factor, x.dtype)
         if self.mean is not None:
@@ -267,6 +309,7 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
             antialias=self.antialias,
             rescale_factor=self.rescale_factor,
             data_format=self.data_format,
+            input_range=self.input_range,
         )
         return config
 
@@ -279,3 +322,4 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
         to a backbone or classifier preset already there; the file is replaced
         atomically."""
         file_format.write_image_converter(self, preset_dir)
+

@@ -1,8 +1,10 @@
-"""Small helpers shared across the package: JSON files, atomic writes, the Keras home
-folder, default model names and the ImageNet statistics."""
+"""Small helpers shared across the package: JSON files, atomic writes, output checks,
+argument checks, the Keras home folder, default model names and the ImageNet
+statistics."""
 
 import contextlib
 import json
+import numbers
 import os
 import shutil
 import tempfile
@@ -104,3 +106,41 @@ def default_name(name, base):
         return name
     uid = keras.backend.get_uid(base)
     return base if uid == 1 else f"{base}_{uid - 1}"
+
+
+def positive_int(value, name):
+    """``value`` as an int, or a ValueError naming ``name``.
+
+    Only integers are accepted: ``2.5`` is not silently truncated to 2, and ``True``
+    or ``"2"`` are refused rather than read as 1 or 2.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
+    return int(value)
+
+
+def check_can_create(path):
+    """Raise unless ``path`` (a file or folder that may not exist yet) can be created.
+
+    Missing parent folders are fine (callers create them); the nearest existing one
+    must be a directory we can write in. Writability is probed by creating (and
+    removing) a file there, which also holds for root and read-only file systems,
+    where ``os.access`` says yes.
+
+    Raises:
+        NotADirectoryError: a parent of ``path`` is a file.
+        PermissionError: the nearest existing parent is not writable.
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise NotADirectoryError(f"Cannot write {path}: {parent} is a file, not a folder.")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise PermissionError(
+            f"Cannot write {path}: the folder {parent} is not writable ({e.strerror})."
+        ) from e

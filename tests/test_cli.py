@@ -62,7 +62,11 @@ def test_finetune_then_predict(tmp_path, preset, folders, capsys):
                  "--epochs", "2", "--batch-size", "4", "--learning-rate", "1e-3", "--output", output])
     assert code == 0
     assert os.path.isfile(output)
-    assert json.load(open(output + ".classes.json")) == ["cat", "dog"]
+    import keras
+
+    # The folder names are stored inside the model; no side file.
+    assert keras.saving.load_model(output).class_names == ["cat", "dog"]
+    assert os.listdir(tmp_path) == ["model.keras"]
     images = [os.path.join(test, "cat", "0.png"), os.path.join(test, "dog", "1.png")]
     capsys.readouterr()
     assert main(["predict", "--model", output, *images, "--top-k", "2"]) == 0
@@ -185,7 +189,7 @@ def test_pretrain_from_scratch_at_another_size(tmp_path, preset, folders, capsys
     "args, message",
     [
         (["--data", "MISSING"], "does not exist or is not a directory"),
-        (["--epochs", "0"], "--epochs must be a positive integer; got 0"),
+        (["--epochs", "0"], "argument --epochs: must be a positive integer; got 0"),
         (["--focal-size", "12"], "focal_size 12 must be a multiple of the patch size 8"),
         (["--warmup-epochs", "1"], "warms up for 1.0 epochs of a 1-epoch run"),
     ],

@@ -225,7 +225,7 @@ def test_unsupported_hf_config_is_rejected(tmp_path):
         kv.ViTMSNBackbone.from_preset(str(tmp_path))
     config["model_type"] = "vit"
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="model_type 'vit_msn', got 'vit'"):
+    with pytest.raises(ValueError, match="has model_type 'vit': keras-vitmsn reads transformers checkpoints of ViT-MSN only"):
         kv.ViTMSNBackbone.from_preset(str(tmp_path))
 
 

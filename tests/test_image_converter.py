@@ -203,13 +203,57 @@ def test_paper_transform_in_tf_data_and_in_a_model(rng):
     np.testing.assert_allclose(np.transpose(out, (0, 2, 3, 1)), to_numpy(converter(batch)), atol=1e-5)
 
 
+def test_input_range_comes_from_the_dtype_or_is_declared(rng):
+    images = rng.integers(0, 256, (2, 40, 36, 3), dtype=np.uint8)
+    expected = to_numpy(kv.ViTMSNImageConverter(image_size=(32, 32))(images))
+    as_uint16 = images.astype(np.uint16) * 257  # the same picture at 16 bits
+    for declared in [(0, 255), (0, 1)]:  # the dtype wins over a declared range
+        converter = kv.ViTMSNImageConverter(image_size=(32, 32), input_range=declared)
+        np.testing.assert_allclose(to_numpy(converter(images)), expected, atol=1e-5)
+        np.testing.assert_allclose(to_numpy(converter(as_uint16)), expected, atol=1e-5)
+    unit = kv.ViTMSNImageConverter(image_size=(32, 32), input_range=(0, 1))
+    np.testing.assert_allclose(to_numpy(unit(images / np.float32(255))), expected, atol=1e-5)
+    signed = kv.ViTMSNImageConverter(image_size=(32, 32), input_range=(-1, 1))
+    np.testing.assert_allclose(to_numpy(signed(images / np.float32(127.5) - 1)), expected, atol=1e-5)
+
+
+def test_float_input_outside_the_declared_range_raises(rng):
+    images = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"values in \[0, 65535\], outside the converter's "
+                                         r"input_range \(0.0, 255.0\).*input_range=\(0, 1\)"):
+        kv.ViTMSNImageConverter()(images.astype("float32") * 257)
+    unit = kv.ViTMSNImageConverter(input_range=(0, 1))
+    with pytest.raises(ValueError, match=r"outside the converter's input_range \(0.0, 1.0\)"):
+        unit(keras.ops.convert_to_tensor(images.astype("float32")))  # eager backend tensors too
+    with pytest.raises(ValueError, match="outside the converter's input_range"):
+        kv.ViTMSNImageConverter()(images.astype("float32") - 1)
+
+
+def test_uint16_images_in_tf_data_keep_their_range(rng):
+    # Inside tf.data, Keras casts inputs to float32 before `call`; the dtype is read first.
+    tf = pytest.importorskip("tensorflow")
+    images = rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8)
+    converter = kv.ViTMSNImageConverter(image_size=(16, 16))
+    as_uint16 = images.astype(np.uint16) * 257
+    out = next(iter(tf.data.Dataset.from_tensor_slices(as_uint16).batch(2).map(converter)))
+    np.testing.assert_allclose(out.numpy(), to_numpy(converter(images)), atol=1e-4)
+
+
+@pytest.mark.parametrize("input_range", [(1, 0), (0, 0), (0,), "0-255", (0, float("inf")), None])
+def test_invalid_input_range(input_range):
+    with pytest.raises(ValueError, match="`input_range` must be \\(low, high\\) with finite low < high"):
+        kv.ViTMSNImageConverter(input_range=input_range)
+
+
 def test_config_round_trip():
     paper = kv.ViTMSNImageConverter(image_size=(96, 96), resize_mode="paper")
     assert kv.ViTMSNImageConverter.from_config(paper.get_config()).resize_mode == "paper"
     converter = kv.ViTMSNImageConverter(
         image_size=(96, 64), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic",
         antialias=False, rescale_factor=1 / 127.5, data_format="channels_first", name="conv",
+        input_range=(0, 1),
     )
+    assert converter.get_config()["input_range"] == (0.0, 1.0)
     config = converter.get_config()
     assert kv.ViTMSNImageConverter.from_config(config).get_config() == config
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(converter))

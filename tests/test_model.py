@@ -188,6 +188,14 @@ def test_mask_of_wrong_shape(images):
         ({"hidden_dim": 30}, r"hidden_dim \(30\) must be a multiple of num_heads \(4\)"),
         ({"hidden_act": "mish"}, r"Unsupported hidden_act 'mish'. Supported: gelu, gelu_new"),
         ({"data_format": "nhwc"}, r"'channels_last' or 'channels_first', got 'nhwc'"),
+        ({"patch_size": 0}, r"`patch_size` must be a positive int; got 0"),
+        ({"patch_size": 2.5}, r"`patch_size` must be a positive int; got 2.5"),
+        ({"hidden_dim": 0}, r"`hidden_dim` must be a positive int; got 0"),
+        ({"num_heads": 0}, r"`num_heads` must be a positive int; got 0"),
+        ({"num_layers": -1}, r"`num_layers` must be a positive int; got -1"),
+        ({"intermediate_dim": True}, r"`intermediate_dim` must be a positive int; got True"),
+        ({"image_shape": (0, 32, 3)}, r"`image_shape` must be \(height, width, channels\) of positive ints"),
+        ({"image_shape": (32.5, 32, 3)}, r"of positive ints, got \(32.5, 32, 3\)"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, message):
@@ -198,8 +206,90 @@ def test_bad_constructor_arguments(kwargs, message):
 def test_classifier_argument_errors():
     with pytest.raises(ValueError, match="must be a ViTMSNBackbone, got Dense"):
         kv.ViTMSNClassifier(keras.layers.Dense(2), num_classes=2)
-    with pytest.raises(ValueError, match=r"`num_classes` must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"`num_classes` must be a positive int; got 0"):
         kv.ViTMSNClassifier(tiny_backbone(), num_classes=0)
+
+
+@pytest.mark.parametrize("num_classes", [2.5, 2.0, True, "2", None, -1])
+def test_num_classes_must_be_a_positive_int(num_classes):
+    # 2.5 used to become a 2-class head silently, and True a 1-output regressor.
+    with pytest.raises(ValueError, match=f"`num_classes` must be a positive int; got {num_classes!r}"):
+        kv.ViTMSNClassifier(tiny_backbone(), num_classes)
+    assert kv.ViTMSNClassifier(tiny_backbone(), np.int64(3)).num_classes == 3
+
+
+def summary_shapes(model):
+    """``{layer name: output shape column}`` of ``model.summary()``."""
+    lines = []
+    model.summary(print_fn=lambda line, line_break=None: lines.append(line), line_length=100)
+    rows = {}
+    for line in "\n".join(lines).splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) >= 2 and cells[0].endswith(")") and cells[1]:
+            rows[cells[0].split(" (")[0]] = cells[1]
+    return rows
+
+
+def test_summary_shows_every_output_shape():
+    backbone = tiny_backbone()
+    assert summary_shapes(backbone) == {
+        "embeddings": "(None, 17, 32)",
+        "encoder_layer_0": "(None, 17, 32)",
+        "encoder_layer_1": "(None, 17, 32)",
+        "layernorm": "(None, 17, 32)",
+    }
+    converter = kv.ViTMSNImageConverter(image_size=(32, 32), name="converter")
+    classifier = kv.ViTMSNClassifier(backbone, num_classes=5, preprocessor=converter)
+    assert summary_shapes(classifier) == {
+        backbone.name: "(None, 17, 32)",
+        converter.name: "(None, 32, 32, 3)",
+        "head_dropout": "(None, 32)",
+        "classifier": "(None, 5)",
+    }
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        dict(),
+        dict(output_hidden_states=True, output_attentions=True),
+        dict(interpolate_pos_encoding=True, size=48),
+        dict(patch_keep_indices=np.array([[0, 3, 5], [1, 2, 15]])),
+        dict(data_format="channels_first", output_attentions=True),
+    ],
+    ids=["plain", "hidden_states_attentions", "interpolate", "keep_indices", "channels_first"],
+)
+def test_compute_output_spec_matches_call(rng, policy, call):
+    call = dict(call)
+    size = call.pop("size", 32)
+    backbone = tiny_backbone(dtype=policy, data_format=call.pop("data_format", "channels_last"))
+    shape = (2, size, size, 3) if backbone.data_format == "channels_last" else (2, 3, size, size)
+    images = rng.standard_normal(shape).astype("float32")
+    spec = backbone.compute_output_spec(keras.KerasTensor(shape), **call)
+    out = backbone(images, **call)
+    flat_spec, flat_out = keras.tree.flatten(spec), keras.tree.flatten(out)
+    assert keras.tree.flatten(keras.tree.map_structure(lambda _: 0, spec)) == [0] * len(flat_out)
+    for s, o in zip(flat_spec, flat_out):
+        assert tuple(s.shape) == tuple(o.shape)
+        assert s.dtype == keras.backend.standardize_dtype(o.dtype)
+    classifier = kv.ViTMSNClassifier(backbone, num_classes=3, interpolate_pos_encoding=True)
+    logits_spec = classifier.compute_output_spec(keras.KerasTensor(shape))
+    logits = classifier(images)
+    assert tuple(logits_spec.shape) == tuple(logits.shape) and logits_spec.dtype == "float32"
+    assert classifier.compute_output_shape((None,) + shape[1:]) == (None, 3)
+
+
+def test_symbolic_call_in_a_functional_model(rng):
+    backbone = tiny_backbone()
+    inputs = keras.Input((32, 32, 3))
+    outputs = backbone(inputs, output_hidden_states=True)
+    assert tuple(outputs["last_hidden_state"].shape) == (None, 17, 32)
+    assert len(outputs["hidden_states"]) == 3
+    model = keras.Model(inputs, outputs["last_hidden_state"][:, 0])
+    images = rng.standard_normal((2, 32, 32, 3)).astype("float32")
+    expected = to_numpy(backbone(images)["last_hidden_state"][:, 0])
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-5)
 
 
 # --- TensorFlow's oneDNN switch ----------------------------------------------------------

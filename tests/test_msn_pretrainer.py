@@ -491,3 +491,43 @@ def test_data_parallel_equals_single_device(tmp_path):
     assert result["shards"] == 8  # replicated weights: the run really used 8 devices
     np.testing.assert_allclose(result["loss_multi"], result["loss_single"], rtol=1e-4)
     assert result["weight_diffs"][0][0] <= 1e-4, result
+
+
+# -- from scratch: the original MSN's CLS / position-table start ------------------------
+
+SCRATCH = dict(steps_per_epoch=2, epochs=1, warmup_epochs=0, global_size=16, patch_size=4,
+               hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32, **HEAD)
+
+
+def embedding_tables(backbone):
+    e = backbone.embeddings
+    return [to_numpy(v) for v in (e.cls_token, e.position_embeddings)]
+
+
+def test_pretraining_from_scratch_starts_embeddings_as_the_original(tmp_path):
+    # facebookresearch/msn src/deit.py: trunc_normal_(std=.02) on cls_token and pos_embed;
+    # transformers (and so a fresh ViTMSNBackbone) starts them at zero.
+    fresh = kv.ViTMSNBackbone(**ENCODER)
+    assert all(not t.any() for t in embedding_tables(fresh))
+    scratch = msn.MSNPretrainer.from_recipe("msn_vits16", seed=3, **SCRATCH)
+    kv.ViTMSNBackbone(image_shape=(16, 16, 3), patch_size=4, hidden_dim=16, num_layers=1,
+                      num_heads=2, intermediate_dim=32).save_to_preset(str(tmp_path / "p"))
+    # keras-vitmsn pretrain --from-scratch --preset P: from_recipe(P, load_weights=False).
+    from_preset = msn.MSNPretrainer.from_recipe(
+        "msn_vits16", str(tmp_path / "p"), load_weights=False, seed=3, **SCRATCH)
+    for pretrainer in (scratch, from_preset):
+        cls, table = embedding_tables(pretrainer.encoder)
+        assert cls.shape == (1, 1, 16) and table.shape == (1, 17, 16)
+        drawn = np.concatenate([cls.ravel(), table.ravel()])
+        assert 0.015 < drawn.std() < 0.025 and abs(drawn.mean()) < 0.005
+        # The EMA target starts as a copy of the online encoder.
+        for online, target in zip(embedding_tables(pretrainer.encoder),
+                                  embedding_tables(pretrainer.target_encoder)):
+            np.testing.assert_array_equal(online, target)
+    np.testing.assert_array_equal(embedding_tables(scratch.encoder)[1],
+                                  embedding_tables(from_preset.encoder)[1])  # seeded
+    # Weights that are loaded, or a backbone handed over, are left as they are.
+    given = msn.MSNPretrainer.from_recipe("msn_vits16", fresh, **SCRATCH)
+    assert all(not t.any() for t in embedding_tables(given.encoder))
+    loaded = msn.MSNPretrainer.from_recipe("msn_vits16", str(tmp_path / "p"), **SCRATCH)
+    assert all(not t.any() for t in embedding_tables(loaded.encoder))

@@ -253,6 +253,36 @@ def test_unknown_override_is_rejected(tiny_hf_dir):
         kv.ViTMSNBackbone.from_preset(tiny_hf_dir[1], hidden_size=64)
 
 
+@pytest.mark.parametrize(
+    "override, stored",
+    [({"hidden_dim": 64}, "hidden_dim=64 (stored: 32)"),
+     ({"num_layers": 3}, "num_layers=3 (stored: 2)"),
+     ({"image_shape": (32, 32, 1)}, "1 channels (stored: 3)")],
+)
+def test_overrides_that_contradict_the_weights_say_which_can_be_overridden(
+    tmp_path, tiny_hf_dir, override, stored
+):
+    # They used to fail deep in weight loading ("expected 2 variables").
+    _, hf_dir = tiny_hf_dir
+    kv.ViTMSNBackbone.from_preset(hf_dir).save_to_preset(str(tmp_path / "keras"))
+    for source in (hf_dir, str(tmp_path / "keras")):
+        with pytest.raises(ValueError, match="conflict with the weights stored in") as info:
+            kv.ViTMSNBackbone.from_preset(source, **override)
+        message = str(info.value)
+        assert stored in message and "Arguments that can: image_shape (height and width" in message
+        assert "load_weights=False" in message
+        assert kv.ViTMSNBackbone.from_preset(source, load_weights=False, **override)
+    # A Keras preset records its head count and mask token as well; the same values pass.
+    with pytest.raises(ValueError, match=r"num_heads=2 \(stored: 4\)"):
+        kv.ViTMSNBackbone.from_preset(str(tmp_path / "keras"), num_heads=2)
+    with pytest.raises(ValueError, match=r"use_mask_token=True \(stored: False\)"):
+        kv.ViTMSNBackbone.from_preset(str(tmp_path / "keras"), use_mask_token=True)
+    same = kv.ViTMSNClassifier.from_preset(
+        str(tmp_path / "keras"), num_classes=2, hidden_dim=32, dropout_rate=0.1
+    )
+    assert same.backbone.dropout_rate == 0.1
+
+
 def test_damaged_keras_presets(tmp_path, tiny_hf_dir):
     _, hf_dir = tiny_hf_dir
     kv.ViTMSNClassifier.from_preset(hf_dir, num_classes=2).save_to_preset(str(tmp_path / "p"))

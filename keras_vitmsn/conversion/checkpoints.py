@@ -16,6 +16,8 @@ from keras_vitmsn.conversion.hf_processor import image_converter_kwargs_from_hf
 from keras_vitmsn.conversion.transformers_weights import (
     backbone_kwargs_from_hf_config,
     canonicalize_transformers_state,
+    check_model_type,
+    class_names_from_hf_config,
     num_classes_from_hf_config,
 )
 from keras_vitmsn.errors import CheckpointError
@@ -68,6 +70,7 @@ class ConvertedCheckpoint:
         converter_kwargs: ViTMSNImageConverter constructor arguments.
         head_state: ``{"classifier.weight", "classifier.bias"}`` or None.
         num_classes: outputs of that head, or None.
+        class_names: the names of those outputs (transformers' ``id2label``), or None.
         key_names: ``{hub_key: key_in_the_file}`` for renamed keys (error messages).
         msn_state: projection head and prototypes of an MSN checkpoint, or None.
         origin: description of where it came from (metadata, messages).
@@ -83,12 +86,14 @@ class ConvertedCheckpoint:
         key_names=None,
         msn_state=None,
         origin=None,
+        class_names=None,
     ):
         self.backbone_kwargs = dict(backbone_kwargs)
         self.backbone_state = backbone_state
         self.converter_kwargs = dict(converter_kwargs)
         self.head_state = head_state or None
         self.num_classes = num_classes
+        self.class_names = class_names
         self.key_names = key_names or {}
         self.msn_state = msn_state
         self.origin = origin
@@ -126,15 +131,21 @@ def load_transformers_files(config_path, weights_path=None, preprocessor_path=No
         num_classes=num_classes,
         key_names=key_names,
         origin=origin or os.path.dirname(os.path.abspath(config_path)),
+        class_names=class_names_from_hf_config(config, num_classes),
     )
 
 
 def load_transformers_checkpoint(directory, load_weights=True):
     """A :class:`ConvertedCheckpoint` from a ``save_pretrained`` directory."""
     directory = os.fspath(directory)
+    config_path = os.path.join(directory, "config.json")
+    # Before looking for weights: a checkpoint of another model says what it is.
+    config = read_json(config_path, "transformers config")
+    if isinstance(config, dict):
+        check_model_type(config, config_path)
     preprocessor = os.path.join(directory, "preprocessor_config.json")
     return load_transformers_files(
-        os.path.join(directory, "config.json"),
+        config_path,
         find_transformers_weights(directory) if load_weights else None,
         preprocessor if os.path.exists(preprocessor) else None,
         origin=os.path.abspath(directory),

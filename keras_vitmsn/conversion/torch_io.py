@@ -8,6 +8,7 @@ imported here, lazily, so the rest of the package works without it.
 
 import os
 import pickle
+import zipfile
 
 import ml_dtypes
 import numpy as np
@@ -61,6 +62,12 @@ def load_torch_file(path):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if not _looks_like_torch_file(path) or not _refused_a_global(e):
+            raise CheckpointError(
+                f"{path} is not a readable torch checkpoint: it is neither a torch.save "
+                "zip archive nor a pickle of tensors (another kind of file, or a "
+                "truncated or corrupted download)."
+            ) from e
         raise CheckpointError(
             f"{path} holds Python objects other than tensors and plain containers; it "
             "is only read with torch.load(weights_only=True), which refuses them, so "
@@ -73,6 +80,20 @@ def load_torch_file(path):
             f"corrupted (re-download it). Detail: {e}"
         ) from e
     return _to_numpy(torch, obj)
+
+
+def _looks_like_torch_file(path):
+    """A torch.save zip archive, or a legacy one: a pickle, which opens with PROTO."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
+def _refused_a_global(error):
+    # weights_only refusals name the class they would not import ("Unsupported
+    # global", "was not an allowed global"); garbage fails on an opcode instead.
+    return "global" in str(error).lower()
 
 
 def save_torch_file(obj, path):

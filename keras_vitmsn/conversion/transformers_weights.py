@@ -207,13 +207,19 @@ def assign_weights(weight_map, state_dict, optional_keys=(), ignore_keys=(), key
         variable.assign(value)
 
 
-def backbone_kwargs_from_hf_config(config):
-    """Translate a transformers ``ViTMSNConfig`` dict into ViTMSNBackbone kwargs."""
+def check_model_type(config, where="The transformers config"):
+    """Raise unless ``config`` (a ``config.json`` dict) describes a ViT-MSN model."""
     model_type = config.get("model_type")
     if model_type != "vit_msn":
         raise ValueError(
-            f"Expected a transformers config with model_type 'vit_msn', got {model_type!r}."
+            f"{where} has model_type {model_type!r}: keras-vitmsn reads transformers "
+            "checkpoints of ViT-MSN only (model_type 'vit_msn', e.g. facebook/vit-msn-small)."
         )
+
+
+def backbone_kwargs_from_hf_config(config):
+    """Translate a transformers ``ViTMSNConfig`` dict into ViTMSNBackbone kwargs."""
+    check_model_type(config)
     hidden_act = config.get("hidden_act", "gelu")
     if hidden_act not in SUPPORTED_ACTIVATIONS:
         raise ValueError(
@@ -322,3 +328,34 @@ def num_classes_from_hf_config(config, head_state):
             f"lists {len(id2label)} labels."
         )
     return rows
+
+
+def class_names_from_hf_config(config, num_classes):
+    """The names of a checkpoint's ``num_classes`` outputs from its ``id2label``, or
+    None: without a head, without ``id2label``, or when it holds transformers'
+    placeholders (``LABEL_0``, ``LABEL_1``, ..., written when no labels were given).
+
+    Example:
+    >>> class_names_from_hf_config({"id2label": {"1": "dog", "0": "cat"}}, 2)
+    ['cat', 'dog']
+    >>> class_names_from_hf_config({"id2label": {"0": "LABEL_0", "1": "LABEL_1"}}, 2) is None
+    True
+    """
+    id2label = config.get("id2label")
+    if num_classes is None or not id2label:
+        return None
+    try:
+        by_index = {int(key): value for key, value in id2label.items()}
+    except (AttributeError, TypeError, ValueError):
+        by_index = None
+    if by_index is None or sorted(by_index) != list(range(num_classes)) or not all(
+        isinstance(v, str) for v in by_index.values()
+    ):
+        raise ValueError(
+            f"The config's id2label must map each output index 0..{num_classes - 1} to a "
+            f"class name (a string); got {id2label!r:.200}."
+        )
+    names = [by_index[i] for i in range(num_classes)]
+    if names == [f"LABEL_{i}" for i in range(num_classes)]:
+        return None
+    return names

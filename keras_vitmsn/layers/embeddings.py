@@ -128,6 +128,28 @@ class ViTMSNEmbeddings(keras.layers.Layer):
         # elementwise), and no dropout work on tokens that are thrown away.
         return self.dropout(tokens, training=training)
 
+    def compute_output_shape(self, input_shape):
+        """``(batch, 1 + num_patches, hidden_dim)`` for images of ``input_shape``."""
+        height, width = spatial_shape(input_shape, self.data_format)
+        if height is None or width is None:
+            return (input_shape[0], None, self.hidden_dim)
+        return (input_shape[0], 1 + (height // self.patch_size) * (width // self.patch_size),
+                self.hidden_dim)
+
+    def compute_output_spec(
+        self,
+        images,
+        bool_masked_pos=None,
+        interpolate_pos_encoding=False,
+        training=None,
+        patch_keep_indices=None,
+    ):
+        shape = self.compute_output_shape(tuple(images.shape))
+        if patch_keep_indices is not None:
+            num_keep = tuple(patch_keep_indices.shape)[-1]
+            shape = (shape[0], None if num_keep is None else 1 + num_keep, self.hidden_dim)
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
+
     def _keep_patches(self, tokens, patch_keep_indices, grid):
         """Gather CLS + the kept patch tokens (MSN: drop after position embeddings)."""
         indices = ops.convert_to_tensor(patch_keep_indices)

@@ -115,6 +115,22 @@ class ViTMSNTransformerBlock(keras.layers.Layer):
         # every block above this one (see gradient_barrier.py).
         return gradient_fusion_barrier(x), probs
 
+    def compute_output_shape(self, input_shape):
+        """The shape of the block's token output (that of its input); with
+        ``output_attentions`` the probabilities are ``(batch, heads, tokens, tokens)``
+        (see :meth:`compute_output_spec`)."""
+        return tuple(input_shape)
+
+    def compute_output_spec(self, x, head_mask=None, output_attentions=False, training=None):
+        batch, tokens = x.shape[0], x.shape[1]
+        out = keras.KerasTensor(tuple(x.shape), dtype=self.compute_dtype)
+        probs = None
+        if output_attentions:
+            probs = keras.KerasTensor(
+                (batch, self.num_heads, tokens, tokens), dtype=self.compute_dtype
+            )
+        return out, probs
+
     def get_config(self):
         config = super().get_config()
         config.update(

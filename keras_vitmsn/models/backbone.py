@@ -3,8 +3,10 @@
 import keras
 
 from keras_vitmsn.layers.embeddings import ViTMSNEmbeddings
+from keras_vitmsn.layers.layout import spatial_shape
 from keras_vitmsn.layers.transformer_block import ViTMSNTransformerBlock
 from keras_vitmsn.utils import default_name
+from keras_vitmsn.utils import positive_int
 from keras_vitmsn.presets import file_format
 from keras_vitmsn.presets.mixin import PresetMixin
 from keras_vitmsn.presets.mixin import register_preset_class
@@ -98,11 +100,19 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
         **kwargs,
     ):
         super().__init__(dtype=dtype, name=default_name(name, "vit_msn_backbone"), **kwargs)
-        image_shape = tuple(int(s) for s in image_shape)
-        if len(image_shape) != 3:
+        image_shape = tuple(image_shape)
+        if len(image_shape) != 3 or not all(_is_positive_int(s) for s in image_shape):
             raise ValueError(
-                f"`image_shape` must be (height, width, channels), got {image_shape}."
+                "`image_shape` must be (height, width, channels) of positive ints, got "
+                f"{image_shape}."
             )
+        image_shape = tuple(int(s) for s in image_shape)
+        # Checked before any division by them (patch grid, head width).
+        patch_size = positive_int(patch_size, "patch_size")
+        hidden_dim = positive_int(hidden_dim, "hidden_dim")
+        num_layers = positive_int(num_layers, "num_layers")
+        num_heads = positive_int(num_heads, "num_heads")
+        intermediate_dim = positive_int(intermediate_dim, "intermediate_dim")
         if image_shape[0] % patch_size or image_shape[1] % patch_size:
             raise ValueError(
                 f"`image_shape` {image_shape[:2]} must be divisible by "
@@ -115,11 +125,11 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
                 f"got {data_format!r}."
             )
         self.image_shape = image_shape
-        self.patch_size = int(patch_size)
-        self.hidden_dim = int(hidden_dim)
-        self.num_layers = int(num_layers)
-        self.num_heads = int(num_heads)
-        self.intermediate_dim = int(intermediate_dim)
+        self.patch_size = patch_size
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.dropout_rate = float(dropout_rate)
         self.attention_dropout = float(attention_dropout)
@@ -181,12 +191,60 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
         return [keras.InputSpec(shape=shape, dtype="float32", name=INPUT_NAME)]
 
     def build(self, input_shape=None):
+        # Sublayers are built with the shapes they see at the native resolution (not
+        # None), so that summary() shows each one's output shape.
+        images = (None,) + self._layout(self.image_shape)
+        tokens = (None, 1 + self.num_patches, self.hidden_dim)
         with resolved_policy_map(self):  # a quantised model's config: see quantization.py
-            self.embeddings.build(None)
+            self.embeddings.build(images)
             for block in self.encoder_layers:
-                block.build(None)
-            self.layernorm.build((None, None, self.hidden_dim))
+                block.build(tokens)
+            self.layernorm.build(tokens)
         self.built = True
+
+    def compute_output_shape(self, input_shape):
+        """``{"last_hidden_state": shape}`` for a plain call on ``input_shape`` images;
+        :meth:`compute_output_spec` covers every call argument."""
+        spec = self.compute_output_spec(keras.KerasTensor(input_shape, dtype=self.compute_dtype))
+        return {key: value.shape for key, value in spec.items()}
+
+    def compute_output_spec(
+        self,
+        images,
+        bool_masked_pos=None,
+        head_mask=None,
+        output_hidden_states=False,
+        output_attentions=False,
+        interpolate_pos_encoding=False,
+        training=None,
+        patch_keep_indices=None,
+    ):
+        # Without tracing `call`: the same checks, then shapes from the patch grid.
+        shape = tuple(images.shape)
+        self._check_size(shape, interpolate_pos_encoding)
+        self._per_layer_head_masks(head_mask)
+        batch = shape[0]
+        height, width = spatial_shape(shape, self.data_format)
+        if patch_keep_indices is not None:
+            num_keep = tuple(patch_keep_indices.shape)[-1]
+            num_tokens = None if num_keep is None else 1 + num_keep
+        else:
+            num_tokens = 1 + (height // self.patch_size) * (width // self.patch_size)
+
+        def tensor(*dims):
+            return keras.KerasTensor(dims, dtype=self.compute_dtype)
+
+        outputs = {"last_hidden_state": tensor(batch, num_tokens, self.hidden_dim)}
+        if output_hidden_states:
+            outputs["hidden_states"] = [
+                tensor(batch, num_tokens, self.hidden_dim) for _ in range(self.num_layers + 1)
+            ]
+        if output_attentions:
+            outputs["attentions"] = [
+                tensor(batch, self.num_heads, num_tokens, num_tokens)
+                for _ in range(self.num_layers)
+            ]
+        return outputs
 
     def call(
         self,
@@ -315,3 +373,11 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
         whole (a classifier head or image converter saved there before is removed).
         """
         save_preset_directory(preset_dir, lambda d: file_format.write_backbone(self, d))
+
+
+def _is_positive_int(value):
+    try:
+        positive_int(value, "")
+    except ValueError:
+        return False
+    return True

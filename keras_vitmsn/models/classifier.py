@@ -5,7 +5,10 @@ from keras import ops
 
 from keras_vitmsn.layers.initializers import kernel_initializer
 from keras_vitmsn.models.backbone import ViTMSNBackbone
+from keras_vitmsn.models.class_names import check_class_names
+from keras_vitmsn.errors import MissingHeadError
 from keras_vitmsn.utils import default_name
+from keras_vitmsn.utils import positive_int
 from keras_vitmsn.image_converter import ViTMSNImageConverter
 from keras_vitmsn.presets import file_format
 from keras_vitmsn.presets.mixin import PresetMixin
@@ -31,7 +34,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
 
     Args:
         backbone: a :class:`ViTMSNBackbone`.
-        num_classes: int, outputs of the head (1 means regression).
+        num_classes: positive int, outputs of the head (1 means regression).
         activation: None (logits), "softmax", or any Keras activation.
         dropout: float, dropout on the CLS feature before the head.
         interpolate_pos_encoding: bool, accept images of another size than the
@@ -42,6 +45,11 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
             the backbone's. ``from_preset`` attaches the preset's converter; pass
             ``preprocessor=None`` there to leave preprocessing to your input
             pipeline (e.g. ``tf.data.Dataset.map(converter)``).
+        class_names: None (unknown) or one string per output, e.g. the folder names
+            of the training set. Stored in the config, so they travel inside
+            ``.keras`` files and presets (``task.json``); ``from_preset`` reads them
+            from a transformers checkpoint's ``id2label``. See
+            :func:`keras_vitmsn.decode_predictions`.
         dtype: dtype policy of the head; defaults to the backbone's.
 
     Example:
@@ -52,6 +60,9 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
     >>> tuple(clf(np.zeros((2, 32, 32, 3), "float32")).shape)
     (2, 10)
     >>> history = clf.fit(np.zeros((4, 32, 32, 3), "float32"), np.arange(4), verbose=0)
+    >>> named = ViTMSNClassifier(backbone, num_classes=2, class_names=["cat", "dog"])
+    >>> named.class_names
+    ['cat', 'dog']
     """
 
     def __init__(
@@ -62,6 +73,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
         dropout=0.0,
         interpolate_pos_encoding=False,
         preprocessor=None,
+        class_names=None,
         dtype=None,
         name=None,
         **kwargs,
@@ -70,15 +82,15 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
             raise ValueError(
                 f"`backbone` must be a ViTMSNBackbone, got {type(backbone).__name__}."
             )
-        if int(num_classes) < 1:
-            raise ValueError(f"`num_classes` must be >= 1, got {num_classes}.")
+        num_classes = positive_int(num_classes, "num_classes")
         super().__init__(
             dtype=dtype or float_policy(backbone.dtype_policy),
             name=default_name(name, "vit_msn_classifier"),
             **kwargs,
         )
         self.backbone = backbone
-        self.num_classes = int(num_classes)
+        self.num_classes = num_classes
+        self.class_names = class_names
         self.activation = keras.activations.get(activation)
         self.dropout = float(dropout)
         self.interpolate_pos_encoding = bool(interpolate_pos_encoding)
@@ -116,9 +128,31 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
         return [keras.InputSpec(shape=shape, dtype="uint8", name=INPUT_NAME)]
 
     def build(self, input_shape=None):
+        # Every sublayer is built with a shape (not None), so that summary() can show
+        # each one's output shape.
         with resolved_policy_map(self):  # a quantised model's config: see quantization.py
-            self.classifier.build((None, self.backbone.hidden_dim))
+            if self.preprocessor is not None:
+                self.preprocessor.build(self.export_input_signature()[0].shape)
+            feature_shape = (None, self.backbone.hidden_dim)
+            self.head_dropout.build(feature_shape)
+            self.classifier.build(feature_shape)
         self.built = True
+
+    @property
+    def class_names(self):
+        """The names of the outputs (a new list each time), or None when unknown."""
+        return None if self._class_names is None else list(self._class_names)
+
+    @class_names.setter
+    def class_names(self, names):
+        # A tuple: Keras would track a list attribute as a layer container.
+        self._class_names = check_class_names(names, self.num_classes)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_classes)
+
+    def compute_output_spec(self, images, training=None):
+        return keras.KerasTensor(self.compute_output_shape(images.shape), dtype="float32")
 
     def call(self, images, training=None):
         if self.preprocessor is not None:
@@ -169,6 +203,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
             "preprocessor": (
                 None if self.preprocessor is None else keras.layers.serialize(self.preprocessor)
             ),
+            "class_names": self.class_names,
         }
 
     @classmethod
@@ -190,19 +225,34 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
         activation=_AUTO,
         dropout=_AUTO,
         interpolate_pos_encoding=_AUTO,
+        class_names=_AUTO,
         name=None,
         **backbone_kwargs,
     ):
-        """Classifier from a preset: the preset's head when it has one and
-        ``num_classes`` is not given, otherwise a new ``num_classes`` head."""
+        """Classifier from a preset: the preset's head (and class names) when it has
+        one and ``num_classes`` is not given, otherwise a new ``num_classes`` head,
+        whose class names are ``class_names`` or unknown (a new head's outputs are
+        not the old classes). ``class_names`` alone on a preset without a head sets
+        ``num_classes`` to their count."""
         fresh_head = num_classes is not None or not source.has_task
+        named = class_names is not _AUTO and class_names is not None
+        if named:
+            class_names = check_class_names(class_names, None)
+        if num_classes is None and not source.has_task and named:
+            num_classes = len(class_names)
         if num_classes is None:
             num_classes = source.num_classes
         if num_classes is None:
-            raise ValueError(
+            raise MissingHeadError(
                 f"The preset {source.origin} has no classification head: pass "
-                "`num_classes` to build a new one, e.g. "
+                "`num_classes` (or `class_names`) to build a new one, e.g. "
                 "ViTMSNClassifier.from_preset(preset, num_classes=10)."
+            )
+        if named and not fresh_head and len(class_names) != num_classes:
+            raise ValueError(
+                f"`class_names` has {len(class_names)} names but the head of {source.origin} "
+                f"has {num_classes} classes; to train a new head for these classes pass "
+                f"num_classes={len(class_names)} as well."
             )
         task_kwargs = {} if fresh_head else dict(source.task_kwargs)
         task_kwargs.pop("name", None)
@@ -212,6 +262,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
             ("activation", activation),
             ("dropout", dropout),
             ("interpolate_pos_encoding", interpolate_pos_encoding),
+            ("class_names", class_names),
         ):
             if value is not _AUTO:
                 task_kwargs[key] = value

@@ -11,6 +11,8 @@
   pipeline (2 global + M focal crops) that feeds it.
 - :func:`get_recipe`, :data:`MSN_RECIPES`: the released models' recipes by name;
   :func:`build_msn_training`: views, dataset, pretrainer and optimizer of a run.
+- :func:`init_embeddings_like_msn`: the original's CLS / position-table start, which
+  pretraining from scratch uses (fresh models otherwise start at zero, as transformers).
 """
 
 from keras_vitmsn.msn.head import MSNProjectionHead
@@ -29,6 +31,7 @@ from keras_vitmsn.msn.pretrainer import MSNPretrainer
 from keras_vitmsn.msn.recipes import MSN_RECIPES
 from keras_vitmsn.msn.recipes import get_recipe
 from keras_vitmsn.msn.recipes import recipe_names
+from keras_vitmsn.msn.scratch import init_embeddings_like_msn
 from keras_vitmsn.msn.schedules import ORIGINAL_IPE_SCALE
 from keras_vitmsn.msn.schedules import CosineSchedule
 from keras_vitmsn.msn.schedules import LinearSchedule

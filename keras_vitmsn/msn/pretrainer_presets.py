@@ -30,7 +30,9 @@ class PretrainerPresetsMixin:
 
         Args:
             preset: a preset name, ``hf://`` handle, directory or checkpoint file.
-            load_weights: False builds the architecture with random weights.
+            load_weights: False builds the architecture with random weights, CLS
+                token and position table drawn as the original MSN does
+                (:func:`keras_vitmsn.msn.init_embeddings_like_msn`).
             restore_optimizer: also restore the optimizer's state (this compiles the
                 pretrainer: do not compile it again): from an original checkpoint
                 its AdamW moments and step, so the next step is the one the original
@@ -62,7 +64,9 @@ class PretrainerPresetsMixin:
             recipe: a recipe name (``"msn_vits16"``, ``"msn_vitb16"``, ...) or a
                 recipe config dict (:func:`keras_vitmsn.msn.get_recipe`).
             backbone_or_preset: None to pretrain from scratch with the recipe's
-                architecture (random init, ``global_size`` pixels); a
+                architecture (random init, ``global_size`` pixels; CLS token and
+                position table drawn as the original MSN:
+                :func:`keras_vitmsn.msn.init_embeddings_like_msn`); a
                 :class:`ViTMSNBackbone`; or a preset / checkpoint to continue from
                 (:meth:`from_preset`). A given backbone or preset keeps its own
                 architecture; the recipe sets everything else.
@@ -70,7 +74,8 @@ class PretrainerPresetsMixin:
                 schedules span ``epochs * steps_per_epoch`` steps and warm up for
                 ``int(warmup_epochs * steps_per_epoch)`` (needed by the default
                 ``compile()``).
-            load_weights: with a preset: False for its architecture, random weights.
+            load_weights: with a preset: False for its architecture, random weights
+                (started as the original MSN starts, like ``backbone_or_preset=None``).
             **overrides: recipe keys (e.g. ``epochs=100``, ``mask_ratio=0.3``) and
                 other :class:`MSNPretrainer` / :meth:`from_preset` arguments (``seed``,
                 ``restore_optimizer``, ``num_heads``, ...).

@@ -253,6 +253,7 @@ def augmentation_kwargs(config):
 def build_pretrainer(cls, recipe, backbone_or_preset, steps_per_epoch, load_weights, overrides):
     """See :meth:`MSNPretrainer.from_recipe` (``cls`` is that class)."""
     from keras_vitmsn.models.backbone import ViTMSNBackbone
+    from keras_vitmsn.msn.scratch import init_embeddings_like_msn
 
     overrides = dict(overrides)
     recipe_overrides = {k: overrides.pop(k) for k in list(overrides) if k in RECIPE_KEYS}
@@ -262,7 +263,8 @@ def build_pretrainer(cls, recipe, backbone_or_preset, steps_per_epoch, load_weig
         architecture = backbone_kwargs(config)
         if "dtype" in kwargs:
             architecture["dtype"] = kwargs.pop("dtype")
-        return cls(ViTMSNBackbone(**architecture), **kwargs)
+        encoder = init_embeddings_like_msn(ViTMSNBackbone(**architecture), kwargs.get("seed"))
+        return cls(encoder, **kwargs)
     if isinstance(backbone_or_preset, ViTMSNBackbone):
         return cls(backbone_or_preset, **kwargs)
     return cls.from_preset(backbone_or_preset, load_weights=load_weights, **kwargs)

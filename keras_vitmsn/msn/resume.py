@@ -28,6 +28,7 @@ from keras_vitmsn.conversion.msn_optimizer_state import msn_head_moments_to_kera
 from keras_vitmsn.errors import CheckpointError
 from keras_vitmsn.image_converter import ViTMSNImageConverter
 from keras_vitmsn.models.backbone import ViTMSNBackbone
+from keras_vitmsn.msn.scratch import init_embeddings_like_msn
 from keras_vitmsn.msn.head import MSNProjectionHead
 from keras_vitmsn.msn.head import MSNPrototypes
 from keras_vitmsn.msn.head import head_and_prototypes_from_state
@@ -68,6 +69,8 @@ def from_preset(cls, preset, load_weights=True, restore_optimizer=False, optimiz
     if load_weights and path is not None and is_msn_checkpoint_path(path):
         return _from_original(cls, path, backbone_kwargs, restore_optimizer, optimizer, kwargs)
     encoder = ViTMSNBackbone.from_preset(preset, load_weights=load_weights, **backbone_kwargs)
+    if not load_weights:  # from scratch, as the original MSN starts
+        init_embeddings_like_msn(encoder, kwargs.get("seed"))
     has_head = path is not None and os.path.isdir(path) and os.path.exists(
         os.path.join(path, MSN_HEAD_FILE)
     )

@@ -52,7 +52,12 @@ def resolve_preset(preset, load_weights=True, classes=None):
             "'hf://org/repo', a preset or checkpoint directory, or an MSN .pth.tar file)."
         )
     # Neither a built-in name nor an existing path: the error lists the valid names.
-    table.get_preset(preset)
+    try:
+        table.get_preset(preset)
+    except ValueError as e:
+        raise ValueError(
+            f"{e} No file or directory {preset!r} exists in {os.getcwd()} either."
+        ) from None
 
 
 def directory_source(path, load_weights):

@@ -50,6 +50,47 @@ def check_overrides(cls, overrides):
         )
 
 
+# Arguments that fix the shapes of the stored weights: loading them under other
+# values cannot work. A Keras preset also records its head count and mask token
+# (which adds a variable); a converted MSN checkpoint only infers its head count, so
+# there it may be set.
+WEIGHT_SHAPE_ARGUMENTS = ("patch_size", "hidden_dim", "num_layers", "intermediate_dim", "qkv_bias")
+RECORDED_ARGUMENTS = WEIGHT_SHAPE_ARGUMENTS + ("num_heads", "use_mask_token")
+FREE_ARGUMENTS = (
+    "image_shape (height and width: the position embeddings are resampled), dtype, "
+    "dropout_rate, attention_dropout, layer_norm_epsilon, hidden_act, data_format, name"
+)
+
+
+def check_weight_overrides(stored, overrides, bound, origin):
+    """Refuse overrides that contradict the weights about to be loaded.
+
+    Args:
+        stored: the constructor arguments the weights were saved with.
+        overrides: the caller's ``from_preset`` arguments.
+        bound: names whose value may not change (``WEIGHT_SHAPE_ARGUMENTS`` or
+            ``RECORDED_ARGUMENTS``).
+        origin: the preset, for the message.
+    """
+    conflicts = [
+        f"{key}={overrides[key]!r} (stored: {stored[key]!r})"
+        for key in bound
+        if key in overrides and stored.get(key) is not None and overrides[key] != stored[key]
+    ]
+    if "image_shape" in overrides:
+        new, old = tuple(overrides["image_shape"]), tuple(stored["image_shape"])
+        if len(new) == 3 and new[2] != old[2]:
+            conflicts.append(f"image_shape={new!r}: {new[2]} channels (stored: {old[2]})")
+    if conflicts:
+        raise ValueError(
+            f"from_preset arguments conflict with the weights stored in {origin}: "
+            f"{'; '.join(conflicts)}. These fix the shapes of the weights (or, for "
+            "num_heads and use_mask_token, are recorded with them) and cannot be "
+            f"overridden when loading them. Arguments that can: {FREE_ARGUMENTS}. "
+            "For a fresh model of another architecture pass load_weights=False."
+        )
+
+
 def _check_class(config, expected, origin):
     if not isinstance(config, dict) or "config" not in config:
         raise CheckpointError(f"The preset {origin} has a malformed config: {config!r:.200}")
@@ -122,6 +163,8 @@ class KerasPresetSource:
         config = dict(
             _check_class(self._json(ff.CONFIG_FILE), backbone_cls.__name__, self.origin)["config"]
         )
+        if load_weights:
+            check_weight_overrides(config, overrides, RECORDED_ARGUMENTS, self.origin)
         image_shape = overrides.pop("image_shape", None)
         config.update(overrides)
         native = dict(config, image_shape=tuple(config["image_shape"]))
@@ -200,11 +243,17 @@ class ConvertedSource:
 
     has_task = property(lambda self: self.checkpoint.head_state is not None)
     num_classes = property(lambda self: self.checkpoint.num_classes)
-    task_kwargs = property(lambda self: {})
+
+    @property
+    def task_kwargs(self):
+        names = self.checkpoint.class_names
+        return {} if names is None else {"class_names": list(names)}
 
     def load_backbone(self, backbone_cls, load_weights=True, **overrides):
         check_overrides(backbone_cls, overrides)
         kwargs = dict(self.checkpoint.backbone_kwargs)
+        if load_weights:
+            check_weight_overrides(kwargs, overrides, WEIGHT_SHAPE_ARGUMENTS, self.origin)
         kwargs.update(overrides)
         if kwargs["num_heads"] is None:
             raise ValueError(
@@ -273,7 +322,8 @@ class ConvertedSource:
         ff.write_image_converter(converter, directory, drop_data_format=True)
         if self.has_task:
             classifier = classes("classifier")(
-                backbone, num_classes=self.num_classes, preprocessor=converter
+                backbone, num_classes=self.num_classes, preprocessor=converter,
+                **self.task_kwargs,
             )
             self.load_task_weights(classifier)
             ff.write_task(classifier, directory, drop_data_format=True)

@@ -1,0 +1,57 @@
+"""Argument checking for the ``keras-vitmsn`` command line.
+
+Every bad argument is reported the same way as any other bad input: one
+``error: ...`` line and exit status 2 (see :mod:`keras_vitmsn.cli`). argparse's own
+errors (a missing option, ``--batch-size abc``) are raised as :class:`UsageError`
+instead of printing a usage block, and numeric options are range-checked while the
+command line is parsed, before any model or image is loaded.
+"""
+
+import argparse
+import math
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported on one line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with errors raised as :class:`UsageError` (one line, exit status 2)
+    rather than a usage block and ``sys.exit``; sub-commands inherit it."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _number(text, kind, what):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
+    return value
+
+
+def positive_int(text):
+    """argparse type: an int >= 1 (``--epochs 0`` or ``--batch-size -3`` are errors)."""
+    value = _number(text, int, "a positive integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
+    return value
+
+
+def positive_float(text):
+    """argparse type: a finite float > 0 (learning rates)."""
+    value = _number(text, float, "a positive number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text}")
+    return value
+
+
+def non_negative_float(text):
+    """argparse type: a finite float >= 0 (weight decay)."""
+    value = _number(text, float, "a number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0; got {text}")
+    return value
