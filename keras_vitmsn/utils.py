@@ -108,14 +108,15 @@ def default_name(name, base):
     return base if uid == 1 else f"{base}_{uid - 1}"
 
 
-def positive_int(value, name):
+def positive_int(value, name, minimum=1):
     """``value`` as an int, or a ValueError naming ``name``.
 
     Only integers are accepted: ``2.5`` is not silently truncated to 2, and ``True``
-    or ``"2"`` are refused rather than read as 1 or 2.
+    or ``"2"`` are refused rather than read as 1 or 2. ``minimum=0`` also accepts 0.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"`{name}` must be {what}; got {value!r}.")
     return int(value)
 
 

@@ -4,10 +4,23 @@
 # non-zero if any failed. Extra arguments go to pytest.
 set -u
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# Two pytest workers (pytest-xdist, a test dependency), one file each at a time so a
+# file's module-scoped fixtures are built once: much of the suite is single-threaded
+# (tracing, XLA compiles, subprocess start-up), so two workers keep both cores busy.
+# One OpenMP thread per worker: torch's OpenMP pool collapses when two processes
+# each spin two threads on two cores. PYTEST_WORKERS=0 runs in one process.
+workers="${PYTEST_WORKERS:-2}"
+parallel=()
+if [ "$workers" != "0" ] && python -c "import xdist" 2>/dev/null; then
+  parallel=(-n "$workers" --dist loadfile)
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+fi
 failed=()
 for backend in jax torch tensorflow; do
   echo "=== KERAS_BACKEND=$backend"
-  KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider "$@" || failed+=("$backend")
+  start=$SECONDS
+  KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider "${parallel[@]}" "$@" || failed+=("$backend")
+  echo "=== KERAS_BACKEND=$backend took $((SECONDS - start)) s"
 done
 if [ ${#failed[@]} -gt 0 ]; then
   echo "FAILED on: ${failed[*]}"

@@ -192,7 +192,7 @@ def test_mask_of_wrong_shape(images):
         ({"patch_size": 2.5}, r"`patch_size` must be a positive int; got 2.5"),
         ({"hidden_dim": 0}, r"`hidden_dim` must be a positive int; got 0"),
         ({"num_heads": 0}, r"`num_heads` must be a positive int; got 0"),
-        ({"num_layers": -1}, r"`num_layers` must be a positive int; got -1"),
+        ({"num_layers": -1}, r"`num_layers` must be an int >= 0; got -1"),
         ({"intermediate_dim": True}, r"`intermediate_dim` must be a positive int; got True"),
         ({"image_shape": (0, 32, 3)}, r"`image_shape` must be \(height, width, channels\) of positive ints"),
         ({"image_shape": (32.5, 32, 3)}, r"of positive ints, got \(32.5, 32, 3\)"),

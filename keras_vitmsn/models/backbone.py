@@ -110,7 +110,8 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
         # Checked before any division by them (patch grid, head width).
         patch_size = positive_int(patch_size, "patch_size")
         hidden_dim = positive_int(hidden_dim, "hidden_dim")
-        num_layers = positive_int(num_layers, "num_layers")
+        # 0 blocks is a valid model (embeddings and the final LayerNorm): tests use it.
+        num_layers = positive_int(num_layers, "num_layers", minimum=0)
         num_heads = positive_int(num_heads, "num_heads")
         intermediate_dim = positive_int(intermediate_dim, "intermediate_dim")
         if image_shape[0] % patch_size or image_shape[1] % patch_size:

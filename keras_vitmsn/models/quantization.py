@@ -23,6 +23,8 @@ import re
 
 import keras
 
+from keras_vitmsn.keras_internals import one_garbage_collection
+
 DTypePolicyMap = keras.dtype_policies.DTypePolicyMap
 SUPPORTED_MODES = ("int8", "int4", "float8")
 
