@@ -1,2 +1,3 @@
 from keras_vitmsn.models.backbone import ViTMSNBackbone
 from keras_vitmsn.models.classifier import ViTMSNClassifier
+from keras_vitmsn.models.feature_extractor import ViTMSNFeatureExtractor
