@@ -33,6 +33,7 @@ from keras_vitmsn import msn
 from keras_vitmsn.models.backbone import ViTMSNBackbone
 from keras_vitmsn.models.classifier import ViTMSNClassifier
 from keras_vitmsn.models.class_names import decode_predictions
+from keras_vitmsn.models.feature_extractor import ViTMSNFeatureExtractor
 from keras_vitmsn.image_converter import ViTMSNImageConverter
 from keras_vitmsn import conversion
 from keras_vitmsn import presets

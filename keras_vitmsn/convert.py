@@ -56,8 +56,10 @@ def convert_to_preset(source, output_dir, num_heads=None):
                 save_msn_pretraining_state(msn_state, os.path.join(directory, ff.MSN_HEAD_FILE))
             return
         # Already a Keras preset (e.g. the hf:// cache): copy it through the public API.
-        if resolved.has_task:
-            task = preset_class("classifier")._from_preset_source(resolved)
+        if resolved.task_class_name is not None:
+            # A classifier's head, or a feature extractor's pooling: the task survives.
+            role = "classifier" if resolved.has_task else "feature_extractor"
+            task = preset_class(role)._from_preset_source(resolved)
             _write_task_preset(task, directory)
             built["backbone"] = task.backbone
         else:

@@ -6,8 +6,10 @@ Steps 1 and 2 of the MSN low-shot protocol (see :mod:`keras_vitmsn.lowshot`):
    transformer block **before** the final LayerNorm (``feature="cls_pre_norm"``, the
    default here; ``feature="cls"`` takes it after the LayerNorm instead). Images are
    resized to 256 and centre-cropped to 224 with ImageNet mean/std: that is the input
-   pipeline's job, not this module's. :class:`FeatureExtractor` is the model from
-   images to features, :func:`extract_features` runs it over arrays, ``tf.data``
+   pipeline's job, not this module's. The model from images to features is the
+   library's :class:`keras_vitmsn.ViTMSNFeatureExtractor` (pooling ``"cls_pre_norm"``
+   or ``"cls"``; :class:`FeatureExtractor` is its deprecated old name here);
+   :func:`extract_features` runs it over arrays, ``tf.data``
    datasets, ``keras.utils.PyDataset`` objects or any iterable of batches.
 2. Pre-process every feature vector on its own: subtract the mean of its coordinates
    and scale it to unit L2 norm (:func:`preprocess_features`). That is what the
@@ -21,15 +23,15 @@ Steps 1 and 2 of the MSN low-shot protocol (see :mod:`keras_vitmsn.lowshot`):
 
 import math
 import sys
+import warnings
 
 import keras
 import numpy as np
-from keras import ops
 
 from keras_vitmsn.lowshot.arrays import to_numpy
 from keras_vitmsn.image_converter import ViTMSNImageConverter
 from keras_vitmsn.layers.layout import spatial_shape
-from keras_vitmsn.models.backbone import ViTMSNBackbone
+from keras_vitmsn.models.feature_extractor import ViTMSNFeatureExtractor
 
 __all__ = [
     "FEATURES",
@@ -46,64 +48,46 @@ FEATURES = ("cls_pre_norm", "cls")
 CENTERINGS = ("per_sample", "train_mean", None)
 
 
-class FeatureExtractor(keras.Model):
-    """A Keras model from images to one CLS feature per image, in inference mode.
+class FeatureExtractor(ViTMSNFeatureExtractor):
+    """Deprecated: use :class:`keras_vitmsn.ViTMSNFeatureExtractor`.
 
-    :func:`extract_features` builds one per call; build it yourself to extract
-    features of several datasets with one compiled function (JAX and TensorFlow
-    compile ``predict_on_batch`` once per model and input shape). It is also a plain
-    Keras model: ``extractor.predict(images)`` works.
-
-    Args:
-        backbone: a :class:`keras_vitmsn.ViTMSNBackbone`.
-        feature: ``"cls_pre_norm"`` (the paper's: CLS token after the last block,
-            before the final LayerNorm) or ``"cls"`` (after the final LayerNorm).
-        interpolate_pos_encoding: bool, accept images of another size than the
-            backbone's ``image_shape``.
+    The low-shot protocol's extractor before the library had one; now a
+    ``ViTMSNFeatureExtractor`` whose ``pooling`` is ``feature`` (``"cls_pre_norm"``
+    or ``"cls"``), kept so existing code runs. ``extractor.feature`` is its pooling.
 
     Example:
-    >>> import numpy as np
+    >>> import warnings
     >>> import keras_vitmsn as kv
     >>> backbone = kv.ViTMSNBackbone(image_shape=(32, 32, 3), patch_size=8,
     ...                              hidden_dim=32, num_layers=2, num_heads=4,
     ...                              intermediate_dim=64)
-    >>> extractor = FeatureExtractor(backbone)
-    >>> extract_features(extractor, np.zeros((3, 32, 32, 3)), verbose=0).shape
-    (3, 32)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     extractor = FeatureExtractor(backbone, feature="cls")
+    >>> caught[0].category.__name__, extractor.pooling
+    ('DeprecationWarning', 'cls')
     """
 
     def __init__(self, backbone, feature="cls_pre_norm", interpolate_pos_encoding=False, **kwargs):
-        if not isinstance(backbone, ViTMSNBackbone):
-            raise ValueError(
-                f"`backbone` must be a ViTMSNBackbone, got {type(backbone).__name__}."
-            )
+        warnings.warn(
+            "keras_vitmsn.lowshot.FeatureExtractor is deprecated: use "
+            "keras_vitmsn.ViTMSNFeatureExtractor(backbone, pooling=...), which "
+            "extract_features and lowshot_eval also accept.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        # get_config writes `pooling`: from_config passes it back under that name.
+        feature = kwargs.pop("pooling", feature)
         if feature not in FEATURES:
             raise ValueError(f"`feature` must be one of {FEATURES}, got {feature!r}.")
-        kwargs.setdefault("dtype", backbone.dtype_policy)
         kwargs.setdefault("name", "feature_extractor")
-        super().__init__(**kwargs)
-        self.backbone = backbone
-        self.feature = feature
-        self.interpolate_pos_encoding = bool(interpolate_pos_encoding)
-
-    def call(self, images):
-        # Images may come as uint8 (e.g. straight from PIL); the patch convolution
-        # needs floats in the model's compute dtype.
-        images = ops.cast(images, self.compute_dtype)
-        outputs = self.backbone(
-            images,
-            output_hidden_states=self.feature == "cls_pre_norm",
-            interpolate_pos_encoding=self.interpolate_pos_encoding,
-            training=False,
+        super().__init__(
+            backbone, pooling=feature, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
-        if self.feature == "cls_pre_norm":
-            tokens = outputs["hidden_states"][-1]
-        else:
-            tokens = outputs["last_hidden_state"]
-        # float32 out whatever the policy: the regression runs in float64 anyway and
-        # bfloat16 features would lose 3 significant digits for nothing.
-        return ops.cast(tokens[:, 0, :], "float32")
 
+    @property
+    def feature(self):
+        return self.pooling
 
 
 def _is_tf_dataset(data):
@@ -189,7 +173,8 @@ def extract_features(
 
     Args:
         backbone: a :class:`keras_vitmsn.ViTMSNBackbone` (used in inference mode), or a
-            :class:`FeatureExtractor` to reuse its compiled function across calls.
+            :class:`keras_vitmsn.ViTMSNFeatureExtractor` (pooling ``"cls_pre_norm"`` or
+            ``"cls"``) to reuse its compiled function across calls.
         data: images as a numpy array / tensor ``(N, H, W, C)`` (``(N, C, H, W)`` for a
             channels_first backbone); a ``tf.data.Dataset`` yielding images or
             ``(images, labels)``, batched or not (an unbatched one is batched with
@@ -236,8 +221,16 @@ PREPROCESSING_MODES = ("hub", "paper")
 
 
 def resolve_preprocessing(preprocessing, model):
-    """``preprocessing`` as a callable (or None) for the :class:`FeatureExtractor` ``model``."""
-    if preprocessing is None or callable(preprocessing):
+    """``preprocessing`` as a callable (or None) for the feature extractor ``model``."""
+    if preprocessing is None:
+        return None
+    if model.preprocessor is not None:
+        raise ValueError(
+            "The feature extractor has its own preprocessor (an image converter); "
+            f"leave `preprocessing` None (got {preprocessing!r}), or build the extractor "
+            "with preprocessor=None."
+        )
+    if callable(preprocessing):
         return preprocessing
     if preprocessing not in PREPROCESSING_MODES:
         raise ValueError(
@@ -253,12 +246,18 @@ def resolve_preprocessing(preprocessing, model):
 
 
 def feature_model(backbone, feature, interpolate_pos_encoding):
-    """The :class:`FeatureExtractor` for ``backbone``: itself if it is one (then
-    ``feature`` and ``interpolate_pos_encoding`` must be None or agree with it), else
-    a new one (None meaning ``"cls_pre_norm"`` and False)."""
-    if isinstance(backbone, FeatureExtractor):
+    """The :class:`keras_vitmsn.ViTMSNFeatureExtractor` for ``backbone``: itself if it
+    is one (its pooling must be one of :data:`FEATURES`, and ``feature`` and
+    ``interpolate_pos_encoding`` None or agree with it), else a new one (None meaning
+    ``"cls_pre_norm"`` and False)."""
+    if isinstance(backbone, ViTMSNFeatureExtractor):
+        if backbone.pooling not in FEATURES:
+            raise ValueError(
+                f"Low-shot evaluation takes one CLS feature per image: the extractor's "
+                f"pooling must be one of {FEATURES}, got {backbone.pooling!r}."
+            )
         settings = (
-            ("feature", feature, backbone.feature),
+            ("feature", feature, backbone.pooling),
             ("interpolate_pos_encoding", interpolate_pos_encoding,
              backbone.interpolate_pos_encoding),
         )
@@ -269,15 +268,17 @@ def feature_model(backbone, feature, interpolate_pos_encoding):
                     f"{name}={own!r}; leave it None or build another extractor."
                 )
         return backbone
-    return FeatureExtractor(
-        backbone,
-        "cls_pre_norm" if feature is None else feature,
-        bool(interpolate_pos_encoding),
+    feature = "cls_pre_norm" if feature is None else feature
+    if feature not in FEATURES:
+        raise ValueError(f"`feature` must be one of {FEATURES}, got {feature!r}.")
+    # The backbone check (and its error) is the extractor's own.
+    return ViTMSNFeatureExtractor(
+        backbone, pooling=feature, interpolate_pos_encoding=bool(interpolate_pos_encoding)
     )
 
 
 def run_feature_model(model, data, batch_size, preprocessing, verbose):
-    """:func:`extract_features` with a :class:`FeatureExtractor` ``model``."""
+    """:func:`extract_features` with a feature extractor ``model`` (:func:`feature_model`)."""
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size}.")

@@ -192,7 +192,7 @@ def lowshot_eval(
 
     Args:
         backbone: a :class:`keras_vitmsn.ViTMSNBackbone` (frozen for the evaluation) or
-            a :class:`FeatureExtractor`.
+            a :class:`keras_vitmsn.ViTMSNFeatureExtractor` (see :func:`extract_features`).
         train: the labelled pool, as images with ``train_labels``, or a dataset /
             iterable yielding ``(images, labels)`` (see :func:`extract_features`).
             With an array and ``train_labels``, only the images some split uses go

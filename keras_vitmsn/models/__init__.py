@@ -1,3 +1,4 @@
 from keras_vitmsn.models.backbone import ViTMSNBackbone
 from keras_vitmsn.models.classifier import ViTMSNClassifier
 from keras_vitmsn.models.class_names import decode_predictions
+from keras_vitmsn.models.feature_extractor import ViTMSNFeatureExtractor

@@ -9,12 +9,13 @@ from keras_vitmsn.models.class_names import check_class_names
 from keras_vitmsn.errors import MissingHeadError
 from keras_vitmsn.utils import default_name
 from keras_vitmsn.utils import positive_int
-from keras_vitmsn.image_converter import ViTMSNImageConverter
+from keras_vitmsn.models.task_inputs import check_preprocessor, preset_image_converter
+from keras_vitmsn.models.task_inputs import task_input_signature
 from keras_vitmsn.presets import file_format
 from keras_vitmsn.presets.mixin import PresetMixin
 from keras_vitmsn.presets.mixin import register_preset_class
 from keras_vitmsn.presets.mixin import save_preset_directory
-from keras_vitmsn.models.export import INPUT_NAME, ExportMixin
+from keras_vitmsn.models.export import ExportMixin
 from keras_vitmsn.models.quantization import QuantizationMixin, resolved_policy_map, dtype_config, float_policy
 
 _AUTO = object()  # from_preset's "attach the preset's image converter" default.
@@ -94,7 +95,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
         self.activation = keras.activations.get(activation)
         self.dropout = float(dropout)
         self.interpolate_pos_encoding = bool(interpolate_pos_encoding)
-        self.preprocessor = _check_preprocessor(
+        self.preprocessor = check_preprocessor(
             preprocessor, backbone, self.interpolate_pos_encoding
         )
         self.head_dropout = keras.layers.Dropout(
@@ -120,12 +121,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
         runs no resize; resize to that size before calling it, or pass your own
         ``input_signature`` (e.g. float32 images in [0, 255]).
         """
-        backbone = self.backbone
-        if self.preprocessor is None:
-            return backbone.export_input_signature()
-        size = self.preprocessor.image_size or backbone.image_shape[:2]
-        shape = (None,) + backbone._layout(tuple(size) + (backbone.image_shape[2],))
-        return [keras.InputSpec(shape=shape, dtype="uint8", name=INPUT_NAME)]
+        return task_input_signature(self.backbone, self.preprocessor)
 
     def build(self, input_shape=None):
         # Every sublayer is built with a shape (not None), so that summary() can show
@@ -270,12 +266,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
             ViTMSNBackbone, load_weights=load_weights, **backbone_kwargs
         )
         if preprocessor is _AUTO:
-            preprocessor = None
-            if source.has_image_converter:
-                overrides = {"data_format": backbone.data_format}
-                if "image_shape" in backbone_kwargs:  # resize to the new resolution
-                    overrides["image_size"] = backbone.image_shape[:2]
-                preprocessor = source.load_image_converter(ViTMSNImageConverter, **overrides)
+            preprocessor = preset_image_converter(source, backbone, "image_shape" in backbone_kwargs)
         classifier = cls(
             backbone,
             num_classes=num_classes,
@@ -302,25 +293,3 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
 
         save_preset_directory(preset_dir, write)
 
-
-def _check_preprocessor(preprocessor, backbone, interpolate_pos_encoding):
-    if preprocessor is None:
-        return None
-    if not isinstance(preprocessor, ViTMSNImageConverter):
-        raise ValueError(
-            "`preprocessor` must be a keras_vitmsn.ViTMSNImageConverter or None, got "
-            f"{type(preprocessor).__name__}."
-        )
-    if preprocessor.data_format != backbone.data_format:
-        raise ValueError(
-            f"The preprocessor's data_format ({preprocessor.data_format!r}) must match "
-            f"the backbone's ({backbone.data_format!r})."
-        )
-    size = preprocessor.image_size
-    if size is not None and size != backbone.image_shape[:2] and not interpolate_pos_encoding:
-        raise ValueError(
-            f"The preprocessor resizes to {size} but the backbone expects "
-            f"{backbone.image_shape[:2]}; set the converter's image_size to match, or "
-            "pass interpolate_pos_encoding=True."
-        )
-    return preprocessor

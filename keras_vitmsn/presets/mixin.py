@@ -2,7 +2,8 @@
 conventions), and the registry through which preset code reaches those classes.
 
 The models import this module, never the reverse: each class registers itself under
-its role (``"backbone"``, ``"classifier"``, ``"image_converter"``), and ``from_preset``
+its role (``"backbone"``, ``"classifier"``, ``"feature_extractor"``,
+``"image_converter"``), and ``from_preset``
 hands the calling class to the source it resolved (as keras-hub's
 ``PresetLoader.load_backbone(cls, ...)``).
 """
@@ -15,7 +16,7 @@ from keras_vitmsn.presets.resolve import resolve_preset
 from keras_vitmsn.utils import atomic_directory
 
 _CLASSES = {}
-ROLES = ("backbone", "classifier", "image_converter")
+ROLES = ("backbone", "classifier", "feature_extractor", "image_converter")
 
 
 def register_preset_class(role):

@@ -9,7 +9,8 @@ A source builds models of the classes handed to it (it never imports them):
 
 Both offer ``load_backbone(backbone_cls, load_weights, **overrides)``,
 ``load_image_converter(converter_cls, **overrides)``, ``load_task_weights(task)``,
-``has_task``, ``num_classes``, ``task_kwargs``, ``has_image_converter`` and ``origin``.
+``has_task`` (a classification head), ``num_classes``, ``task_kwargs``,
+``task_kwargs_for(task_cls)``, ``has_image_converter`` and ``origin``.
 """
 
 import inspect
@@ -91,12 +92,24 @@ def check_weight_overrides(stored, overrides, bound, origin):
         )
 
 
+#: The tasks a preset's task.json may describe (names only: presets never import the
+#: models). Only the classifier's has weights of its own (task.weights.h5).
+CLASSIFIER_TASK = "ViTMSNClassifier"
+TASK_CLASS_NAMES = (CLASSIFIER_TASK, "ViTMSNFeatureExtractor")
+
+
 def _check_class(config, expected, origin):
+    """``config`` if it is a serialised object of the class named ``expected`` (a name
+    or a tuple of accepted names)."""
     if not isinstance(config, dict) or "config" not in config:
         raise CheckpointError(f"The preset {origin} has a malformed config: {config!r:.200}")
     name = config.get("class_name")
-    if name != expected:
-        raise ValueError(f"The preset {origin} describes a {name!r}, not a {expected!r}.")
+    accepted = (expected,) if isinstance(expected, str) else tuple(expected)
+    if name not in accepted:
+        raise ValueError(
+            f"The preset {origin} describes a {name!r}, not a "
+            f"{' or a '.join(repr(a) for a in accepted)}."
+        )
     return config
 
 
@@ -121,14 +134,23 @@ class KerasPresetSource:
         return read_json(path, name)
 
     @property
+    def task_class_name(self):
+        """The class task.json describes, or None without one."""
+        if not os.path.exists(self._file(ff.TASK_CONFIG_FILE)):
+            return None
+        return self.task_config["class_name"]
+
+    @property
     def has_task(self):
-        return os.path.exists(self._file(ff.TASK_CONFIG_FILE))
+        """Whether the preset holds a classification head (a feature extractor's
+        task.json has none: it is the backbone with a pooling)."""
+        return self.task_class_name == CLASSIFIER_TASK
 
     @property
     def task_config(self):
         if self._task_config is None:
             self._task_config = _check_class(
-                self._json(ff.TASK_CONFIG_FILE), "ViTMSNClassifier", self.origin
+                self._json(ff.TASK_CONFIG_FILE), TASK_CLASS_NAMES, self.origin
             )
         return self._task_config
 
@@ -136,9 +158,14 @@ class KerasPresetSource:
     def num_classes(self):
         return self.task_config["config"]["num_classes"] if self.has_task else None
 
+    def task_kwargs_for(self, task_cls):
+        """:attr:`task_kwargs` when task.json describes a ``task_cls``, else ``{}``
+        (e.g. a feature extractor loaded from a classifier's preset ignores its head)."""
+        return self.task_kwargs if self.task_class_name == task_cls.__name__ else {}
+
     @property
     def task_kwargs(self):
-        """The head's constructor arguments saved in task.json."""
+        """The task's constructor arguments saved in task.json."""
         config = dict(self.task_config["config"])
         for key in ("backbone", "preprocessor", "num_classes", "trainable"):
             config.pop(key, None)
@@ -242,12 +269,16 @@ class ConvertedSource:
         self.origin = checkpoint.origin
 
     has_task = property(lambda self: self.checkpoint.head_state is not None)
+    task_class_name = property(lambda self: CLASSIFIER_TASK if self.has_task else None)
     num_classes = property(lambda self: self.checkpoint.num_classes)
 
     @property
     def task_kwargs(self):
         names = self.checkpoint.class_names
         return {} if names is None else {"class_names": list(names)}
+
+    def task_kwargs_for(self, task_cls):
+        return {}  # a checkpoint stores no task settings beyond its head
 
     def load_backbone(self, backbone_cls, load_weights=True, **overrides):
         check_overrides(backbone_cls, overrides)
