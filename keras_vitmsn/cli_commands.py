@@ -87,6 +87,9 @@ def _pretrain(args):
         raise UsageError("--from-scratch takes the architecture of --preset; give one.")
     if args.restore_optimizer and not args.preset:
         raise UsageError("--restore-optimizer continues the run saved in --preset; give one.")
+    from keras_vitmsn.cli_files import check_preset_output
+
+    check_preset_output(args.output, "pretrain")
     # Only the flags given on the command line override the recipe.
     overrides = {
         key: getattr(args, flag) for flag, key in _RECIPE_FLAGS.items()

@@ -35,6 +35,30 @@ def check_model_output(path):
     return os.path.exists(path)
 
 
+def check_preset_output(path, command):
+    """Check a preset ``--output`` folder (``pretrain``) before any work.
+
+    The rules ``save_to_preset`` applies at the end, checked up front so that a long
+    run is not lost: not a file; an existing folder empty or one of our presets (then
+    replaced whole); the nearest existing parent writable.
+    """
+    from keras_vitmsn.presets.file_format import check_replaceable
+
+    if os.path.isfile(path):
+        raise UsageError(
+            f"--output {path} is a file; {command} writes a preset FOLDER. Choose another name."
+        )
+    if os.path.isdir(path) and os.listdir(path):
+        try:
+            check_replaceable(path)
+        except FileExistsError as e:
+            raise UsageError(f"--output: {e}") from None
+    try:
+        check_can_create(path)
+    except (NotADirectoryError, PermissionError) as e:
+        raise UsageError(f"--output {path} cannot be written: {e}") from None
+
+
 def _temporary(folder, prefix, suffix):
     fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
     os.close(fd)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the test suite once per Keras backend: one Python process cannot switch
 # backends. Every backend runs even if an earlier one fails; the exit status is
-# non-zero if any failed. Extra arguments go to pytest.
+# non-zero if any failed. Extra arguments go to pytest; BACKENDS="torch" runs a subset.
 set -u
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 # Two pytest workers (pytest-xdist, a test dependency), one file each at a time so a
@@ -16,7 +16,7 @@ if [ "$workers" != "0" ] && python -c "import xdist" 2>/dev/null; then
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 fi
 failed=()
-for backend in jax torch tensorflow; do
+for backend in ${BACKENDS:-jax torch tensorflow}; do
   echo "=== KERAS_BACKEND=$backend"
   start=$SECONDS
   KERAS_BACKEND=$backend python -m pytest -q -p no:cacheprovider "${parallel[@]}" "$@" || failed+=("$backend")

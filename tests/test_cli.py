@@ -303,3 +303,18 @@ def test_pretrain_skip_bad_images(capsys, preset, tmp_path):
     assert "8 images from" in capsys.readouterr().err
     assert any(all(path in str(w.message) for path in bad) for w in caught)
     assert kv.ViTMSNBackbone.from_preset(output).image_shape == (SIZE, SIZE, 3)
+
+
+def test_no_progress_bar_redraws_when_output_is_not_a_terminal(tmp_path, preset, folders, capsys):
+    # Keras' progress bars redraw with backspaces / carriage returns whenever Python
+    # runs on POSIX, terminal or not: in a log file they are garbage. capsys is no
+    # terminal, as a redirected log is not.
+    train, test = folders
+    assert main(["finetune", "--preset", preset, "--train", train, "--epochs", "1",
+                 "--batch-size", "4", "--output", str(tmp_path / "m.keras")]) == 0
+    assert main(["lowshot", "--preset", preset, "--train", train, "--test", test,
+                 "--shots", "1", "--splits", "1"]) == 0
+    captured = capsys.readouterr()
+    for stream in (captured.out, captured.err):
+        assert not any(code in stream for code in ("\r", "\b", "\x1b[")), repr(stream[-500:])
+    assert " - loss: " in captured.out  # one summary line per epoch

@@ -145,6 +145,13 @@ CASES = [
     ("pretrain-learning-rate-0", ["pretrain", "--data", "{train}", "--preset", "{preset}",
                                   "--output", "{root}/pretrained", "--learning-rate", "0"],
      "--learning-rate: must be a positive number"),
+    # A pretraining run's output is checked before the run, not after it.
+    ("pretrain-output-is-a-file", ["pretrain", "--data", "{train}", "--preset", "{preset}",
+                                   "--output", "{a_file}"], "pretrain writes a preset FOLDER"),
+    ("pretrain-output-foreign-folder", ["pretrain", "--data", "{train}", "--preset", "{preset}",
+                                        "--output", "{train}"], "is not a keras-vitmsn preset"),
+    ("pretrain-output-unwritable", ["pretrain", "--data", "{train}", "--preset", "{preset}",
+                                    "--output", "{unwritable}/run"], "cannot be written"),
     ("unknown-command", ["train"], "invalid choice: 'train'"),
 ]
 

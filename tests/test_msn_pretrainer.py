@@ -199,8 +199,7 @@ def test_weight_decay_exclusions_and_scheduled_decay():
     assert abs(float(to_numpy(optimizer.weight_decay)) - cosine(3)) <= 1e-6
     # The prototypes are left out of the gradient clipping (the original clips the
     # encoder's parameters only).
-    clipped = {v.path for v in pretrainer.trainable_variables
-               if optimizer._var_key(v) not in optimizer._clip_exclusions}
+    clipped = {v.path for v in pretrainer.trainable_variables if optimizer.is_clipped(v)}
     assert clipped == {v.path for v in pretrainer.trainable_variables} - {
         pretrainer.prototypes.prototypes.path}
 

@@ -158,6 +158,11 @@ class ScheduledAdamW(keras.optimizers.Optimizer):
         scaled nor counted), as the original leaves out its prototypes."""
         self._clip_exclusions = {id(v) for v in var_list}
 
+    def is_clipped(self, variable):
+        """Whether ``variable``'s gradient is counted in, and scaled by, the
+        global-norm clipping (a Keras variable, as given to ``apply``)."""
+        return bool(self.global_clipnorm) and id(variable) not in self._clip_exclusions
+
     def apply(self, grads, trainable_variables=None):
         if self.global_clipnorm and len(grads):
             if trainable_variables is None:
@@ -179,10 +184,7 @@ class ScheduledAdamW(keras.optimizers.Optimizer):
 
     def _clip_global_norm(self, grads, variables):
         # apply() receives Keras variables on every backend: identity matches them.
-        clipped = [
-            g is not None and id(v) not in self._clip_exclusions
-            for g, v in zip(grads, variables)
-        ]
+        clipped = [g is not None and self.is_clipped(v) for g, v in zip(grads, variables)]
         if not any(clipped):
             return grads
         norm = ops.sqrt(
