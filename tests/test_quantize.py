@@ -85,14 +85,15 @@ def test_quantized_attention_uses_the_scales():
 
 # Keras' float8 layers scale by factors learnt from amax histories during training;
 # freshly quantised (scales 1.0, no calibration) they keep 3 mantissa bits of the raw
-# values, so float8 is held to a looser bound than int8's per-channel scales.
-MIN_COSINE = {"int8": 0.99, "float8": 0.98}
+# values: measured 0.991-0.995 here (int8 0.9995), above the serving target of 0.99.
+MIN_COSINE = {"int8": 0.99, "float8": 0.99}
 
 
 @pytest.mark.large
 @pytest.mark.parametrize("mode", MODES)
 def test_vit_msn_small_cls_cosine(mode):
     """Random-weight vit-msn-small: the quantised CLS feature points the same way."""
+    keras.utils.set_random_seed(0)  # the same random model every run
     backbone = kv.ViTMSNBackbone(
         image_shape=(224, 224, 3), patch_size=16, hidden_dim=384, num_layers=12,
         num_heads=6, intermediate_dim=1536,
