@@ -51,3 +51,28 @@ def keras_gradients(model, inputs, loss_fn):
             loss = loss_fn(model(inputs, training=True))
         grads = tape.gradient(loss, variables)
     return {v.path: to_numpy(g) for v, g in zip(variables, grads)}
+
+
+def tiny_backbone(**kwargs):
+    """A 2-block, 32-wide ViTMSNBackbone on 32x32 images (overrides in ``kwargs``)."""
+    import keras_vitmsn as kv
+
+    config = dict(
+        image_shape=(32, 32, 3),
+        patch_size=8,
+        hidden_dim=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_dim=64,
+    )
+    config.update(kwargs)
+    return kv.ViTMSNBackbone(**config)
+
+
+def randomize(model, seed=0, scale=0.2):
+    """Normal(0, scale) values for every trainable float32 weight: the zero-initialised
+    CLS token and position table would hide layout and pooling bugs."""
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        if v.dtype == "float32" and v.trainable:
+            v.assign(rng.normal(0.0, scale, v.shape).astype("float32"))

@@ -9,32 +9,10 @@ import tensorflow as tf
 
 import keras_vitmsn as kv
 from keras_vitmsn.models.export import supported_export_formats
-from helpers import BACKEND, to_numpy
+from helpers import BACKEND, randomize, tiny_backbone, to_numpy
 from test_export import FORMATS, RUNTIMES, TOL, artefact_path, runner
 
 POOLINGS = ("cls", "cls_pre_norm", "mean", "patch")
-
-
-def tiny_backbone(**kwargs):
-    config = dict(
-        image_shape=(32, 32, 3),
-        patch_size=8,
-        hidden_dim=32,
-        num_layers=2,
-        num_heads=4,
-        intermediate_dim=64,
-    )
-    config.update(kwargs)
-    return kv.ViTMSNBackbone(**config)
-
-
-def randomize(model, seed=0, scale=0.2):
-    """Non-trivial weights: the zero-initialised CLS token and position table would
-    make the poolings coincide."""
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        if v.dtype == "float32" and v.trainable:
-            v.assign(rng.normal(0.0, scale, v.shape).astype("float32"))
 
 
 @pytest.fixture(scope="module")

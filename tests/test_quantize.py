@@ -8,29 +8,9 @@ import numpy as np
 import pytest
 
 import keras_vitmsn as kv
-from helpers import BACKEND, to_numpy
+from helpers import BACKEND, randomize, tiny_backbone, to_numpy
 
 MODES = ("int8", "float8")
-
-
-def tiny_backbone(**kwargs):
-    config = dict(
-        image_shape=(32, 32, 3),
-        patch_size=8,
-        hidden_dim=32,
-        num_layers=2,
-        num_heads=4,
-        intermediate_dim=64,
-    )
-    config.update(kwargs)
-    return kv.ViTMSNBackbone(**config)
-
-
-def randomize(model, seed=0, scale=0.2):
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        if v.dtype == "float32" and v.trainable:
-            v.assign(rng.normal(0.0, scale, v.shape).astype("float32"))
 
 
 def projections(model):
