@@ -303,6 +303,8 @@ class VariableIndex:
 
     def __init__(self, optimizer, variables, private=None):
         self._optimizer = optimizer
+        #: The variables, in order (a plain object's list: Keras tracks none of it).
+        self.variables = list(variables)
         self._private = VARIABLE_INDEX_IS_PRIVATE if private is None else bool(private)
         self._by_id = {}
         on_tensorflow = keras.backend.backend() == "tensorflow"

@@ -10,6 +10,7 @@ from keras_vitmsn.errors import MissingHeadError
 from keras_vitmsn.utils import default_name
 from keras_vitmsn.utils import positive_int
 from keras_vitmsn.models.task_inputs import check_preprocessor, preset_image_converter
+from keras_vitmsn.models.task_inputs import deserialize_task_config
 from keras_vitmsn.models.task_inputs import task_input_signature
 from keras_vitmsn.presets import file_format
 from keras_vitmsn.presets.mixin import PresetMixin
@@ -204,12 +205,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config["backbone"], dict):
-            config["backbone"] = keras.layers.deserialize(config["backbone"])
-        if isinstance(config.get("preprocessor"), dict):
-            config["preprocessor"] = keras.layers.deserialize(config["preprocessor"])
-        return cls(**config)
+        return cls(**deserialize_task_config(config))
 
     @classmethod
     def _from_preset_source(

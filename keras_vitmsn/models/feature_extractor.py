@@ -8,6 +8,7 @@ from keras_vitmsn.models.backbone import ViTMSNBackbone
 from keras_vitmsn.models.export import ExportMixin
 from keras_vitmsn.models.quantization import QuantizationMixin, dtype_config, float_policy
 from keras_vitmsn.models.task_inputs import check_preprocessor, preset_image_converter
+from keras_vitmsn.models.task_inputs import deserialize_task_config
 from keras_vitmsn.models.task_inputs import task_input_signature
 from keras_vitmsn.presets import file_format
 from keras_vitmsn.presets.mixin import PresetMixin
@@ -161,12 +162,7 @@ class ViTMSNFeatureExtractor(ExportMixin, QuantizationMixin, PresetMixin, keras.
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config["backbone"], dict):
-            config["backbone"] = keras.layers.deserialize(config["backbone"])
-        if isinstance(config.get("preprocessor"), dict):
-            config["preprocessor"] = keras.layers.deserialize(config["preprocessor"])
-        return cls(**config)
+        return cls(**deserialize_task_config(config))
 
     @classmethod
     def _from_preset_source(

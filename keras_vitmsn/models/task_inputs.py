@@ -65,3 +65,14 @@ def preset_image_converter(source, backbone, resized):
     if resized:
         overrides["image_size"] = backbone.image_shape[:2]
     return source.load_image_converter(ViTMSNImageConverter, **overrides)
+
+
+def deserialize_task_config(config):
+    """A task's ``get_config()`` with its backbone and preprocessor rebuilt: the
+    keyword arguments of its constructor (``from_config``)."""
+    config = dict(config)
+    if isinstance(config["backbone"], dict):
+        config["backbone"] = keras.layers.deserialize(config["backbone"])
+    if isinstance(config.get("preprocessor"), dict):
+        config["preprocessor"] = keras.layers.deserialize(config["preprocessor"])
+    return config

@@ -31,13 +31,6 @@ from keras_vitmsn.msn.schedules import msn_weight_decay
 TORCH_CLIP_EPSILON = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by norm + 1e-6.
 
 
-class _Untracked:
-    """Holds a list out of sight of Keras' attribute tracking."""
-
-    def __init__(self, items):
-        self.items = list(items)
-
-
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
 class ScheduledAdamW(keras.optimizers.Optimizer):
     """``torch.optim.AdamW``'s update as a Keras optimizer; ``weight_decay`` may be a
@@ -127,9 +120,8 @@ class ScheduledAdamW(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(var_list)
-        # Not a list attribute: Keras would track the model's variables as this
-        # optimizer's own (on JAX, then donated twice per step).
-        self._model_variables = _Untracked(var_list)
+        # The model's variables live in the index, not in a list attribute: Keras
+        # would track those as this optimizer's own (on JAX, donated twice per step).
         self._variable_index = VariableIndex(self, var_list)
         self._exp_avgs, self._exp_avg_sqs = self.add_optimizer_variables(
             var_list, ["momentum", "velocity"]
@@ -171,7 +163,7 @@ class ScheduledAdamW(keras.optimizers.Optimizer):
                         "Pass `trainable_variables` to the first apply() (the optimizer "
                         "is not built yet)."
                     )
-                variables = self._model_variables.items
+                variables = self._variable_index.variables
             else:
                 variables = list(trainable_variables)
             grads = self._clip_global_norm(list(grads), variables)
