@@ -47,7 +47,7 @@ def test_presets_load_identically_without_fast_init(tmp_path, monkeypatch):
     backbone.save_to_preset(str(tmp_path / "p"))
     x = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype("float32")
     fast = kv.ViTMSNBackbone.from_preset(str(tmp_path / "p"), image_shape=(40, 40, 3))
-    monkeypatch.setattr(keras_internals, "FAST_INIT", False)
+    monkeypatch.setattr(keras_internals.fast_init, "FAST_INIT", False)
     slow = kv.ViTMSNBackbone.from_preset(str(tmp_path / "p"), image_shape=(40, 40, 3))
     same = kv.ViTMSNBackbone.from_preset(str(tmp_path / "p"))
     y = np.random.default_rng(2).standard_normal((2, 40, 40, 3)).astype("float32")
@@ -67,7 +67,7 @@ def test_converter_base_falls_back_to_a_public_layer():
 
 
 def test_scheduled_weight_decay_refuses_when_keras_ignores_it(monkeypatch):
-    monkeypatch.setattr(keras_internals, "_WEIGHT_DECAY_PROPERTY", False)
+    monkeypatch.setattr(keras_internals.optimizer, "_WEIGHT_DECAY_PROPERTY", False)
     with pytest.raises(RuntimeError, match="pass a float weight_decay"):
         ScheduledAdamW(weight_decay=CosineSchedule(0.04, 0.4, 10))
     ScheduledAdamW(weight_decay=0.05)  # a float needs no probe
@@ -75,6 +75,42 @@ def test_scheduled_weight_decay_refuses_when_keras_ignores_it(monkeypatch):
 
 def test_this_keras_takes_the_private_variable_index():
     assert keras_internals.VARIABLE_INDEX_IS_PRIVATE
+    assert keras_internals.FLATTEN_LAYERS_IS_PRIVATE
+    assert keras_internals.DTYPE_POLICY_IS_PRIVATE
+
+
+def test_public_layer_walk_finds_what_keras_finds():
+    backbone = kv.ViTMSNBackbone(**TINY)
+    clf = kv.ViTMSNClassifier(backbone, num_classes=3,
+                              preprocessor=kv.ViTMSNImageConverter(image_size=(32, 32)))
+    for model in (backbone, clf, kv.ViTMSNFeatureExtractor(backbone, pooling="mean")):
+        for include_self in (True, False):
+            private = keras_internals.all_layers(model, include_self, private=True)
+            public = keras_internals.all_layers(model, include_self, private=False)
+            assert len(public) == len(private) > 20
+            assert {id(x) for x in public} == {id(x) for x in private}
+            assert (public[0] is model) == include_self
+            # parents first: a layer comes after the layer holding it
+            order = {id(x): i for i, x in enumerate(public)}
+            assert order[id(backbone.encoder_layers[0])] < order[id(backbone.encoder_layers[0].attention.qkv)]
+
+
+def test_quantised_rebuild_refuses_without_the_private_policy_slot(monkeypatch, tmp_path):
+    """Where Keras keeps a layer's policy elsewhere, a quantised model is not rebuilt
+    with shared maps (its int8 kernels would save without scales): it refuses. Float
+    models do not need the slot."""
+    backbone = kv.ViTMSNBackbone(**TINY)
+    float_config = backbone.get_config()
+    backbone.quantize("int8")
+    config = backbone.get_config()
+    monkeypatch.setattr(keras_internals.layers, "DTYPE_POLICY_IS_PRIVATE", False)
+    with pytest.raises(RuntimeError, match="call quantize\\(\\) on it instead"):
+        kv.ViTMSNBackbone.from_config(config)
+    kv.ViTMSNBackbone.from_config(float_config)
+    monkeypatch.setattr(keras_internals.layers, "DTYPE_POLICY_IS_PRIVATE", True)
+    rebuilt = kv.ViTMSNBackbone.from_config(config)
+    qkv = rebuilt.encoder_layers[0].attention.qkv
+    assert qkv.dtype_policy.name == "int8_from_float32"
 
 
 def _train_with_scheduled_adamw():
@@ -93,7 +129,7 @@ def test_variable_index_public_path_trains_as_the_private_one(monkeypatch):
     """Two compiled fit steps with ScheduledAdamW: the identity index (what runs where
     Keras' _get_variable_index changed) gives what Keras' own lookup gives."""
     expected = _train_with_scheduled_adamw()
-    monkeypatch.setattr(keras_internals, "VARIABLE_INDEX_IS_PRIVATE", False)
+    monkeypatch.setattr(keras_internals.optimizer, "VARIABLE_INDEX_IS_PRIVATE", False)
     # The identity index must be what answers: Keras' own lookup would fail now.
     monkeypatch.setattr(keras.optimizers.Optimizer, "_get_variable_index",
                         lambda self, v: 1 / 0, raising=False)
@@ -140,7 +176,7 @@ def test_a_process_on_public_keras_only_loads_and_runs_models(tmp_path):
     script = f"""
 import numpy as np, keras_vitmsn as kv
 from keras_vitmsn import keras_internals as k
-assert not (k.FAST_INIT or k.DATA_LAYER_IS_PRIVATE or k.VARIABLE_INDEX_IS_PRIVATE), (k.FAST_INIT, k.DATA_LAYER_IS_PRIVATE)
+assert not (k.FAST_INIT or k.DATA_LAYER_IS_PRIVATE or k.VARIABLE_INDEX_IS_PRIVATE\n            or k.FLATTEN_LAYERS_IS_PRIVATE or k.DTYPE_POLICY_IS_PRIVATE)
 clf = kv.ViTMSNClassifier.from_preset({str(tmp_path / "p")!r})
 out = clf.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0)
 diff = np.max(np.abs(np.asarray(out) - np.load({str(tmp_path / "expected.npy")!r})))

@@ -20,6 +20,8 @@ import tempfile
 
 import keras
 
+from keras_vitmsn.keras_internals import all_layers
+
 EXPORT_FORMATS = {
     "tensorflow": ("tf_saved_model", "onnx"),
     "jax": ("tf_saved_model", "onnx"),
@@ -172,7 +174,7 @@ class ExportMixin:
         wrong = sorted(
             {
                 layer.compute_dtype
-                for layer in self._flatten_layers()
+                for layer in all_layers(self)
                 if layer.compute_dtype != "float32"
             }
         )
@@ -184,7 +186,7 @@ class ExportMixin:
             )
 
     def _check_onnx_quantization(self):
-        modes = {layer.quantization_mode for layer in self._flatten_layers()} - {None}
+        modes = {layer.quantization_mode for layer in all_layers(self)} - {None}
         if keras.backend.backend() == "jax" and modes & {"int8", "int4"}:
             raise ValueError(
                 "This model is quantised (int8 weights and activations); jax2onnx writes "

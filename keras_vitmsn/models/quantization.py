@@ -23,7 +23,7 @@ import re
 
 import keras
 
-from keras_vitmsn.keras_internals import one_garbage_collection
+from keras_vitmsn.keras_internals import all_layers, one_garbage_collection, replace_dtype_policy
 
 DTypePolicyMap = keras.dtype_policies.DTypePolicyMap
 SUPPORTED_MODES = ("int8", "int4", "float8")
@@ -59,10 +59,10 @@ def dtype_config(model, exclude=()):
     'int8'
     """
     policy = model.dtype_policy
-    excluded = {id(layer) for sub in exclude if sub is not None for layer in sub._flatten_layers()}
+    excluded = {id(layer) for sub in exclude if sub is not None for layer in all_layers(sub)}
     policy_map = DTypePolicyMap(default_policy=float_policy(policy))
     prefix = f"{model.path}/"
-    for layer in model._flatten_layers(include_self=False):
+    for layer in all_layers(model, include_self=False):
         if id(layer) in excluded or layer.quantization_mode is None:
             continue
         resolved = layer.dtype_policy
@@ -102,9 +102,9 @@ def resolved_policy_map(model):
             del policy[key]
             policy[prefix + key] = value
     yield
-    for layer in model._flatten_layers(include_self=True):
-        if layer._dtype_policy is policy:
-            layer._dtype_policy = policy[layer.path] if layer.path else policy.default_policy
+    for layer in all_layers(model):
+        if layer.dtype_policy is policy:
+            replace_dtype_policy(layer, policy[layer.path] if layer.path else policy.default_policy)
 
 
 class QuantizationMixin:

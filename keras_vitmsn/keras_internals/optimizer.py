@@ -1,0 +1,99 @@
+"""Items 3 and 4 of :mod:`keras_vitmsn.keras_internals`: what ``ScheduledAdamW``
+needs from Keras' optimizer base class."""
+
+import keras
+
+from keras_vitmsn.keras_internals.public_only import PUBLIC_ONLY
+
+# -- 3. a scheduled weight decay ------------------------------------------------------
+#
+# Keras' optimizers take a float ``weight_decay``; every backend reads
+# ``self.weight_decay`` once per step when it applies the decoupled decay (an
+# implementation detail, not an API). ``ScheduledAdamW`` turns the attribute into a
+# property evaluating the schedule. The probe below runs one real step to confirm a
+# property is honoured; where it is not, ScheduledAdamW refuses a schedule (with a
+# clear error) rather than silently decaying at a constant rate.
+
+_WEIGHT_DECAY_PROPERTY = None
+
+
+def optimizer_reads_weight_decay_property():
+    """Whether Keras' AdamW applies the ``weight_decay`` a subclass property returns."""
+    global _WEIGHT_DECAY_PROPERTY
+    if _WEIGHT_DECAY_PROPERTY is None:
+        _WEIGHT_DECAY_PROPERTY = _probe_weight_decay_property()
+    return _WEIGHT_DECAY_PROPERTY
+
+
+def _probe_weight_decay_property():
+    class _Probe(keras.optimizers.AdamW):
+        @property
+        def weight_decay(self):
+            return 0.5
+
+        @weight_decay.setter
+        def weight_decay(self, value):
+            pass
+
+    try:
+        variable = keras.Variable([2.0], dtype="float32")
+        optimizer = _Probe(learning_rate=1.0, weight_decay=0.0)
+        # A zero gradient leaves Adam's own update at zero: only the decay moves it.
+        optimizer.apply([keras.ops.zeros((1,))], [variable])
+        return abs(float(keras.ops.convert_to_numpy(variable)[0]) - 1.0) < 1e-6
+    except Exception:
+        return False
+
+
+# -- 4. an optimizer variable's index -------------------------------------------------
+
+
+def _probe_variable_index():
+    if PUBLIC_ONLY:
+        return False
+    try:
+        variables = [keras.Variable([1.0]), keras.Variable([2.0, 3.0])]
+        optimizer = keras.optimizers.SGD()
+        optimizer.build(variables)
+        return [optimizer._get_variable_index(v) for v in reversed(variables)] == [1, 0]
+    except Exception:  # renamed or changed: use the public index
+        return False
+
+
+VARIABLE_INDEX_IS_PRIVATE = _probe_variable_index()
+
+
+class VariableIndex:
+    """``index(variable)``: the position of ``variable`` in the list an optimizer was
+    built on, for the variable as ``update_step`` receives it on this backend.
+
+    Args:
+        optimizer: the ``keras.optimizers.Optimizer`` being built.
+        variables: the ``var_list`` given to its ``build``.
+        private: use Keras' ``_get_variable_index`` (default: when it was probed to
+            work); False for the identity index.
+    """
+
+    def __init__(self, optimizer, variables, private=None):
+        self._optimizer = optimizer
+        #: The variables, in order (a plain object's list: Keras tracks none of it).
+        self.variables = list(variables)
+        self._private = VARIABLE_INDEX_IS_PRIVATE if private is None else bool(private)
+        self._by_id = {}
+        on_tensorflow = keras.backend.backend() == "tensorflow"
+        for i, variable in enumerate(variables):
+            self._by_id[id(variable)] = i
+            if on_tensorflow and isinstance(variable, keras.Variable):
+                self._by_id[id(variable.value)] = i
+
+    def __call__(self, variable):
+        if self._private:
+            return self._optimizer._get_variable_index(variable)
+        try:
+            return self._by_id[id(variable)]
+        except KeyError:
+            raise RuntimeError(
+                f"The optimizer was not built on {getattr(variable, 'name', variable)!r} "
+                f"(or, on Keras {keras.__version__} without the internals "
+                "keras_vitmsn.keras_internals relies on, it is a tf.distribute replica)."
+            ) from None
