@@ -285,6 +285,25 @@ def test_scheduled_adamw_updates_like_torch_adamw():
     assert max_abs_diff(variable, reference.detach().numpy()) <= 1e-6
 
 
+def test_global_clipping_scales_only_the_clipped_gradients_once():
+    """The first moment after one step is (1 - beta_1) * the gradient as clipped: the
+    clipped variables' by torch's clip_grad_norm_ scale over them alone, the excluded
+    one untouched (a second, Keras-side clipping of all gradients would shrink both)."""
+    rng = np.random.default_rng(3)
+    grads = [rng.normal(size=(4,)).astype("float32") * 10 for _ in range(3)]
+    variables = [keras.Variable(np.zeros(4, "float32"), name=f"v{i}") for i in range(3)]
+    optimizer = msn.ScheduledAdamW(learning_rate=0.1, weight_decay=0.0, global_clipnorm=3.0)
+    optimizer.exclude_from_clipping([variables[2]])
+    optimizer.apply([keras.ops.convert_to_tensor(g) for g in grads], variables)
+    norm = np.sqrt(sum(float(np.sum(g.astype("float64") ** 2)) for g in grads[:2]))
+    scale = 3.0 / (norm + 1e-6)
+    assert scale < 0.2
+    expected = [0.1 * g * scale for g in grads[:2]] + [0.1 * grads[2]]
+    for variable, want in zip(variables, expected):
+        np.testing.assert_allclose(to_numpy(optimizer.moments(variable)[0]), want, rtol=1e-5)
+    assert optimizer.global_clipnorm == 3.0  # restored after apply()
+
+
 def test_errors():
     pretrainer = make_pretrainer(total_steps=None)
     with pytest.raises(ValueError, match="pass `total_steps`"):

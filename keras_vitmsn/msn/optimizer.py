@@ -167,12 +167,14 @@ class ScheduledAdamW(keras.optimizers.Optimizer):
             else:
                 variables = list(trainable_variables)
             grads = self._clip_global_norm(list(grads), variables)
+            # Already clipped: the base class would clip every gradient again, the
+            # prototypes' too. Its public attribute is what it reads to decide.
+            clipnorm, self.global_clipnorm = self.global_clipnorm, None
+            try:
+                return super().apply(grads, trainable_variables)
+            finally:
+                self.global_clipnorm = clipnorm
         return super().apply(grads, trainable_variables)
-
-    def _clip_gradients(self, grads):
-        if self.global_clipnorm:
-            return grads  # clipped in apply(), where the variables are known
-        return super()._clip_gradients(grads)
 
     def _clip_global_norm(self, grads, variables):
         # apply() receives Keras variables on every backend: identity matches them.
