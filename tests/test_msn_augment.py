@@ -62,7 +62,7 @@ def recipe():
 
 # -- the examples in the docstrings --------------------------------------------------------
 
-@pytest.mark.parametrize("module", [augment.recipe, augment.ops, augment.dataset])
+@pytest.mark.parametrize("module", [augment.recipe, augment.ops, augment.dataset, augment.batched])
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 3 and result.failed == 0
@@ -332,6 +332,39 @@ def test_dataset_batches_seeding_and_epochs(images):
         np.testing.assert_array_equal(repeated[0][k], epoch_1[0][k])
         np.testing.assert_array_equal(repeated[1][k], epoch_1[1][k])
     assert not np.allclose(repeated[2]["target"], repeated[0]["target"])
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_arrays_get_the_views_of_the_per_image_path(images, data_format):
+    """An array's views are rendered a batch at a time (batched.py); a tf.data source
+    of the same images takes the per-image ``views``. Same seed, same order: the same
+    views, with every transform of the paper's recipe on, and the last short batch."""
+    converter = kv.ViTMSNImageConverter(image_size=None, data_format=data_format)
+    recipe = MSNAugmentation(**dict(TINY, image_converter=converter))
+    source = np.concatenate([images, images[:3, ::-1]])  # 11 images: batches of 4, 4, 3
+    kwargs = dict(batch_size=4, augmentation=recipe, shuffle=False, seed=5,
+                  drop_remainder=False)
+    by_batch = batches(msn_multiview_dataset(source, **kwargs))
+    per_image = batches(msn_multiview_dataset(tf.data.Dataset.from_tensor_slices(source),
+                                              **kwargs))
+    assert [b["target"].shape[0] for b in by_batch] == [4, 4, 3]
+    for got, want in zip(by_batch, per_image, strict=True):
+        assert set(got) == set(want) == {"target", "anchor", "focal"}
+        for k in want:
+            assert got[k].shape == want[k].shape
+            np.testing.assert_allclose(got[k], want[k], atol=1e-4)
+
+
+def test_batched_resize_is_tensorflows_antialiased_resize_of_the_crop():
+    rng = np.random.default_rng(4)
+    x = rng.random((6, 23, 17, 3)).astype("float32")
+    boxes = np.array([[0, 0, 23, 17], [3, 2, 5, 4], [1, 6, 20, 11], [10, 0, 1, 1],
+                      [2, 3, 14, 9], [0, 16, 23, 1]], "int32")
+    for size in [(8, 8), (32, 20), (5, 31)]:  # down, up, mixed
+        got = augment.batched.resize_crops(x, boxes, size).numpy()
+        for i, (t, l, h, w) in enumerate(boxes):
+            want = tf.image.resize(x[i, t:t + h, l:l + w], size, antialias=True).numpy()
+            np.testing.assert_allclose(got[i], want, atol=1e-5)
 
 
 def test_dataset_without_focal_views_and_remainder(images):

@@ -11,6 +11,8 @@ authors' torchvision pipeline: RandomResizedCrop, horizontal flip, colour jitter
   jitter, grayscale, blur).
 - :mod:`~keras_vitmsn.msn.augment.dataset`: :func:`msn_multiview_dataset`, batches
   of views from a folder, an array or a ``tf.data.Dataset``.
+- :mod:`~keras_vitmsn.msn.augment.batched`: the same views rendered a batch at a time,
+  for arrays of equally sized images.
 
 Only TensorFlow ops with stateless randomness are used (and Pillow, for image
 files TensorFlow does not decode), so the pipeline runs inside ``tf.data`` whatever
@@ -20,6 +22,7 @@ fully determines the views. TensorFlow is imported when first needed, so importi
 """
 
 from keras_vitmsn.image_files import list_image_files
+from keras_vitmsn.msn.augment import batched
 from keras_vitmsn.msn.augment.dataset import AUTOTUNE
 from keras_vitmsn.msn.augment.dataset import msn_multiview_dataset
 from keras_vitmsn.msn.augment.ops import LUMA_WEIGHTS

@@ -12,6 +12,8 @@ import numpy as np
 
 from keras_vitmsn.image_files import decode_rgb
 from keras_vitmsn.image_files import read_image_folder
+from keras_vitmsn.msn.augment.batched import draw_element_params
+from keras_vitmsn.msn.augment.batched import render_views
 from keras_vitmsn.msn.augment.ops import _tf
 from keras_vitmsn.msn.augment.recipe import MSNAugmentation
 
@@ -128,6 +130,7 @@ def msn_multiview_dataset(
         # Two unrelated streams from one user seed.
         shuffle_seed, views_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
 
+    image_size = None  # known for arrays: their views are made a batch at a time
     if isinstance(source, (str, os.PathLike)):
         # Checked here, so no file fails to decode mid-epoch.
         images = read_image_folder(source, skip_bad_images=skip_bad_images)
@@ -149,6 +152,11 @@ def msn_multiview_dataset(
 
         def load(index):
             return _to_rgb(tf.gather(images, index))
+
+        def load_batch(indices):
+            return _to_rgb(tf.gather(images, indices))
+
+        image_size = array.shape[1:3]
     elif isinstance(source, tf.data.Dataset):
         elements = _images_of(source)
         buffer = _DATASET_SHUFFLE_BUFFER
@@ -168,6 +176,24 @@ def msn_multiview_dataset(
     seeds = tf.data.Dataset.random(seed=views_seed, rerandomize_each_iteration=True).batch(
         2, drop_remainder=True
     )
+
+    if image_size is not None:
+        # One size for all: per image only the random choices are drawn, and the
+        # views of a whole batch are rendered at once (the same views; see batched.py).
+        @tf.autograph.experimental.do_not_convert
+        def draw(index, seed):
+            return index, draw_element_params(augmentation, *image_size, seed)
+
+        @tf.autograph.experimental.do_not_convert
+        def render(indices, params):
+            return render_views(augmentation, load_batch(indices), params)
+
+        dataset = tf.data.Dataset.zip((elements, seeds)).map(
+            draw, num_parallel_calls=num_parallel_calls
+        )
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        dataset = dataset.map(render, num_parallel_calls=num_parallel_calls)
+        return dataset.prefetch(AUTOTUNE)
 
     @tf.autograph.experimental.do_not_convert  # plain TF ops; converting only slows tracing
     def make_views(element, seed):
