@@ -5,10 +5,11 @@ images of any size needs. For an array of equally sized images (the digits demo,
 small-image domain held in memory) the per-image graph costs more than the work
 itself: a tiny model then waits for its views (issue 12). Here the work is split:
 
-- :func:`draw_view_params` draws, per image, exactly the random numbers ``views``
-  draws from the same seed (the crop box, flip, colour-jitter factors and order,
-  grayscale, blur and its sigma): a few scalar ops;
-- :func:`render_views` then applies them to the whole batch at once: the crop and
+- per image, only :func:`view_uniforms`: one draw of the uniform numbers its views
+  are made from (``views`` makes them from the same numbers, through the same
+  :func:`view_params`: crop box, flip, colour-jitter factors and order, grayscale,
+  blur and its sigma);
+- :func:`render_views` then makes the views of the whole batch at once: the crop and
   antialiased bilinear resize as two matrix products per image (the weights of
   ``tf.image.resize(crop, size, antialias=True)``), colour jitter, grayscale and blur
   as batched tensor ops.
@@ -17,86 +18,83 @@ So a seed gives the same views either way (to float rounding; tested against
 ``views``).
 """
 
+from keras_vitmsn.msn.augment.ops import CROP_UNIFORMS
+from keras_vitmsn.msn.augment.ops import JITTER_UNIFORMS
 from keras_vitmsn.msn.augment.ops import LUMA_WEIGHTS
 from keras_vitmsn.msn.augment.ops import _seed_tensor
 from keras_vitmsn.msn.augment.ops import _tf
-from keras_vitmsn.msn.augment.ops import random_resized_crop_box
+from keras_vitmsn.msn.augment.ops import crop_box_from_uniforms
 
-_SPLITS_PER_VIEW = 8  # as MSNAugmentation._view splits each view's seed
+# Where each random choice of a view reads its uniform number(s).
+_CROP = slice(0, CROP_UNIFORMS)
+_FLIP = CROP_UNIFORMS
+_JITTER = CROP_UNIFORMS + 1
+_JITTER_U = slice(CROP_UNIFORMS + 2, CROP_UNIFORMS + 2 + JITTER_UNIFORMS)
+_GRAY = CROP_UNIFORMS + 2 + JITTER_UNIFORMS
+_BLUR = _GRAY + 1
+_SIGMA = _GRAY + 2
+#: Uniform numbers in [0, 1) that make one view.
+VIEW_UNIFORMS = _SIGMA + 1
 
 
-def draw_view_params(augmentation, image_height, image_width, seed, scale):
-    """The random choices of one view (those of ``MSNAugmentation._view`` for ``seed``)."""
+def view_uniforms(augmentation, seed):
+    """``(2 + M, VIEW_UNIFORMS)`` uniforms for the views of one image: ``seed``
+    determines them, and they determine the views."""
     tf = _tf()
-    s = tf.random.experimental.stateless_split(_seed_tensor(seed), _SPLITS_PER_VIEW)
+    return tf.random.stateless_uniform(
+        [2 + augmentation.num_focal_views, VIEW_UNIFORMS], _seed_tensor(seed)
+    )
 
-    def happens(p, seed):
+
+def view_params(augmentation, uniforms, image_height, image_width):
+    """The random choices of views from their uniforms ``(..., 2 + M, VIEW_UNIFORMS)``
+    (the first two global, the others focal): a dict of tensors ``(..., 2 + M, ...)``."""
+    tf = _tf()
+
+    def happens(p, u):
         if p <= 0:
-            return tf.constant(False)
+            return tf.zeros_like(u, tf.bool)
         if p >= 1:
-            return tf.constant(True)
-        return tf.random.stateless_uniform([], seed) < p
+            return tf.ones_like(u, tf.bool)
+        return u < p
 
-    jitter_seeds = tf.random.experimental.stateless_split(s[3], 2)
+    boxes = [crop_box_from_uniforms(image_height, image_width, scale, augmentation.ratio,
+                                    uniforms[..., views, _CROP])
+             for views, scale in ((slice(0, 2), augmentation.global_scale),
+                                  (slice(2, None), augmentation.focal_scale))]
+    low, high = augmentation.blur_sigma
+    jitter_p = augmentation.color_jitter_probability if augmentation._jitters_color else 0.0
     return {
-        "box": random_resized_crop_box(image_height, image_width, scale, augmentation.ratio, s[0]),
-        "flip": happens(augmentation.flip_probability, s[1]),
-        "jitter": happens(augmentation.color_jitter_probability, s[2])
-        if augmentation._jitters_color else tf.constant(False),
-        "jitter_u": tf.random.stateless_uniform([4], jitter_seeds[0]),
-        "jitter_order": tf.cast(
-            tf.argsort(tf.random.stateless_uniform([4], jitter_seeds[1])), tf.int32
-        ),
-        "gray": happens(augmentation.grayscale_probability, s[4]),
-        "blur": happens(augmentation.blur_probability, s[5]),
-        "sigma": tf.random.stateless_uniform(
-            [], s[6], augmentation.blur_sigma[0], augmentation.blur_sigma[1]
-        ),
+        "box": tf.concat(boxes, axis=-2),
+        "flip": happens(augmentation.flip_probability, uniforms[..., _FLIP]),
+        "jitter": happens(jitter_p, uniforms[..., _JITTER]),
+        "jitter_u": uniforms[..., _JITTER_U],
+        "gray": happens(augmentation.grayscale_probability, uniforms[..., _GRAY]),
+        "blur": happens(augmentation.blur_probability, uniforms[..., _BLUR]),
+        "sigma": low + uniforms[..., _SIGMA] * (high - low),
     }
 
 
-def draw_element_params(augmentation, image_height, image_width, seed):
-    """``{"global": params of 2 views, "focal": params of M views}`` for one image."""
-    tf = _tf()
-    seeds = tf.random.experimental.stateless_split(
-        _seed_tensor(seed), 2 + augmentation.num_focal_views
-    )
-
-    def stacked(views_seeds, scale):
-        params = [draw_view_params(augmentation, image_height, image_width, s, scale)
-                  for s in tf.unstack(views_seeds)]
-        return {key: tf.stack([p[key] for p in params]) for key in params[0]}
-
-    out = {"global": stacked(seeds[:2], augmentation.global_scale)}
-    if augmentation.num_focal_views:
-        out["focal"] = stacked(seeds[2:], augmentation.focal_scale)
-    return out
-
-
-def render_views(augmentation, images, params):
+def render_views(augmentation, images, uniforms):
     """The batch ``{"target", "anchor"[, "focal"]}`` from images ``(B, H, W, C)`` (any
-    real dtype, in [0, 255]) and the batched :func:`draw_element_params`."""
+    real dtype, in [0, 255]) and their :func:`view_uniforms` ``(B, 2 + M, K)``."""
     tf = _tf()
     images = tf.cast(images, tf.float32)
     batch = tf.shape(images)[0]
+    params = view_params(augmentation, uniforms, images.shape[1], images.shape[2])
 
-    def kind(p, size):
-        views = p["box"].shape[1]
-        flat = {k: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0)) for k, v in p.items()}
-        source = tf.repeat(images, views, axis=0)  # view-major within each image
-        x = _render(augmentation, source, flat, size)
-        return x, views
+    def kind(views, size):
+        count = 2 if views.start == 0 else augmentation.num_focal_views
+        flat = {k: tf.reshape(v[:, views], tf.concat([[-1], tf.shape(v)[2:]], 0))
+                for k, v in params.items()}
+        source = tf.repeat(images, count, axis=0)  # view-major within each image
+        x = augmentation._convert(_render(augmentation, source, flat, size))
+        return tf.reshape(x, tf.concat([[batch, count], tf.shape(x)[1:]], 0))
 
-    target_anchor, _ = kind(params["global"], augmentation.global_size)
-    target_anchor = augmentation._convert(target_anchor)
-    target_anchor = tf.reshape(
-        target_anchor, tf.concat([[batch, 2], tf.shape(target_anchor)[1:]], 0)
-    )
+    target_anchor = kind(slice(0, 2), augmentation.global_size)
     out = {"target": target_anchor[:, 0], "anchor": target_anchor[:, 1]}
     if augmentation.num_focal_views:
-        focal, views = kind(params["focal"], augmentation.focal_size)
-        focal = augmentation._convert(focal)
-        out["focal"] = tf.reshape(focal, tf.concat([[batch, views], tf.shape(focal)[1:]], 0))
+        out["focal"] = kind(slice(2, None), augmentation.focal_size)
     return out
 
 
@@ -106,8 +104,7 @@ def _render(augmentation, images, p, size):
     x = tf.clip_by_value(x / 255.0, 0.0, 1.0)
     x = _where(p["flip"], tf.reverse(x, [2]), x)
     if augmentation._jitters_color:
-        jittered = color_jitter_batch(x, p["jitter_u"], p["jitter_order"],
-                                      augmentation.color_jitter)
+        jittered = color_jitter_batch(x, p["jitter_u"], augmentation.color_jitter)
         x = _where(p["jitter"], jittered, x)
     if augmentation.grayscale_probability > 0:
         x = _where(p["gray"], tf.repeat(_luma(x)[..., None], x.shape[-1], axis=-1), x)
@@ -168,11 +165,12 @@ def resize_crops(images, boxes, size):
     return tf.einsum("bjw,biwc->bijc", cols, x)
 
 
-def color_jitter_batch(x, u, order, strengths):
-    """:func:`keras_vitmsn.msn.augment.ops.color_jitter` on a batch ``(B, H, W, 3)``,
-    each image with its own factors ``u`` ``(B, 4)`` and order ``(B, 4)``."""
+def color_jitter_batch(x, uniforms, strengths):
+    """:func:`keras_vitmsn.msn.augment.ops.color_jitter_from_uniforms` on a batch
+    ``(B, H, W, 3)``, each image with its own uniforms ``(B, JITTER_UNIFORMS)``."""
     tf = _tf()
     brightness, contrast, saturation, hue = strengths
+    u, order = uniforms[:, :4], tf.argsort(uniforms[:, 4:8], axis=-1)
 
     def factor(strength, u):
         low = max(0.0, 1.0 - strength)

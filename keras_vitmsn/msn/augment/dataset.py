@@ -12,8 +12,8 @@ import numpy as np
 
 from keras_vitmsn.image_files import decode_rgb
 from keras_vitmsn.image_files import read_image_folder
-from keras_vitmsn.msn.augment.batched import draw_element_params
 from keras_vitmsn.msn.augment.batched import render_views
+from keras_vitmsn.msn.augment.batched import view_uniforms
 from keras_vitmsn.msn.augment.ops import _tf
 from keras_vitmsn.msn.augment.recipe import MSNAugmentation
 
@@ -178,15 +178,15 @@ def msn_multiview_dataset(
     )
 
     if image_size is not None:
-        # One size for all: per image only the random choices are drawn, and the
-        # views of a whole batch are rendered at once (the same views; see batched.py).
+        # One size for all: per image only its views' uniforms are drawn, and the
+        # views of a whole batch are made at once (the same views; see batched.py).
         @tf.autograph.experimental.do_not_convert
         def draw(index, seed):
-            return index, draw_element_params(augmentation, *image_size, seed)
+            return index, view_uniforms(augmentation, seed)
 
         @tf.autograph.experimental.do_not_convert
-        def render(indices, params):
-            return render_views(augmentation, load_batch(indices), params)
+        def render(indices, uniforms):
+            return render_views(augmentation, load_batch(indices), uniforms)
 
         dataset = tf.data.Dataset.zip((elements, seeds)).map(
             draw, num_parallel_calls=num_parallel_calls

@@ -51,40 +51,50 @@ def random_resized_crop_box(image_height, image_width, scale, ratio, seed):
     [0, 50, 100, 100]
     """
     tf = _tf()
+    uniforms = tf.random.stateless_uniform([CROP_UNIFORMS], _seed_tensor(seed))
+    return crop_box_from_uniforms(image_height, image_width, scale, ratio, uniforms)
+
+
+#: Uniform numbers in [0, 1) one crop box is drawn from: 10 areas, 10 aspect ratios,
+#: the top and the left.
+CROP_UNIFORMS = 2 * _CROP_ATTEMPTS + 2
+
+
+def crop_box_from_uniforms(image_height, image_width, scale, ratio, uniforms):
+    """:func:`random_resized_crop_box` from given uniforms ``(..., CROP_UNIFORMS)``
+    (any leading shape: one box per row), returning int32 ``(..., 4)``."""
+    tf = _tf()
     scale = _check_range(scale, "scale", upper=1.0)
     ratio = _check_range(ratio, "ratio")
-    seeds = tf.random.experimental.stateless_split(_seed_tensor(seed), 4)
+    uniforms = tf.convert_to_tensor(uniforms, tf.float32)
     height = tf.cast(image_height, tf.int32)
     width = tf.cast(image_width, tf.int32)
     h = tf.cast(height, tf.float32)
     w = tf.cast(width, tf.float32)
     # All attempts at once; the first valid one is the one torchvision would return.
-    area = h * w * tf.random.stateless_uniform([_CROP_ATTEMPTS], seeds[0], scale[0], scale[1])
-    aspect = tf.exp(tf.random.stateless_uniform(
-        [_CROP_ATTEMPTS], seeds[1], math.log(ratio[0]), math.log(ratio[1])
-    ))
+    area = h * w * (scale[0] + uniforms[..., :_CROP_ATTEMPTS] * (scale[1] - scale[0]))
+    log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
+    aspect = tf.exp(log_low + uniforms[..., _CROP_ATTEMPTS:2 * _CROP_ATTEMPTS]
+                    * (log_high - log_low))
     crop_w = tf.round(tf.sqrt(area * aspect))  # half to even, as Python's round
     crop_h = tf.round(tf.sqrt(area / aspect))
     valid = (crop_w > 0) & (crop_w <= w) & (crop_h > 0) & (crop_h <= h)
-    first = tf.argmax(tf.cast(valid, tf.int32))
-    found = tf.reduce_any(valid)
+    first = tf.argmax(tf.cast(valid, tf.int32), axis=-1)[..., None]
+    found = tf.reduce_any(valid, axis=-1)
 
     in_ratio = w / h
     fallback_w = tf.where(in_ratio > ratio[1], tf.round(h * ratio[1]), w)
     fallback_h = tf.where(in_ratio < ratio[0], tf.round(w / ratio[0]), h)
-    box_h = tf.cast(tf.where(found, crop_h[first], fallback_h), tf.int32)
-    box_w = tf.cast(tf.where(found, crop_w[first], fallback_w), tf.int32)
-    top = tf.where(
-        found,
-        tf.random.stateless_uniform([], seeds[2], 0, height - box_h + 1, dtype=tf.int32),
-        (height - box_h) // 2,
-    )
-    left = tf.where(
-        found,
-        tf.random.stateless_uniform([], seeds[3], 0, width - box_w + 1, dtype=tf.int32),
-        (width - box_w) // 2,
-    )
-    return tf.stack([top, left, box_h, box_w])
+    pick = lambda values: tf.gather(values, first, batch_dims=len(values.shape) - 1)[..., 0]
+    box_h = tf.cast(tf.where(found, pick(crop_h), fallback_h), tf.int32)
+    box_w = tf.cast(tf.where(found, pick(crop_w), fallback_w), tf.int32)
+
+    def position(u, room):  # uniform over 0 .. room
+        return tf.minimum(tf.cast(tf.floor(u * tf.cast(room + 1, tf.float32)), tf.int32), room)
+
+    top = tf.where(found, position(uniforms[..., -2], height - box_h), (height - box_h) // 2)
+    left = tf.where(found, position(uniforms[..., -1], width - box_w), (width - box_w) // 2)
+    return tf.stack([top, left, box_h, box_w], axis=-1)
 
 
 def color_jitter(x, seed, strengths):
@@ -105,9 +115,20 @@ def color_jitter(x, seed, strengths):
     True
     """
     tf = _tf()
+    uniforms = tf.random.stateless_uniform([JITTER_UNIFORMS], _seed_tensor(seed))
+    return color_jitter_from_uniforms(x, uniforms, strengths)
+
+
+#: Uniform numbers one colour jitter is drawn from: four factors, then four keys whose
+#: ranks are the order of the adjustments.
+JITTER_UNIFORMS = 8
+
+
+def color_jitter_from_uniforms(x, uniforms, strengths):
+    """:func:`color_jitter` with its random numbers given (``(JITTER_UNIFORMS,)``)."""
+    tf = _tf()
     brightness, contrast, saturation, hue = strengths
-    s = tf.random.experimental.stateless_split(_seed_tensor(seed), 2)
-    u = tf.random.stateless_uniform([4], s[0])
+    u = uniforms[:4]
 
     def factor(strength, u):  # torchvision: uniform in [max(0, 1 - s), 1 + s]
         low = max(0.0, 1.0 - strength)
@@ -136,7 +157,7 @@ def color_jitter(x, seed, strengths):
         adjust_hue if hue > 0 else tf.identity,
     ]
     # torchvision applies the four in a new random order every call.
-    order = tf.argsort(tf.random.stateless_uniform([4], s[1]))
+    order = tf.argsort(uniforms[4:8])
 
     def step(k, x):
         return k + 1, tf.switch_case(order[k], [lambda fn=fn: fn(x) for fn in adjustments])
@@ -163,9 +184,15 @@ def gaussian_blur(x, seed, sigma_range, radius):
     True
     """
     tf = _tf()
-    x = tf.convert_to_tensor(x)
     low, high = sigma_range
     sigma = tf.random.stateless_uniform([], _seed_tensor(seed), low, high)
+    return gaussian_blur_with_sigma(x, sigma, radius)
+
+
+def gaussian_blur_with_sigma(x, sigma, radius):
+    """:func:`gaussian_blur` with a given sigma (a scalar)."""
+    tf = _tf()
+    x = tf.convert_to_tensor(x)
     t = tf.range(-radius, radius + 1, dtype=tf.float32)
     weights = tf.exp(-0.5 * tf.square(t / sigma))
     weights = weights / tf.reduce_sum(weights)

@@ -12,13 +12,14 @@ import numbers
 
 import keras
 
+from keras_vitmsn.msn.augment.batched import view_params
+from keras_vitmsn.msn.augment.batched import view_uniforms
 from keras_vitmsn.msn.augment.ops import _check_range
 from keras_vitmsn.msn.augment.ops import _seed_tensor
 from keras_vitmsn.msn.augment.ops import _tf
-from keras_vitmsn.msn.augment.ops import color_jitter
-from keras_vitmsn.msn.augment.ops import gaussian_blur
+from keras_vitmsn.msn.augment.ops import color_jitter_from_uniforms
+from keras_vitmsn.msn.augment.ops import gaussian_blur_with_sigma
 from keras_vitmsn.msn.augment.ops import grayscale
-from keras_vitmsn.msn.augment.ops import random_resized_crop_box
 
 
 class MSNAugmentation:
@@ -233,24 +234,23 @@ class MSNAugmentation:
         tf = _tf()
         if image.shape[-1] is None:
             image = tf.ensure_shape(image, [None, None, 3])
-        seeds = tf.random.experimental.stateless_split(seed, 2 + self.num_focal_views)
         channels = image.shape[-1]
+        shape = tf.shape(image)
+        params = view_params(self, view_uniforms(self, seed), shape[0], shape[1])
 
-        def views_of(seeds, size, scale):
+        def views_of(views, size):
             # One traced view function per kind of view (not one per view) keeps the
             # graph small and quick to trace.
             return tf.map_fn(
-                lambda s: self._view(image, s, size, scale),
-                seeds,
+                lambda p: self._view(image, p, size),
+                {k: v[views] for k, v in params.items()},
                 fn_output_signature=tf.TensorSpec(size + (channels,), tf.float32),
             )
 
-        target, anchor = tf.unstack(
-            self._convert(views_of(seeds[:2], self.global_size, self.global_scale))
-        )
+        target, anchor = tf.unstack(self._convert(views_of(slice(0, 2), self.global_size)))
         out = {"target": target, "anchor": anchor}
         if self.num_focal_views:
-            out["focal"] = self._convert(views_of(seeds[2:], self.focal_size, self.focal_scale))
+            out["focal"] = self._convert(views_of(slice(2, None), self.focal_size))
         return out
 
     def _convert(self, views):
@@ -260,34 +260,32 @@ class MSNAugmentation:
             views = tf.transpose(views, list(range(rank - 3)) + [rank - 1, rank - 3, rank - 2])
         return self._converter(views)
 
-    def _view(self, image, seed, size, scale):
-        """One view in [0, 255], channels last."""
+    def _view(self, image, p, size):
+        """One view in [0, 255], channels last, from its choices ``p`` (view_params)."""
         tf = _tf()
-        s = tf.random.experimental.stateless_split(seed, 8)
-        shape = tf.shape(image)
-        box = random_resized_crop_box(shape[0], shape[1], scale, self.ratio, s[0])
+        box = p["box"]
         crop = image[box[0] : box[0] + box[2], box[1] : box[1] + box[3]]
         x = tf.image.resize(crop, size, method="bilinear", antialias=True)
         x = tf.ensure_shape(x, size + (image.shape[-1],))
         x = tf.clip_by_value(x / 255.0, 0.0, 1.0)
 
-        def maybe(p, seed, fn, x, cheap=False):
-            if p <= 0:
+        def maybe(p_apply, apply, fn, x, cheap=False):
+            if p_apply <= 0:
                 return x
-            if p >= 1:
+            if p_apply >= 1:
                 return fn(x)
-            apply = tf.random.stateless_uniform([], seed) < p
             if cheap:  # no nested graph function: faster tracing and iterator start
                 return tf.where(apply, fn(x), x)
             return tf.cond(apply, lambda: fn(x), lambda: x)
 
-        x = maybe(self.flip_probability, s[1], lambda x: tf.reverse(x, [1]), x, cheap=True)
+        x = maybe(self.flip_probability, p["flip"], lambda x: tf.reverse(x, [1]), x, cheap=True)
         if self._jitters_color:
-            x = maybe(self.color_jitter_probability, s[2],
-                      lambda x: color_jitter(x, s[3], self.color_jitter), x)
-        x = maybe(self.grayscale_probability, s[4], grayscale, x, cheap=True)
-        x = maybe(self.blur_probability, s[5],
-                  lambda x: gaussian_blur(x, s[6], self.blur_sigma, self.blur_radius), x)
+            x = maybe(self.color_jitter_probability, p["jitter"],
+                      lambda x: color_jitter_from_uniforms(x, p["jitter_u"], self.color_jitter),
+                      x)
+        x = maybe(self.grayscale_probability, p["gray"], grayscale, x, cheap=True)
+        x = maybe(self.blur_probability, p["blur"],
+                  lambda x: gaussian_blur_with_sigma(x, p["sigma"], self.blur_radius), x)
         return x * 255.0
 
     # -- serialisation -------------------------------------------------------------------
