@@ -15,24 +15,12 @@ import pytest
 
 import keras_vitmsn as kv
 from keras_vitmsn.models.export import EXPORT_FORMATS, supported_export_formats
-from helpers import BACKEND, to_numpy
+from helpers import BACKEND, tiny_backbone, to_numpy
 
 TOL = 1e-5
 FORMATS = ("tf_saved_model", "onnx", "torch")
 KINDS = ("backbone", "classifier", "classifier_converter")
 RUNTIMES = {"tf_saved_model": "tensorflow", "onnx": "onnxruntime", "torch": "torch"}
-
-
-def tiny_backbone(**kwargs):
-    return kv.ViTMSNBackbone(
-        image_shape=(32, 32, 3),
-        patch_size=8,
-        hidden_dim=32,
-        num_layers=2,
-        num_heads=4,
-        intermediate_dim=64,
-        **kwargs,
-    )
 
 
 def randomize(model, seed=0):
