@@ -20,10 +20,12 @@ So a seed gives the same views either way (to float rounding; tested against
 
 from keras_vitmsn.msn.augment.ops import CROP_UNIFORMS
 from keras_vitmsn.msn.augment.ops import JITTER_UNIFORMS
-from keras_vitmsn.msn.augment.ops import LUMA_WEIGHTS
+from keras_vitmsn.msn.augment.ops import _luma
 from keras_vitmsn.msn.augment.ops import _seed_tensor
 from keras_vitmsn.msn.augment.ops import _tf
 from keras_vitmsn.msn.augment.ops import crop_box_from_uniforms
+from keras_vitmsn.msn.augment.ops import grayscale
+from keras_vitmsn.msn.augment.ops import reflected_columns
 
 # Where each random choice of a view reads its uniform number(s).
 _CROP = slice(0, CROP_UNIFORMS)
@@ -83,18 +85,17 @@ def render_views(augmentation, images, uniforms):
     batch = tf.shape(images)[0]
     params = view_params(augmentation, uniforms, images.shape[1], images.shape[2])
 
-    def kind(views, size):
-        count = 2 if views.start == 0 else augmentation.num_focal_views
-        flat = {k: tf.reshape(v[:, views], tf.concat([[-1], tf.shape(v)[2:]], 0))
+    def kind(first, count, size):  # views first .. first + count - 1 of each image
+        flat = {k: tf.reshape(v[:, first:first + count], tf.concat([[-1], tf.shape(v)[2:]], 0))
                 for k, v in params.items()}
         source = tf.repeat(images, count, axis=0)  # view-major within each image
         x = augmentation._convert(_render(augmentation, source, flat, size))
         return tf.reshape(x, tf.concat([[batch, count], tf.shape(x)[1:]], 0))
 
-    target_anchor = kind(slice(0, 2), augmentation.global_size)
+    target_anchor = kind(0, 2, augmentation.global_size)
     out = {"target": target_anchor[:, 0], "anchor": target_anchor[:, 1]}
     if augmentation.num_focal_views:
-        out["focal"] = kind(slice(2, None), augmentation.focal_size)
+        out["focal"] = kind(2, augmentation.num_focal_views, augmentation.focal_size)
     return out
 
 
@@ -102,12 +103,13 @@ def _render(augmentation, images, p, size):
     tf = _tf()
     x = resize_crops(images, p["box"], size)
     x = tf.clip_by_value(x / 255.0, 0.0, 1.0)
-    x = _where(p["flip"], tf.reverse(x, [2]), x)
+    if augmentation.flip_probability > 0:
+        x = _where(p["flip"], tf.reverse(x, [2]), x)
     if augmentation._jitters_color:
         jittered = color_jitter_batch(x, p["jitter_u"], augmentation.color_jitter)
         x = _where(p["jitter"], jittered, x)
     if augmentation.grayscale_probability > 0:
-        x = _where(p["gray"], tf.repeat(_luma(x)[..., None], x.shape[-1], axis=-1), x)
+        x = _where(p["gray"], grayscale(x), x)
     if augmentation.blur_probability > 0:
         x = _where(p["blur"], gaussian_blur_batch(x, p["sigma"], augmentation.blur_radius), x)
     return x * 255.0
@@ -116,11 +118,6 @@ def _render(augmentation, images, p, size):
 def _where(condition, a, b):
     tf = _tf()
     return tf.where(tf.reshape(condition, [-1, 1, 1, 1]), a, b)
-
-
-def _luma(x):
-    tf = _tf()
-    return tf.einsum("...c,c->...", x, tf.constant(LUMA_WEIGHTS, x.dtype))
 
 
 def resize_weights(start, length, input_size, output_size):
@@ -209,10 +206,9 @@ def gaussian_blur_batch(x, sigma, radius):
     weights = weights / tf.reduce_sum(weights, axis=1, keepdims=True)
 
     def matrix(n):
-        columns = tf.abs(tf.range(n)[:, None] + tf.range(-radius, radius + 1)[None, :])
-        columns = tf.where(columns > n - 1, 2 * (n - 1) - columns, columns)
         # Taps folded onto one pixel by the reflect padding add up, as in ops.
-        return tf.einsum("bt,itn->bin", weights, tf.one_hot(columns, n, dtype=tf.float32))
+        columns = tf.one_hot(reflected_columns(n, radius), n, dtype=tf.float32)
+        return tf.einsum("bt,itn->bin", weights, columns)
 
     x = tf.einsum("bij,bjwc->biwc", matrix(x.shape[1]), x)
     return tf.einsum("bij,bhjc->bhic", matrix(x.shape[2]), x)

@@ -150,11 +150,8 @@ def msn_multiview_dataset(
         elements = tf.data.Dataset.range(len(array))
         buffer = len(array)
 
-        def load(index):
+        def load(index):  # one index, or a batch of them
             return _to_rgb(tf.gather(images, index))
-
-        def load_batch(indices):
-            return _to_rgb(tf.gather(images, indices))
 
         image_size = array.shape[1:3]
     elif isinstance(source, tf.data.Dataset):
@@ -186,7 +183,7 @@ def msn_multiview_dataset(
 
         @tf.autograph.experimental.do_not_convert
         def render(indices, uniforms):
-            return render_views(augmentation, load_batch(indices), uniforms)
+            return render_views(augmentation, load(indices), uniforms)
 
         dataset = tf.data.Dataset.zip((elements, seeds)).map(
             draw, num_parallel_calls=num_parallel_calls

@@ -219,6 +219,14 @@ def _luma(x):
     return tf.einsum("...c,c->...", x, tf.constant(LUMA_WEIGHTS, x.dtype))
 
 
+def reflected_columns(n, radius):
+    """``(n, 2 * radius + 1)`` int32: the pixel each tap of a kernel centred on pixel i
+    reads under reflect padding (mirrored about the edge pixel, which is not repeated)."""
+    tf = _tf()
+    columns = tf.abs(tf.range(n)[:, None] + tf.range(-radius, radius + 1)[None, :])
+    return tf.where(columns > n - 1, 2 * (n - 1) - columns, columns)
+
+
 def _blur_matrix(n, weights, radius):
     """(n, n) matrix applying the kernel ``weights`` along an axis of n pixels.
 
@@ -228,9 +236,7 @@ def _blur_matrix(n, weights, radius):
     """
     tf = _tf()
     taps = 2 * radius + 1
-    columns = tf.range(n)[:, None] + tf.range(-radius, radius + 1)[None, :]
-    columns = tf.abs(columns)
-    columns = tf.where(columns > n - 1, 2 * (n - 1) - columns, columns)
+    columns = reflected_columns(n, radius)
     rows = tf.repeat(tf.range(n), taps)
     indices = tf.stack([rows, tf.reshape(columns, [-1])], axis=1)
     # scatter_nd adds up the weights of taps folded onto the same pixel.
