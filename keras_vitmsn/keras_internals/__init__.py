@@ -46,6 +46,16 @@ environment makes a whole process take every public path).
    instead, so :func:`replace_dtype_policy` sets the private ``_dtype_policy``
    (probed). Nothing public does the same, so where the probe fails, rebuilding a
    quantised model refuses with an error rather than saving broken files later.
+8. One optimizer update call per step: Keras' base class runs ``update_step`` per
+   variable from its private ``_backend_update_step``, which Keras' own torch
+   optimizers override with multi-tensor kernels. :func:`route_batched_update` lets
+   ``ScheduledAdamW`` do the same (probed). Fallback: the per-variable
+   ``update_step`` (the same arithmetic; tests compare the two).
+9. Whether a ``keras.StatelessScope`` is active (Keras' private
+   ``in_stateless_scope``): the torch fast paths update variables in place, which
+   inside such a scope would write into the caller's arrays instead of recording new
+   values. Fallback: :func:`in_stateless_scope` answers True, so the fast paths step
+   aside and every update goes through ``assign``.
 
 Other private names are not used: export builds its sample inputs itself.
 """
@@ -68,8 +78,12 @@ from keras_vitmsn.keras_internals.layers import (
     replace_dtype_policy,
 )
 from keras_vitmsn.keras_internals.optimizer import (
+    BACKEND_UPDATE_STEP_IS_PRIVATE,
     VARIABLE_INDEX_IS_PRIVATE,
     VariableIndex,
     optimizer_reads_weight_decay_property,
+    route_batched_update,
 )
 from keras_vitmsn.keras_internals.public_only import PUBLIC_ONLY
+from keras_vitmsn.keras_internals.scopes import STATELESS_SCOPE_IS_PRIVATE
+from keras_vitmsn.keras_internals.scopes import in_stateless_scope

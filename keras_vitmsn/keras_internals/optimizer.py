@@ -1,4 +1,4 @@
-"""Items 3 and 4 of :mod:`keras_vitmsn.keras_internals`: what ``ScheduledAdamW``
+"""Items 3, 4 and 8 of :mod:`keras_vitmsn.keras_internals`: what ``ScheduledAdamW``
 needs from Keras' optimizer base class."""
 
 import keras
@@ -97,3 +97,56 @@ class VariableIndex:
                 f"(or, on Keras {keras.__version__} without the internals "
                 "keras_vitmsn.keras_internals relies on, it is a tf.distribute replica)."
             ) from None
+
+
+# -- 8. one update call per step ------------------------------------------------------
+#
+# Keras' optimizer base class calls ``update_step`` once per variable, from its private
+# ``_backend_update_step(grads, trainable_variables, learning_rate)``; Keras' own torch
+# optimizers override that method with multi-tensor kernels. ``route_batched_update``
+# gives a custom optimizer the same chance: its ``batched_update(grads, variables,
+# learning_rate)`` sees the whole step first and returns False to leave it to the
+# per-variable loop. Probe: a subclass's override is what ``apply`` calls, with those
+# arguments. Fallback: nothing is installed and ``update_step`` runs per variable
+# (the same arithmetic, slower on torch).
+
+
+def _probe_backend_update_step():
+    if PUBLIC_ONLY:
+        return False
+    seen = []
+
+    class _Probe(keras.optimizers.Optimizer):
+        def update_step(self, gradient, variable, learning_rate):
+            self.assign_sub(variable, learning_rate * gradient)
+
+        def _backend_update_step(self, grads, trainable_variables, learning_rate):
+            seen.append((len(grads), list(trainable_variables)))
+            super()._backend_update_step(grads, trainable_variables, learning_rate)
+
+    try:
+        variable = keras.Variable([1.0], dtype="float32")
+        _Probe(learning_rate=0.5).apply([keras.ops.ones((1,))], [variable])
+        moved = abs(float(keras.ops.convert_to_numpy(variable)[0]) - 0.5) < 1e-6
+        return moved and len(seen) == 1 and seen[0][0] == 1 and seen[0][1][0] is variable
+    except Exception:  # renamed or changed: keep the per-variable loop
+        return False
+
+
+BACKEND_UPDATE_STEP_IS_PRIVATE = _probe_backend_update_step()
+
+
+def route_batched_update(cls):
+    """Class decorator: ``cls.batched_update(grads, variables, learning_rate)`` runs
+    each step's update first (Keras variables, as ``apply`` was given them) and
+    returns whether it did; on False, or where the probe failed, Keras calls
+    ``update_step`` per variable."""
+    if not BACKEND_UPDATE_STEP_IS_PRIVATE:
+        return cls
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if not self.batched_update(grads, trainable_variables, learning_rate):
+            super(cls, self)._backend_update_step(grads, trainable_variables, learning_rate)
+
+    cls._backend_update_step = _backend_update_step
+    return cls

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_vitmsn.layers.dense import ViTMSNDense
 from keras_vitmsn.layers.initializers import kernel_initializer
 
 
@@ -10,8 +11,9 @@ from keras_vitmsn.layers.initializers import kernel_initializer
 class ViTMSNAttention(keras.layers.Layer):
     """Self-attention with one fused query/key/value projection and an output projection.
 
-    Both projections are plain ``keras.layers.Dense`` sublayers, so ``quantize``
-    ("int8", "float8", ...) and LoRA reach them through Keras' own code:
+    Both projections are ``keras.layers.Dense`` sublayers (:class:`ViTMSNDense`, which
+    only fuses the bias add), so ``quantize`` ("int8", "float8", ...) and LoRA reach
+    them through Keras' own code:
     ``qkv`` (kernel ``(hidden_dim, 3 * hidden_dim)``, query then key then value
     columns, as transformers' three ``attention.attention.{query,key,value}``
     matrices concatenated) and ``output_dense``. One GEMM for the three projections
@@ -71,7 +73,7 @@ class ViTMSNAttention(keras.layers.Layer):
         self.dropout_rate = float(dropout_rate)
 
         def dense(name, units, use_bias):
-            return keras.layers.Dense(
+            return ViTMSNDense(
                 units,
                 use_bias=use_bias,
                 kernel_initializer=kernel_initializer(),

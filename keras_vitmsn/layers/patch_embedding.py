@@ -14,6 +14,7 @@ less accurate than its matmul.)
 import keras
 from keras import ops
 
+from keras_vitmsn.layers.dense import ViTMSNDense
 from keras_vitmsn.layers.initializers import kernel_initializer
 from keras_vitmsn.layers.layout import spatial_shape
 
@@ -55,7 +56,7 @@ class ViTMSNPatchEmbedding(keras.layers.Layer):
         self.num_channels = int(num_channels)
         self.data_format = data_format
         # Rows in Conv2D's (kh, kw, C) order, whatever the image layout.
-        self.projection = keras.layers.Dense(
+        self.projection = ViTMSNDense(
             self.hidden_dim,
             kernel_initializer=kernel_initializer(),
             dtype=self.dtype_policy,

@@ -4,6 +4,7 @@ import keras
 
 from keras_vitmsn.layers.activations import get_activation
 from keras_vitmsn.layers.attention import ViTMSNAttention
+from keras_vitmsn.layers.dense import ViTMSNDense
 from keras_vitmsn.layers.gradient_barrier import gradient_fusion_barrier
 from keras_vitmsn.layers.initializers import kernel_initializer
 
@@ -76,13 +77,13 @@ class ViTMSNTransformerBlock(keras.layers.Layer):
         self.layernorm_after = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="layernorm_after"
         )
-        self.intermediate_dense = keras.layers.Dense(
+        self.intermediate_dense = ViTMSNDense(
             self.intermediate_dim,
             kernel_initializer=kernel_initializer(),
             dtype=self.dtype_policy,
             name="intermediate_dense",
         )
-        self.output_dense = keras.layers.Dense(
+        self.output_dense = ViTMSNDense(
             self.hidden_dim,
             kernel_initializer=kernel_initializer(),
             dtype=self.dtype_policy,

@@ -7,6 +7,7 @@ from keras_vitmsn.layers.initializers import kernel_initializer
 from keras_vitmsn.models.backbone import ViTMSNBackbone
 from keras_vitmsn.models.class_names import check_class_names
 from keras_vitmsn.errors import MissingHeadError
+from keras_vitmsn.layers.dense import ViTMSNDense
 from keras_vitmsn.utils import default_name
 from keras_vitmsn.utils import positive_int
 from keras_vitmsn.models.task_inputs import check_preprocessor, preset_image_converter
@@ -102,7 +103,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
         self.head_dropout = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy, name="head_dropout"
         )
-        self.classifier = keras.layers.Dense(
+        self.classifier = ViTMSNDense(
             self.num_classes,
             kernel_initializer=kernel_initializer(),
             dtype=self.dtype_policy,

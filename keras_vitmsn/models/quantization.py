@@ -1,7 +1,8 @@
 """``quantize`` for ViT-MSN models, and how a quantised model is saved and rebuilt.
 
 Every projection of the network (patch embedding, fused query/key/value, attention
-output, MLP, classifier head) is a plain ``keras.layers.Dense`` or ``EinsumDense``,
+output, MLP, classifier head) is a ``keras.layers.Dense`` (ViTMSNDense, whose
+float call only fuses the bias add) or ``EinsumDense``,
 so ``quantize`` runs Keras' own code for those layers: int8 / int4 weights with
 per-output-channel scales (and dynamically quantised int8 inputs), or float8 with
 scale histories. Position embeddings, CLS token and LayerNorms stay in float.

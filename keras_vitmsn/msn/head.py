@@ -15,6 +15,7 @@ import math
 import keras
 from keras import ops
 
+from keras_vitmsn.layers.dense import ViTMSNDense
 from keras_vitmsn.msn.head_state import BATCHNORM_EPSILON
 from keras_vitmsn.msn.head_state import BATCHNORM_MOMENTUM
 from keras_vitmsn.msn.head_state import load_msn_pretraining_state
@@ -86,7 +87,7 @@ class MSNProjectionHead(keras.layers.Layer):
         self.batchnorm_momentum = float(batchnorm_momentum)
 
         def dense(units, name):
-            return keras.layers.Dense(
+            return ViTMSNDense(
                 units,
                 kernel_initializer=kernel_initializer(),
                 bias_initializer="zeros",

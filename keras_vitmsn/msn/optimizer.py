@@ -23,8 +23,10 @@ import math
 import keras
 from keras import ops
 
+from keras_vitmsn import fast_paths
 from keras_vitmsn.keras_internals import VariableIndex
 from keras_vitmsn.keras_internals import optimizer_reads_weight_decay_property
+from keras_vitmsn.keras_internals import route_batched_update
 from keras_vitmsn.msn.schedules import msn_learning_rate
 from keras_vitmsn.msn.schedules import msn_weight_decay
 
@@ -32,6 +34,7 @@ TORCH_CLIP_EPSILON = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by norm + 1e
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
+@route_batched_update
 class ScheduledAdamW(keras.optimizers.Optimizer):
     """``torch.optim.AdamW``'s update as a Keras optimizer; ``weight_decay`` may be a
     schedule of the step.
@@ -181,12 +184,30 @@ class ScheduledAdamW(keras.optimizers.Optimizer):
         clipped = [g is not None and self.is_clipped(v) for g, v in zip(grads, variables)]
         if not any(clipped):
             return grads
-        norm = ops.sqrt(
-            sum(ops.sum(ops.square(ops.cast(g, "float32"))) for g, c in zip(grads, clipped) if c)
+        scaled = iter(fast_paths.clip_by_global_norm(
+            [g for g, c in zip(grads, clipped) if c], self.global_clipnorm, TORCH_CLIP_EPSILON
+        ))
+        return [next(scaled) if c else g for g, c in zip(grads, clipped)]
+
+    def batched_update(self, grads, variables, learning_rate):
+        """The whole step's update at once where the backend has multi-tensor kernels
+        (torch: :func:`keras_vitmsn.fast_paths.adam_update`, the arithmetic of
+        :meth:`update_step`); returns False to run ``update_step`` per variable."""
+        if not fast_paths.batched_updates_available():
+            return False
+        indices = [self._variable_index(v) for v in variables]
+        return fast_paths.adam_update(
+            list(variables),
+            list(grads),
+            [self._exp_avgs[i] for i in indices],
+            [self._exp_avg_sqs[i] for i in indices],
+            [self._max_exp_avg_sqs[i] for i in indices] if self.amsgrad else None,
+            learning_rate,
+            self.iterations + 1,
+            self.beta_1,
+            self.beta_2,
+            self.epsilon,
         )
-        scale = ops.minimum(self.global_clipnorm / (norm + TORCH_CLIP_EPSILON), 1.0)
-        return [ops.cast(g * ops.cast(scale, g.dtype), g.dtype) if c else g
-                for g, c in zip(grads, clipped)]
 
     def update_step(self, gradient, variable, learning_rate):
         # torch.optim.AdamW after the decoupled decay (applied by the base class).

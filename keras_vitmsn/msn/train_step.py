@@ -14,6 +14,7 @@ forward, as the original, whose EMA runs over ``parameters()`` (not buffers).
 import keras
 from keras import ops
 
+from keras_vitmsn.fast_paths import ema_update
 from keras_vitmsn.msn.optimizer import ScheduledAdamW
 from keras_vitmsn.msn.optimizer import msn_optimizer
 from keras_vitmsn.msn.resume import weights_by_relative_path
@@ -148,10 +149,8 @@ class MSNTrainStepMixin:
         averaged: the target head updates its own in its training-mode forward, as
         the original (whose EMA runs over ``parameters()``, not buffers).
         """
-        momentum = self.current_ema_momentum()
-        for source, target in self._ema_pairs():
-            m = ops.cast(momentum, target.dtype)
-            target.assign(m * target + (1 - m) * ops.cast(source, target.dtype))
+        pairs = self._ema_pairs()
+        ema_update([t for _, t in pairs], [s for s, _ in pairs], self.current_ema_momentum())
         self.ema_steps.assign(self.ema_steps + 1)
 
     def _ema_pairs(self, include_encoder=True, include_statistics=False):

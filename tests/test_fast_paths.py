@@ -1,0 +1,214 @@
+"""The backend fast paths compute what their keras.ops formulation computes."""
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import BACKEND, keras_gradients, max_abs_diff, to_numpy
+from keras_vitmsn import fast_paths
+from keras_vitmsn.layers.dense import ViTMSNDense
+
+
+def dense_pair(rng, units=5, in_dim=4, **kwargs):
+    """A ViTMSNDense and a keras Dense with the same (random) weights."""
+    fused, plain = ViTMSNDense(units, **kwargs), keras.layers.Dense(units, **kwargs)
+    for layer in (fused, plain):
+        layer.build((None, in_dim))
+    for a, b in zip(fused.weights, plain.weights):
+        value = rng.standard_normal(tuple(a.shape)).astype("float32")
+        a.assign(value)
+        b.assign(value)
+    return fused, plain
+
+
+@pytest.mark.parametrize("shape", [(7, 4), (2, 3, 4), (2, 3, 2, 4), (0, 3, 4)])
+def test_matmul_add_is_matmul_plus_bias(rng, shape):
+    x = rng.standard_normal(shape).astype("float32")
+    kernel = rng.standard_normal((4, 6)).astype("float32")
+    bias = rng.standard_normal((6,)).astype("float32")
+    out = fast_paths.matmul_add(x, kernel, bias)
+    assert tuple(out.shape) == shape[:-1] + (6,)
+    if x.size:
+        assert max_abs_diff(out, x @ kernel + bias) <= 1e-5
+
+
+def test_fused_dense_outputs_and_gradients_are_dense_ones(rng):
+    fused, plain = dense_pair(rng)
+    x = rng.standard_normal((2, 3, 4)).astype("float32")
+    assert max_abs_diff(fused(x), to_numpy(plain(x))) <= 1e-6
+
+    def loss(y):
+        return keras.ops.sum(y * keras.ops.arange(5, dtype="float32"))
+
+    grads_fused = keras_gradients(fused, x, loss)
+    grads_plain = keras_gradients(plain, x, loss)
+    for a, b in zip(fused.trainable_variables, plain.trainable_variables):
+        assert max_abs_diff(grads_fused[a.path], grads_plain[b.path]) <= 1e-5
+
+
+def test_fused_dense_keeps_activation_no_bias_and_lora(rng):
+    for kwargs in ({"activation": "relu"}, {"use_bias": False}):
+        fused, plain = dense_pair(rng, **kwargs)
+        x = rng.standard_normal((3, 4)).astype("float32")
+        assert max_abs_diff(fused(x), to_numpy(plain(x))) <= 1e-6
+    fused, plain = dense_pair(rng)
+    for layer in (fused, plain):
+        layer.enable_lora(2, b_initializer="ones")
+        layer.lora_kernel_a.assign(np.full((4, 2), 0.5, "float32"))
+    x = rng.standard_normal((3, 4)).astype("float32")
+    out = fused(x)
+    assert max_abs_diff(out, to_numpy(plain(x))) <= 1e-5
+    # The LoRA update is in the result (not just the frozen kernel).
+    assert max_abs_diff(out, x @ to_numpy(fused._kernel) + to_numpy(fused.bias)) > 1e-2
+
+
+def test_fused_dense_quantizes_through_keras(rng):
+    fused, plain = dense_pair(rng, units=16, in_dim=16)
+    x = rng.standard_normal((4, 16)).astype("float32")
+    for layer in (fused, plain):
+        layer.quantize("int8")
+    assert fused.kernel.dtype == "int8"
+    assert max_abs_diff(fused(x), to_numpy(plain(x))) <= 1e-5
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the fused GEMM is torch's addmm")
+def test_fused_dense_is_one_addmm_on_torch(rng, monkeypatch):
+    import torch
+
+    calls = []
+    addmm = torch.addmm
+
+    def counting_addmm(*args, **kwargs):
+        calls.append(args[1].shape)
+        return addmm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "addmm", counting_addmm)
+    fused, _ = dense_pair(rng)
+    fused(rng.standard_normal((2, 3, 4)).astype("float32"))
+    assert calls == [torch.Size([6, 4])]
+
+
+@pytest.mark.parametrize("momentum", [0.996, "tensor"])
+def test_ema_update_is_the_formula(rng, momentum):
+    m = 0.75
+    if momentum == "tensor":
+        momentum = keras.ops.convert_to_tensor(m, "float32")
+    else:
+        m = momentum
+    shapes = [(3,), (2, 4), (5, 1, 2)]
+    targets = [keras.Variable(rng.standard_normal(s).astype("float32"), trainable=False) for s in shapes]
+    sources = [keras.Variable(rng.standard_normal(s).astype("float32")) for s in shapes]
+    expected = []
+    for t, s in zip(targets, sources):
+        mm = np.float32(m)
+        expected.append(mm * to_numpy(t) + (np.float32(1) - mm) * to_numpy(s))
+    fast_paths.ema_update(targets, sources, momentum)
+    for t, e in zip(targets, expected):
+        assert max_abs_diff(t, e) <= 1e-7
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the multi-tensor kernels are torch's")
+def test_ema_update_is_two_multi_tensor_kernels_on_torch(rng, monkeypatch):
+    import torch
+
+    calls = []
+    for name in ("_foreach_mul_", "_foreach_add_"):
+        original = getattr(torch, name)
+
+        def counting(values, *args, _name=name, _original=original, **kwargs):
+            calls.append((_name, len(values)))
+            return _original(values, *args, **kwargs)
+
+        monkeypatch.setattr(torch, name, counting)
+    targets = [keras.Variable(np.ones((2, 2), "float32"), trainable=False) for _ in range(3)]
+    sources = [keras.Variable(np.zeros((2, 2), "float32")) for _ in range(3)]
+    fast_paths.ema_update(targets, sources, 0.5)
+    assert calls == [("_foreach_mul_", 3), ("_foreach_add_", 3)]
+    assert all(to_numpy(t).tolist() == [[0.5, 0.5], [0.5, 0.5]] for t in targets)
+
+
+def test_ema_update_casts_sources_of_another_dtype(rng):
+    target = keras.Variable(np.ones(3, "float32"))
+    source = keras.ops.convert_to_tensor(np.full(3, 3.0), "float16")
+    fast_paths.ema_update([target], [source], 0.5)
+    assert to_numpy(target).tolist() == [2.0, 2.0, 2.0]
+
+
+def test_ema_update_refuses_unpaired_lists():
+    with pytest.raises(ValueError, match="one source per target"):
+        fast_paths.ema_update([keras.Variable(1.0)], [], 0.5)
+
+
+def run_scheduled_adamw(rng_seed, batched, amsgrad=False, steps=3):
+    from keras_vitmsn.msn import CosineSchedule
+    from keras_vitmsn.msn.optimizer import ScheduledAdamW
+
+    rng = np.random.default_rng(rng_seed)
+    shapes = [(4, 3), (3,), (2, 2, 2)]
+    variables = [keras.Variable(rng.standard_normal(s).astype("float32")) for s in shapes]
+    optimizer = ScheduledAdamW(
+        learning_rate=keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5),
+        weight_decay=CosineSchedule(0.04, 0.4, steps=10),
+        amsgrad=amsgrad,
+        global_clipnorm=0.5,
+    )
+    optimizer.exclude_from_clipping([variables[2]])
+    optimizer.exclude_from_weight_decay(var_list=[variables[1]])
+    calls = []
+    batched_update = optimizer.batched_update
+
+    def spy(*args):
+        calls.append(len(args[0]))
+        return batched_update(*args) if batched else False
+
+    optimizer.batched_update = spy
+    for _ in range(steps):
+        grads = [rng.standard_normal(s).astype("float32") for s in shapes]
+        optimizer.apply([keras.ops.convert_to_tensor(g) for g in grads], variables)
+    moments = [to_numpy(t) for v in variables for t in optimizer.moments(v)] if steps else []
+    return [to_numpy(v) for v in variables], moments, calls
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="only torch has the multi-tensor update")
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_batched_adamw_update_is_the_per_variable_update(amsgrad):
+    from keras_vitmsn.keras_internals import BACKEND_UPDATE_STEP_IS_PRIVATE
+
+    assert BACKEND_UPDATE_STEP_IS_PRIVATE
+    fast, fast_moments, calls = run_scheduled_adamw(0, batched=True, amsgrad=amsgrad)
+    slow, slow_moments, _ = run_scheduled_adamw(0, batched=False, amsgrad=amsgrad)
+    assert calls == [3, 3, 3]  # one call per step, all variables
+    for a, b in zip(fast + fast_moments, slow + slow_moments):
+        assert np.max(np.abs(a - b)) <= 1e-6 * max(1.0, float(np.max(np.abs(b))))
+    # The steps moved the variables (the comparison is not of two untouched copies).
+    start, _, _ = run_scheduled_adamw(0, batched=False, amsgrad=amsgrad, steps=0)
+    assert all(np.max(np.abs(a - b)) > 1e-3 for a, b in zip(fast, start))
+
+
+def test_ema_update_inside_a_stateless_scope_records_new_values():
+    target = keras.Variable(np.ones(3, "float32"), trainable=False)
+    source = keras.Variable(np.full(3, 3.0, "float32"))
+    given = keras.ops.convert_to_tensor(np.ones(3, "float32"))
+    with keras.StatelessScope(state_mapping=[(target, given)]) as scope:
+        fast_paths.ema_update([target], [source], 0.5)
+        new = scope.get_current_value(target)
+    assert to_numpy(new).tolist() == [2.0, 2.0, 2.0]
+    # Neither the variable nor the caller's tensor was written in place.
+    assert to_numpy(target).tolist() == [1.0, 1.0, 1.0]
+    assert to_numpy(given).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_stateless_scope_probe_and_its_fallback(monkeypatch):
+    from keras_vitmsn.keras_internals import STATELESS_SCOPE_IS_PRIVATE, scopes
+
+    assert STATELESS_SCOPE_IS_PRIVATE
+    assert scopes.in_stateless_scope() is False
+    with keras.StatelessScope():
+        assert scopes.in_stateless_scope() is True
+    # Without Keras' answer every caller takes its assign path, which is still right.
+    monkeypatch.setattr(scopes, "_IN_STATELESS_SCOPE", None)
+    assert scopes.in_stateless_scope() is True
+    assert not fast_paths.batched_updates_available()
+    target, source = keras.Variable([1.0, 2.0]), keras.Variable([3.0, 4.0])
+    fast_paths.ema_update([target], [source], 0.5)
+    assert to_numpy(target).tolist() == [2.0, 3.0]
