@@ -45,6 +45,24 @@ def _torch_in_place():
     return _torch() and not in_stateless_scope()
 
 
+def _storage(*groups):
+    """The torch tensors holding these Keras variables (one list per group), or None
+    unless all are of one dtype and each ``value`` is of its variable's dtype: under
+    autocast a value is a cast copy, and updating copies in place would leave the
+    variables where they were."""
+    dtype = keras.backend.standardize_dtype(groups[0][0].dtype)
+    values = [[v.value for v in group] for group in groups]
+    for group, group_values in zip(groups, values):
+        for variable, value in zip(group, group_values):
+            if not (
+                keras.backend.standardize_dtype(variable.dtype)
+                == keras.backend.standardize_dtype(value.dtype)
+                == dtype
+            ):
+                return None
+    return values
+
+
 def batched_updates_available():
     """Whether :func:`adam_update` applies updates here (else it returns False)."""
     return _torch_in_place()
@@ -68,8 +86,7 @@ def matmul_add(x, kernel, bias):
     if x.ndim < 2 or x.dtype != kernel.dtype or bias.dtype != kernel.dtype:
         # keras.ops' matmul promotes mixed dtypes and takes 1-D inputs; addmm does not.
         return ops.add(ops.matmul(x, kernel), bias)
-    rows = x.reshape(-1, x.shape[-1]) if x.numel() else x.flatten(0, -2)
-    out = torch.addmm(bias, rows, kernel)
+    out = torch.addmm(bias, x.flatten(0, -2), kernel)
     return out.reshape(*x.shape[:-1], kernel.shape[-1])
 
 
@@ -93,26 +110,18 @@ def ema_update(targets, sources, momentum):
             f"ema_update needs one source per target; got {len(targets)} targets and "
             f"{len(sources)} sources."
         )
-    same_dtype = all(
-        keras.backend.standardize_dtype(t.dtype) == keras.backend.standardize_dtype(s.dtype)
-        for t, s in zip(targets, sources)
-    )
-    if _torch_in_place() and same_dtype and targets:
+    values = _storage(targets) if _torch_in_place() and targets else None
+    dtype = values and keras.backend.standardize_dtype(targets[0].dtype)
+    if values and all(keras.backend.standardize_dtype(s.dtype) == dtype for s in sources):
         import torch
 
-        dtype = keras.backend.standardize_dtype(targets[0].dtype)
-        values = [t.value for t in targets]
-        # A value of another dtype would be an autocast copy, not the storage: updating
-        # it in place would be lost, so such variables take the generic path.
-        if all(keras.backend.standardize_dtype(v.dtype) == dtype for v in values):
-            # A Python momentum (one host read per step, as torch.optim's own
-            # scalars) lets both kernels run in place, without a temporary copy of
-            # every source.
-            m = float(ops.convert_to_numpy(ops.cast(momentum, "float32")))
-            with torch.no_grad():
-                torch._foreach_mul_(values, m)
-                torch._foreach_add_(values, [ops.convert_to_tensor(s) for s in sources], alpha=1 - m)
-            return
+        # A Python momentum (one host read per step, as torch.optim's own scalars) lets
+        # both kernels run in place, without a temporary copy of every source.
+        m = float(ops.convert_to_numpy(ops.cast(momentum, "float32")))
+        with torch.no_grad():
+            torch._foreach_mul_(values[0], m)
+            torch._foreach_add_(values[0], [ops.convert_to_tensor(s) for s in sources], alpha=1 - m)
+        return
     for target, source in zip(targets, sources):
         m = ops.cast(momentum, target.dtype)
         target.assign(m * target + (1 - m) * ops.cast(source, target.dtype))
@@ -172,12 +181,11 @@ def adam_update(
     import torch
 
     groups = [variables, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if max_exp_avg_sqs else [])
-    values = [[v.value for v in group] for group in groups]
-    dtype = values[0][0].dtype
-    # One dtype throughout (and no autocast copies, which would be updated in vain).
-    if any(t.dtype != dtype for group in values for t in group):
+    values = _storage(*groups)
+    if values is None:
         return False
     params, m, v = values[:3]
+    dtype = params[0].dtype
     # torch.optim.AdamW's own sequence (foreach, not capturable): Python scalars, the
     # bias corrections in float64, every kernel in place but the denominator's.
     step = float(ops.convert_to_numpy(step))

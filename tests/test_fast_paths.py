@@ -212,3 +212,32 @@ def test_stateless_scope_probe_and_its_fallback(monkeypatch):
     target, source = keras.Variable([1.0, 2.0]), keras.Variable([3.0, 4.0])
     fast_paths.ema_update([target], [source], 0.5)
     assert to_numpy(target).tolist() == [2.0, 3.0]
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="only torch updates storage in place")
+def test_in_place_paths_refuse_values_that_are_not_the_storage():
+    # Under autocast a float32 variable's `value` is a bfloat16 copy; updating copies in
+    # place would leave every variable where it was, even when all are copies alike.
+    import torch
+
+    class AutocastVariable:
+        def __init__(self, variable):
+            self.variable = variable
+            self.dtype = variable.dtype
+            self.value = variable.value.to(torch.bfloat16)
+
+        def assign(self, value):
+            self.variable.assign(value)
+
+        def __rmul__(self, other):  # the generic EMA formula reads the variable
+            return other * self.variable.value
+
+    params = [AutocastVariable(keras.Variable(np.ones((2,), "float32"))) for _ in range(2)]
+    moments = [AutocastVariable(keras.Variable(np.zeros((2,), "float32"))) for _ in range(4)]
+    grads = [keras.ops.ones((2,)) for _ in range(2)]
+    assert not fast_paths.adam_update(
+        params, grads, moments[:2], moments[2:], None, 0.1, 1, 0.9, 0.999, 1e-8
+    )
+    sources = [keras.Variable(np.zeros((2,), "float32")) for _ in range(2)]
+    fast_paths.ema_update(params, sources, 0.5)
+    assert all(to_numpy(p.variable).tolist() == [0.5, 0.5] for p in params)
