@@ -241,3 +241,79 @@ def test_in_place_paths_refuse_values_that_are_not_the_storage():
     sources = [keras.Variable(np.zeros((2,), "float32")) for _ in range(2)]
     fast_paths.ema_update(params, sources, 0.5)
     assert all(to_numpy(p.variable).tolist() == [0.5, 0.5] for p in params)
+
+
+def attention_with_weights(rng, **kwargs):
+    from keras_vitmsn.layers.attention import ViTMSNAttention
+
+    layer = ViTMSNAttention(hidden_dim=12, num_heads=3, **kwargs)
+    layer.build((None, None, 12))
+    for variable in layer.weights:
+        variable.assign(rng.standard_normal(tuple(variable.shape)).astype("float32") * 0.3)
+    return layer
+
+
+def attention_outputs(layer, x, monkeypatch, head_major, **call_kwargs):
+    """Outputs, probabilities and gradients of ``layer`` with the layout forced."""
+    import keras_vitmsn.layers.attention as attention_module
+
+    monkeypatch.setattr(attention_module, "head_major_attention", lambda: head_major)
+    out, probs = layer(x, **call_kwargs)
+    weights = keras.ops.arange(out.shape[-1], dtype="float32")
+
+    class Output(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.inner = layer
+
+        def call(self, inputs, training=None):
+            return self.inner(inputs, **call_kwargs)[0]
+
+    wrapper = Output()
+    wrapper(x)
+    grads = keras_gradients(wrapper, x, lambda y: keras.ops.sum(y * weights))
+    return to_numpy(out), probs if probs is None else to_numpy(probs), grads
+
+
+@pytest.mark.parametrize(
+    "call_kwargs", [{}, {"output_attentions": True, "head_mask": np.array([1.0, 0.0, 0.5])}]
+)
+def test_head_major_attention_equals_the_token_major_layout(rng, monkeypatch, call_kwargs):
+    layer = attention_with_weights(rng)
+    x = rng.standard_normal((2, 5, 12)).astype("float32")
+    out_a, probs_a, grads_a = attention_outputs(layer, x, monkeypatch, False, **call_kwargs)
+    out_b, probs_b, grads_b = attention_outputs(layer, x, monkeypatch, True, **call_kwargs)
+    assert max_abs_diff(out_a, out_b) <= 1e-5
+    if probs_a is not None:
+        assert max_abs_diff(probs_a, probs_b) <= 1e-6
+    assert set(grads_a) == set(grads_b) and len(grads_a) == 4
+    for path in grads_a:
+        assert max_abs_diff(grads_a[path], grads_b[path]) <= 1e-4, path
+
+
+def test_head_major_attention_uses_the_qkv_lora_term_and_no_bias(rng, monkeypatch):
+    layer = attention_with_weights(rng, qkv_bias=False)
+    layer.qkv.enable_lora(2, b_initializer="ones")
+    x = rng.standard_normal((2, 5, 12)).astype("float32")
+    out_a = attention_outputs(layer, x, monkeypatch, False)[0]
+    out_b = attention_outputs(layer, x, monkeypatch, True)[0]
+    assert max_abs_diff(out_a, out_b) <= 1e-5
+    layer.qkv.lora_kernel_b.assign(np.zeros(tuple(layer.qkv.lora_kernel_b.shape), "float32"))
+    # The LoRA term was in both outputs: without it the output changes.
+    assert max_abs_diff(attention_outputs(layer, x, monkeypatch, True)[0], out_b) > 1e-3
+
+
+def test_head_major_attention_leaves_a_quantised_qkv_to_keras(rng, monkeypatch):
+    layer = attention_with_weights(rng)
+    x = rng.standard_normal((2, 5, 12)).astype("float32")
+    float_out = attention_outputs(layer, x, monkeypatch, False)[0]
+    layer.qkv.quantize("int8")
+    out_a = to_numpy(attention_outputs(layer, x, monkeypatch, False)[0])
+    out_b = to_numpy(attention_outputs(layer, x, monkeypatch, True)[0])
+    # The int8 kernel read as floats would be far off; Keras' quantized_call is close.
+    assert max_abs_diff(out_a, out_b) <= 1e-5
+    assert max_abs_diff(out_b, float_out) <= 0.1 * np.abs(float_out).max()
+
+
+def test_head_major_attention_is_the_jax_layout():
+    assert fast_paths.head_major_attention() == (BACKEND == "jax")

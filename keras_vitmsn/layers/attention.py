@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_vitmsn.fast_paths import head_major_attention
 from keras_vitmsn.layers.dense import ViTMSNDense
 from keras_vitmsn.layers.initializers import kernel_initializer
 
@@ -23,8 +24,12 @@ class ViTMSNAttention(keras.layers.Layer):
     Two numerically equivalent paths:
     - ``keras.ops.dot_product_attention`` (fused / flash kernels where the backend has
       them) when neither attention maps nor a head mask are asked for and no
-      attention dropout is active;
-    - an explicit path otherwise: scaled scores, softmax in float32, dropout, head mask.
+      attention dropout is active, except on JAX;
+    - an explicit path otherwise, head-major throughout: scaled scores, softmax in
+      float32, dropout, head mask. On JAX it always runs, with q, k and v projected
+      straight into ``(batch, heads, tokens, head_dim)`` by one einsum over the qkv
+      kernel, which XLA compiles without the transposing copies the other layout
+      needs (:func:`keras_vitmsn.fast_paths.head_major_attention`).
 
     Args:
         hidden_dim: int, model width (a multiple of ``num_heads``).
@@ -96,28 +101,47 @@ class ViTMSNAttention(keras.layers.Layer):
         self.built = True
 
     def _project_qkv(self, x):
+        """q, k, v, each ``(batch, tokens, heads, head_dim)``."""
         qkv = ops.reshape(self.qkv(x), (-1, x.shape[1], 3, self.num_heads, self.head_dim))
         # unstack, not three slices: torch's backward of a slice zero-fills a full
         # qkv-sized buffer per slice, unstack's backward is one stack.
         return ops.unstack(qkv, num=3, axis=2)
 
+    def _project_heads(self, x):
+        """q, k, v, each ``(batch, heads, tokens, head_dim)``."""
+        if not head_major_attention() or self.qkv.quantization_mode is not None:
+            # A quantised qkv runs Keras' quantized_call on its own kernel format.
+            qkv = ops.reshape(self.qkv(x), (-1, x.shape[1], 3, self.num_heads, self.head_dim))
+            return ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), num=3, axis=0)
+        # The Dense's own kernel (with its LoRA term) and bias, contracted so that the
+        # output comes out head-major (see fast_paths.head_major_attention).
+        shape = (self.hidden_dim, 3, self.num_heads, self.head_dim)
+        qkv = ops.einsum("btc,cshe->sbhte", x, ops.reshape(self.qkv.kernel, shape))
+        if self.qkv.bias is not None:
+            qkv = qkv + ops.reshape(self.qkv.bias, (3, 1, self.num_heads, 1, self.head_dim))
+        return ops.unstack(qkv, num=3, axis=0)
+
+    def _attend(self, q, k, v, head_mask, training):
+        """Scaled scores, softmax in float32, dropout, head mask; head-major in and out."""
+        scores = ops.einsum("bhqd,bhkd->bhqk", q, k)
+        probs = ops.softmax(ops.cast(scores, "float32") * self.head_dim**-0.5, axis=-1)
+        probs = ops.cast(probs, q.dtype)
+        probs = self.attention_probs_dropout(probs, training=training)
+        if head_mask is not None:
+            mask = ops.cast(head_mask, probs.dtype)
+            probs = probs * ops.reshape(mask, (1, self.num_heads, 1, 1))
+        return ops.einsum("bhqk,bhkd->bhqd", probs, v), probs
+
     def call(self, x, head_mask=None, output_attentions=False, training=None):
         tokens = x.shape[1]
-        q, k, v = self._project_qkv(x)
         dropout_active = bool(training) and self.attention_dropout > 0.0
         probs = None
-        if output_attentions or head_mask is not None or dropout_active:
-            scale = self.head_dim**-0.5
-            scores = ops.einsum("bqhd,bkhd->bhqk", q, k)
-            probs = ops.softmax(ops.cast(scores, "float32") * scale, axis=-1)
-            probs = ops.cast(probs, q.dtype)
-            probs = self.attention_probs_dropout(probs, training=training)
-            if head_mask is not None:
-                mask = ops.cast(head_mask, probs.dtype)
-                probs = probs * ops.reshape(mask, (1, self.num_heads, 1, 1))
-            context = ops.einsum("bhqk,bkhd->bqhd", probs, v)
+        if output_attentions or head_mask is not None or dropout_active or head_major_attention():
+            q, k, v = self._project_heads(x)
+            context, probs = self._attend(q, k, v, head_mask, training)
+            context = ops.transpose(context, (0, 2, 1, 3))
         else:
-            context = ops.dot_product_attention(q, k, v)
+            context = ops.dot_product_attention(*self._project_qkv(x))
         context = ops.reshape(context, (-1, tokens, self.hidden_dim))
         out = self.output_dropout(self.output_dense(context), training=training)
         return out, (probs if output_attentions else None)
