@@ -317,3 +317,13 @@ def test_head_major_attention_leaves_a_quantised_qkv_to_keras(rng, monkeypatch):
 
 def test_head_major_attention_is_the_jax_layout():
     assert fast_paths.head_major_attention() == (BACKEND == "jax")
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from keras_vitmsn.layers import attention
+
+    for module in (fast_paths, attention):
+        result = doctest.testmod(module)
+        assert result.attempted and not result.failed, module.__name__
