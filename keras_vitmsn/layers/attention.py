@@ -100,9 +100,13 @@ class ViTMSNAttention(keras.layers.Layer):
         self.output_dense.build((None, None, self.hidden_dim))
         self.built = True
 
+    def _qkv_by_token(self, x):
+        """The qkv Dense's output as ``(batch, tokens, 3, heads, head_dim)``."""
+        return ops.reshape(self.qkv(x), (-1, x.shape[1], 3, self.num_heads, self.head_dim))
+
     def _project_qkv(self, x):
         """q, k, v, each ``(batch, tokens, heads, head_dim)``."""
-        qkv = ops.reshape(self.qkv(x), (-1, x.shape[1], 3, self.num_heads, self.head_dim))
+        qkv = self._qkv_by_token(x)
         # unstack, not three slices: torch's backward of a slice zero-fills a full
         # qkv-sized buffer per slice, unstack's backward is one stack.
         return ops.unstack(qkv, num=3, axis=2)
@@ -111,8 +115,8 @@ class ViTMSNAttention(keras.layers.Layer):
         """q, k, v, each ``(batch, heads, tokens, head_dim)``."""
         if not head_major_attention() or self.qkv.quantization_mode is not None:
             # A quantised qkv runs Keras' quantized_call on its own kernel format.
-            qkv = ops.reshape(self.qkv(x), (-1, x.shape[1], 3, self.num_heads, self.head_dim))
-            return ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), num=3, axis=0)
+            qkv = ops.transpose(self._qkv_by_token(x), (2, 0, 3, 1, 4))
+            return ops.unstack(qkv, num=3, axis=0)
         # The Dense's own kernel (with its LoRA term) and bias, contracted so that the
         # output comes out head-major (see fast_paths.head_major_attention).
         shape = (self.hidden_dim, 3, self.num_heads, self.head_dim)
