@@ -2,6 +2,7 @@
 
     KERAS_BACKEND=jax python benchmarks/profile_step.py keras --task train
     python benchmarks/profile_step.py hf-sdpa --task train
+    KERAS_BACKEND=torch python benchmarks/profile_step.py keras --task infer --dtype bfloat16
 
 Builds the implementation exactly as ``run.py`` does (``workers.py``), warms it up,
 times a few steps without the profiler, then profiles two steps and prints the
@@ -29,7 +30,7 @@ import workers  # noqa: E402
 
 
 def build(args):
-    ns = types.SimpleNamespace(task=args.task, batch=args.batch, dtype="float32", model=args.model)
+    ns = types.SimpleNamespace(task=args.task, batch=args.batch, dtype=args.dtype, model=args.model)
     ns.impl = "keras-" + os.environ.get("KERAS_BACKEND", "tensorflow") if args.impl == "keras" else args.impl
     step, sync, *_ = workers.setup(ns, workers.architecture(args.model))
     return step, sync
@@ -64,6 +65,8 @@ def main(argv=None):
     parser.add_argument("--task", default="train", choices=["infer", "train"])
     parser.add_argument("--model", default="vit_msn_small")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="as run.py: the compute dtype for inference, mixed_* for training")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--top-individual", type=int, default=0)
     args = parser.parse_args(argv)

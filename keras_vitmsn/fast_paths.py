@@ -36,6 +36,24 @@ where a backend has them; ``tests/test_fast_paths.py`` checks both against each 
   ``scaled_dot_product_attention`` takes the token-major layout's strided views, so
   both keep the Dense projection.
 
+- :func:`matmul_add` and :func:`einsum` in bfloat16 / float16 on JAX's CPU backend:
+  the contraction asks XLA for a float32 result (``preferred_element_type``), then
+  rounds once. XLA:CPU runs a half-precision dot that returns half precision by
+  converting both operands to float32 and running a float32 dot; asked for a float32
+  result it runs the bfloat16 kernel itself (AMX tiles on Intel Xeons that have
+  them). The products of half-precision values are exact in float32 and both
+  accumulate in float32, so only the bias add moves before the rounding. Measured
+  on an Intel Xeon with AMX (1576x384 @ 384x1536, bf16): 7.4 -> 1.1 ms.
+- :func:`layer_norm` on torch: ``torch.nn.functional.layer_norm`` on the input as it
+  comes (bfloat16 input with float32 scale and offset included), which accumulates in
+  float32 internally. Keras' formulation casts the input to float32 and the result
+  back: two more passes over every token per LayerNorm in half precision.
+- :func:`dot_product_attention` on torch: ``scaled_dot_product_attention`` on the
+  strided head-major views of the token-major ``q``, ``k``, ``v``, as transformers
+  calls it; Keras' torch ``dot_product_attention`` copies each of them contiguous
+  first. Measured with :func:`layer_norm`, vit_msn_small bf16 inference on an Intel
+  Xeon with AMX (batch 8, 2 CPUs, same-process A/B): 1.14x; float32: no change.
+
 The multi-tensor kernels are torch's ``torch._foreach_*`` functions, which torch's own
 optimizers and Keras' torch optimizers are built on.
 """
@@ -91,6 +109,37 @@ def batched_updates_available():
     return _torch_in_place()
 
 
+_HALF = ("bfloat16", "float16")
+
+
+def _half_on_xla_cpu(*tensors):
+    """Whether these tensors are all of one half-precision dtype, on JAX's CPU backend."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    dtypes = {keras.backend.standardize_dtype(t.dtype) for t in tensors}
+    return len(dtypes) == 1 and dtypes <= set(_HALF) and jax.default_backend() == "cpu"
+
+
+def einsum(subscripts, *operands, dtype=None):
+    """``keras.ops.einsum``, with the result in ``dtype`` (default: the operands' dtype).
+
+    Example:
+    >>> y = einsum("ij,jk->ik", keras.ops.ones((2, 3), "bfloat16"), keras.ops.ones((3, 4), "bfloat16"))
+    >>> tuple(y.shape), keras.backend.standardize_dtype(y.dtype), float(y[0, 0])
+    ((2, 4), 'bfloat16', 3.0)
+    """
+    operands = [ops.convert_to_tensor(t) for t in operands]
+    if _half_on_xla_cpu(*operands):
+        import jax.numpy as jnp
+
+        out = jnp.einsum(subscripts, *operands, preferred_element_type=jnp.float32)
+        return out.astype(dtype or operands[0].dtype)
+    out = ops.einsum(subscripts, *operands)
+    return out if dtype is None else ops.cast(out, dtype)
+
+
 def matmul_add(x, kernel, bias):
     """``x @ kernel + bias`` over the last axis of ``x`` (any leading shape).
 
@@ -100,6 +149,12 @@ def matmul_add(x, kernel, bias):
     ((2, 3, 5), 5.0)
     """
     if not _torch():
+        x, kernel, bias = (ops.convert_to_tensor(t) for t in (x, kernel, bias))
+        if _half_on_xla_cpu(x, kernel, bias):
+            import jax.numpy as jnp
+
+            out = jnp.matmul(x, kernel, preferred_element_type=jnp.float32) + bias
+            return out.astype(x.dtype)
         return ops.add(ops.matmul(x, kernel), bias)
     import torch
 
@@ -111,6 +166,51 @@ def matmul_add(x, kernel, bias):
         return ops.add(ops.matmul(x, kernel), bias)
     out = torch.addmm(bias, x.flatten(0, -2), kernel)
     return out.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+def layer_norm(x, gamma, beta, epsilon):
+    """LayerNorm over the last axis, as ``keras.ops.layer_normalization`` computes it
+    (in at least float32), the result in ``x``'s dtype.
+
+    Example:
+    >>> y = layer_norm(keras.ops.convert_to_tensor([[1.0, 3.0]]), keras.ops.ones((2,)), keras.ops.zeros((2,)), 1e-6)
+    >>> [round(float(v), 4) for v in keras.ops.convert_to_numpy(y)[0]]
+    [-1.0, 1.0]
+    """
+    if not _torch():
+        out = ops.layer_normalization(x, gamma, beta, axis=-1, epsilon=epsilon)
+        return ops.cast(out, keras.backend.standardize_dtype(x.dtype))
+    import torch
+
+    x = ops.convert_to_tensor(x)
+    gamma = ops.convert_to_tensor(gamma)
+    beta = ops.convert_to_tensor(beta)
+    if gamma.dtype != beta.dtype or gamma.dtype not in (x.dtype, torch.float32):
+        out = ops.layer_normalization(x, gamma, beta, axis=-1, epsilon=epsilon)
+        return ops.cast(out, keras.backend.standardize_dtype(x.dtype))
+    # torch's CPU and CUDA kernels accumulate half-precision inputs in float32 and take
+    # float32 scale and offset with them (mixed precision).
+    return torch.nn.functional.layer_norm(x, (x.shape[-1],), gamma, beta, epsilon)
+
+
+def dot_product_attention(query, key, value):
+    """``keras.ops.dot_product_attention(query, key, value)``: softmax attention scaled
+    by ``head_dim ** -0.5``, each argument and the result ``(batch, tokens, heads,
+    head_dim)``.
+
+    Example:
+    >>> q = keras.ops.ones((2, 5, 4, 8))
+    >>> tuple(dot_product_attention(q, q, q).shape)
+    (2, 5, 4, 8)
+    """
+    if not _torch():
+        return ops.dot_product_attention(query, key, value)
+    import torch
+
+    q, k, v = (ops.convert_to_tensor(t).transpose(1, 2) for t in (query, key, value))
+    if not (q.dtype == k.dtype == v.dtype):
+        return ops.dot_product_attention(query, key, value)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
 
 
 def ema_update(targets, sources, momentum):

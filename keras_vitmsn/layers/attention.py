@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_vitmsn.fast_paths import head_major_attention
+from keras_vitmsn.fast_paths import dot_product_attention, einsum, head_major_attention
 from keras_vitmsn.layers.dense import ViTMSNDense
 from keras_vitmsn.layers.initializers import kernel_initializer
 
@@ -23,8 +23,9 @@ class ViTMSNAttention(keras.layers.Layer):
 
     Two numerically equivalent paths:
     - ``keras.ops.dot_product_attention`` (fused / flash kernels where the backend has
-      them) when neither attention maps nor a head mask are asked for and no
-      attention dropout is active, except on JAX;
+      them; :func:`keras_vitmsn.fast_paths.dot_product_attention`) when neither
+      attention maps nor a head mask are asked for and no attention dropout is
+      active, except on JAX;
     - an explicit path otherwise, head-major throughout: scaled scores, softmax in
       float32, dropout, head mask. On JAX it always runs, with q, k and v projected
       straight into ``(batch, heads, tokens, head_dim)`` by one einsum over the qkv
@@ -120,21 +121,27 @@ class ViTMSNAttention(keras.layers.Layer):
         # The Dense's own kernel (with its LoRA term) and bias, contracted so that the
         # output comes out head-major (see fast_paths.head_major_attention).
         shape = (self.hidden_dim, 3, self.num_heads, self.head_dim)
-        qkv = ops.einsum("btc,cshe->sbhte", x, ops.reshape(self.qkv.kernel, shape))
-        if self.qkv.bias is not None:
-            qkv = qkv + ops.reshape(self.qkv.bias, (3, 1, self.num_heads, 1, self.head_dim))
+        kernel = ops.reshape(self.qkv.kernel, shape)
+        if self.qkv.bias is None:
+            qkv = einsum("btc,cshe->sbhte", x, kernel)
+        else:
+            # The bias is added before the one rounding to the compute dtype, as the
+            # fused Dense adds it (fast_paths.matmul_add).
+            qkv = einsum("btc,cshe->sbhte", x, kernel, dtype="float32")
+            bias = ops.reshape(self.qkv.bias, (3, 1, self.num_heads, 1, self.head_dim))
+            qkv = ops.cast(qkv + ops.cast(bias, "float32"), x.dtype)
         return ops.unstack(qkv, num=3, axis=0)
 
     def _attend(self, q, k, v, head_mask, training):
         """Scaled scores, softmax in float32, dropout, head mask; head-major in and out."""
-        scores = ops.einsum("bhqd,bhkd->bhqk", q, k)
-        probs = ops.softmax(ops.cast(scores, "float32") * self.head_dim**-0.5, axis=-1)
+        scores = einsum("bhqd,bhkd->bhqk", q, k, dtype="float32")
+        probs = ops.softmax(scores * self.head_dim**-0.5, axis=-1)
         probs = ops.cast(probs, q.dtype)
         probs = self.attention_probs_dropout(probs, training=training)
         if head_mask is not None:
             mask = ops.cast(head_mask, probs.dtype)
             probs = probs * ops.reshape(mask, (1, self.num_heads, 1, 1))
-        return ops.einsum("bhqk,bhkd->bhqd", probs, v), probs
+        return einsum("bhqk,bhkd->bhqd", probs, v), probs
 
     def call(self, x, head_mask=None, output_attentions=False, training=None):
         tokens = x.shape[1]
@@ -145,7 +152,7 @@ class ViTMSNAttention(keras.layers.Layer):
             context, probs = self._attend(q, k, v, head_mask, training)
             context = ops.transpose(context, (0, 2, 1, 3))
         else:
-            context = ops.dot_product_attention(*self._project_qkv(x))
+            context = dot_product_attention(*self._project_qkv(x))
         context = ops.reshape(context, (-1, tokens, self.hidden_dim))
         out = self.output_dropout(self.output_dense(context), training=training)
         return out, (probs if output_attentions else None)

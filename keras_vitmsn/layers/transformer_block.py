@@ -7,6 +7,7 @@ from keras_vitmsn.layers.attention import ViTMSNAttention
 from keras_vitmsn.layers.dense import ViTMSNDense
 from keras_vitmsn.layers.gradient_barrier import gradient_fusion_barrier
 from keras_vitmsn.layers.initializers import kernel_initializer
+from keras_vitmsn.layers.layer_norm import ViTMSNLayerNorm
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
@@ -62,7 +63,7 @@ class ViTMSNTransformerBlock(keras.layers.Layer):
         self.hidden_act = hidden_act
         self.activation = get_activation(hidden_act)
 
-        self.layernorm_before = keras.layers.LayerNormalization(
+        self.layernorm_before = ViTMSNLayerNorm(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="layernorm_before"
         )
         self.attention = ViTMSNAttention(
@@ -74,7 +75,7 @@ class ViTMSNTransformerBlock(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="attention",
         )
-        self.layernorm_after = keras.layers.LayerNormalization(
+        self.layernorm_after = ViTMSNLayerNorm(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="layernorm_after"
         )
         self.intermediate_dense = ViTMSNDense(

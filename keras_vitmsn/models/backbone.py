@@ -3,6 +3,7 @@
 import keras
 
 from keras_vitmsn.layers.embeddings import ViTMSNEmbeddings
+from keras_vitmsn.layers.layer_norm import ViTMSNLayerNorm
 from keras_vitmsn.layers.layout import spatial_shape
 from keras_vitmsn.layers.transformer_block import ViTMSNTransformerBlock
 from keras_vitmsn.utils import default_name
@@ -165,7 +166,7 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
             )
             for i in range(self.num_layers)
         ]
-        self.layernorm = keras.layers.LayerNormalization(
+        self.layernorm = ViTMSNLayerNorm(
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="layernorm"
         )
         # Create every variable now, so weights can be loaded before any call.
