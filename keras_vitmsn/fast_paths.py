@@ -188,8 +188,9 @@ def layer_norm(x, gamma, beta, epsilon):
     if gamma.dtype != beta.dtype or gamma.dtype not in (x.dtype, torch.float32):
         out = ops.layer_normalization(x, gamma, beta, axis=-1, epsilon=epsilon)
         return ops.cast(out, keras.backend.standardize_dtype(x.dtype))
-    # torch's CPU and CUDA kernels accumulate half-precision inputs in float32 and take
-    # float32 scale and offset with them (mixed precision).
+    # torch's kernel accumulates half-precision inputs in float32 and takes float32
+    # scale and offset with them (mixed precision): tested on CPU here; on CUDA by
+    # tests/test_gpu.py's mixed_bfloat16 run, which no GPU session has run yet.
     return torch.nn.functional.layer_norm(x, (x.shape[-1],), gamma, beta, epsilon)
 
 
