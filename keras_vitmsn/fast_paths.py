@@ -2,7 +2,8 @@
 
 Each function computes what its ``keras.ops`` formulation computes (the formulation
 every other backend runs), up to float rounding, only with fewer, larger kernels
-where a backend has them; ``tests/test_fast_paths.py`` checks both against each other.
+where a backend has them; ``tests/test_fast_paths.py`` and (half precision)
+``tests/test_fast_paths_half.py`` check both against each other.
 
 - :func:`matmul_add` (``x @ kernel + bias``): on torch one ``addmm``, so the bias is
   added inside the GEMM instead of by a separate pass over the output, and its
@@ -177,21 +178,17 @@ def layer_norm(x, gamma, beta, epsilon):
     >>> [round(float(v), 4) for v in keras.ops.convert_to_numpy(y)[0]]
     [-1.0, 1.0]
     """
-    if not _torch():
-        out = ops.layer_normalization(x, gamma, beta, axis=-1, epsilon=epsilon)
-        return ops.cast(out, keras.backend.standardize_dtype(x.dtype))
-    import torch
+    x, gamma, beta = (ops.convert_to_tensor(t) for t in (x, gamma, beta))
+    if _torch():
+        import torch
 
-    x = ops.convert_to_tensor(x)
-    gamma = ops.convert_to_tensor(gamma)
-    beta = ops.convert_to_tensor(beta)
-    if gamma.dtype != beta.dtype or gamma.dtype not in (x.dtype, torch.float32):
-        out = ops.layer_normalization(x, gamma, beta, axis=-1, epsilon=epsilon)
-        return ops.cast(out, keras.backend.standardize_dtype(x.dtype))
-    # torch's kernel accumulates half-precision inputs in float32 and takes float32
-    # scale and offset with them (mixed precision): tested on CPU here; on CUDA by
-    # tests/test_gpu.py's mixed_bfloat16 run, which no GPU session has run yet.
-    return torch.nn.functional.layer_norm(x, (x.shape[-1],), gamma, beta, epsilon)
+        # torch's kernel accumulates half-precision inputs in float32 and takes float32
+        # scale and offset with them (mixed precision): tested on CPU here; on CUDA by
+        # tests/test_gpu.py's mixed_bfloat16 run, which no GPU session has run yet.
+        if gamma.dtype == beta.dtype and gamma.dtype in (x.dtype, torch.float32):
+            return torch.nn.functional.layer_norm(x, (x.shape[-1],), gamma, beta, epsilon)
+    out = ops.layer_normalization(x, gamma, beta, axis=-1, epsilon=epsilon)
+    return ops.cast(out, keras.backend.standardize_dtype(x.dtype))
 
 
 def dot_product_attention(query, key, value):
