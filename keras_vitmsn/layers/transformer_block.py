@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_vitmsn.fast_paths import mlp_on_token_rows
 from keras_vitmsn.layers.activations import get_activation
 from keras_vitmsn.layers.attention import ViTMSNAttention
 from keras_vitmsn.layers.dense import ViTMSNDense
@@ -111,8 +112,15 @@ class ViTMSNTransformerBlock(keras.layers.Layer):
             training=training,
         )
         x = x + attended
-        hidden = self.activation(self.intermediate_dense(self.layernorm_after(x)))
-        x = x + self.output_dropout(self.output_dense(hidden), training=training)
+        normed = self.layernorm_after(x)
+        if mlp_on_token_rows():
+            # Dense -> GELU on rows, with no reshape between them (see fast_paths).
+            rows = keras.ops.reshape(normed, (-1, self.hidden_dim))
+            mlp = self.output_dense(self.activation(self.intermediate_dense(rows)))
+            mlp = keras.ops.reshape(mlp, keras.ops.shape(x))
+        else:
+            mlp = self.output_dense(self.activation(self.intermediate_dense(normed)))
+        x = x + self.output_dropout(mlp, training=training)
         # One barrier per block keeps XLA from recomputing the residual gradient of
         # every block above this one (see gradient_barrier.py).
         return gradient_fusion_barrier(x), probs

@@ -1,0 +1,152 @@
+"""TensorFlow's fast paths: the MLP on token rows, MatMul + BiasAdd, batched-matmul
+attention. Each computes what the plain formulation computes (checked on every
+backend, the rows layout forced both ways), and on TensorFlow the graph optimizer
+(grappler, as ``tf.function`` runs it) fuses the block's projections into oneDNN
+``_FusedMatMul`` calls, the MLP's GELU included."""
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import BACKEND, keras_gradients, max_abs_diff, to_numpy
+from keras_vitmsn import fast_paths
+from keras_vitmsn.layers import transformer_block
+from keras_vitmsn.layers.transformer_block import ViTMSNTransformerBlock
+
+tf_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's graph optimizer")
+
+
+def random_block(rng, **kwargs):
+    block = ViTMSNTransformerBlock(32, 4, 64, name="block", **kwargs)
+    block.build((None, None, 32))
+    for v in block.weights:
+        v.assign(rng.standard_normal(tuple(v.shape)).astype("float32") * 0.2)
+    return block
+
+
+class Output(keras.layers.Layer):
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def call(self, inputs, training=None):
+        return self.block(inputs, training=training)[0]
+
+
+def block_outputs(block, x, monkeypatch, rows):
+    monkeypatch.setattr(transformer_block, "mlp_on_token_rows", lambda: rows)
+    out = to_numpy(block(x)[0])
+    weights = keras.ops.arange(32, dtype="float32")
+    wrapper = Output(block)
+    wrapper(x)
+    return out, keras_gradients(wrapper, x, lambda y: keras.ops.sum(y * weights))
+
+
+def test_mlp_on_token_rows_equals_the_token_layout(rng, monkeypatch):
+    block = random_block(rng)
+    x = rng.standard_normal((2, 5, 32)).astype("float32")
+    out_a, grads_a = block_outputs(block, x, monkeypatch, False)
+    out_b, grads_b = block_outputs(block, x, monkeypatch, True)
+    assert max_abs_diff(out_a, out_b) <= 1e-5
+    assert len(grads_a) == len(block.trainable_weights) and set(grads_a) == set(grads_b)
+    for path in grads_a:
+        assert max_abs_diff(grads_a[path], grads_b[path]) <= 1e-4, path
+
+
+def test_mlp_on_token_rows_keeps_an_unknown_batch_symbolic(monkeypatch):
+    monkeypatch.setattr(transformer_block, "mlp_on_token_rows", lambda: True)
+    # Traced on a placeholder whose batch size is unknown.
+    out = Output(ViTMSNTransformerBlock(32, 4, 64))(keras.Input((5, 32)))
+    assert tuple(out.shape) == (None, 5, 32)
+
+
+def test_mlp_on_token_rows_is_the_tensorflow_layout():
+    assert fast_paths.mlp_on_token_rows() == (BACKEND == "tensorflow")
+
+
+@pytest.mark.parametrize("head_dim", [8, 6])
+def test_dot_product_attention_gradients_are_keras_ones(rng, head_dim):
+    # head_dim 6: a scale that is not a power of two, so scaling q first rounds
+    # differently from scaling the scores.
+    q, k, v = (rng.standard_normal((2, 7, 3, head_dim)).astype("float32") for _ in range(3))
+    weights = rng.standard_normal((2, 7, 3, head_dim)).astype("float32")
+
+    class Attend(keras.layers.Layer):
+        """q, k, v as weights, so that keras_gradients differentiates all three."""
+
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+            self.qkv = [self.add_weight(t.shape, initializer="zeros") for t in (q, k, v)]
+            for w, t in zip(self.qkv, (q, k, v)):
+                w.assign(t)
+
+        def call(self, unused, training=None):
+            return self.fn(*self.qkv)
+
+    results = []
+    for fn in (fast_paths.dot_product_attention, keras.ops.dot_product_attention):
+        layer = Attend(fn)
+        out = to_numpy(keras.ops.stop_gradient(layer(q)))
+        grads = keras_gradients(layer, q, lambda y: keras.ops.sum(y * keras.ops.convert_to_tensor(weights)))
+        results.append((out, [grads[w.path] for w in layer.qkv]))
+    assert max_abs_diff(results[0][0], results[1][0]) <= 1e-5
+    for fast, plain in zip(results[0][1], results[1][1]):
+        assert max_abs_diff(fast, plain) <= 1e-4
+
+
+def optimized_graph_ops(fn, *args):
+    """``[(op, fused_ops)]`` of ``fn``'s graph after grappler's default passes on CPU."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import config_pb2
+    from tensorflow.python.grappler import tf_optimizer
+
+    concrete = tf.function(fn).get_concrete_function(*args)
+    graph_def = concrete.graph.as_graph_def()
+    for node in graph_def.node:
+        node.device = "/device:CPU:0"
+    with tf.Graph().as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+        meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=graph_def)
+    fetches = meta_graph.collection_def["train_op"].node_list.value
+    fetches.extend(t.name.split(":")[0] for t in concrete.outputs)
+    optimized = tf_optimizer.OptimizeGraph(config_pb2.ConfigProto(), meta_graph)
+    return [(n.op, [s.decode() for s in n.attr["fused_ops"].list.s]) for n in optimized.node]
+
+
+@tf_only
+def test_block_projections_are_fused_matmuls_with_the_gelu_inside():
+    import tensorflow as tf
+
+    block = ViTMSNTransformerBlock(32, 4, 64)
+    x = tf.zeros((2, 5, 32))
+    ops_ = optimized_graph_ops(lambda x: block(x)[0], x)
+    fused = [f for op, f in ops_ if op == "_FusedMatMul"]
+    # qkv, attention output, MLP in (with its GELU) and MLP out: no bare MatMul,
+    # no separate bias add, no Erf pass, no einsum.
+    assert sorted(fused) == [["BiasAdd"]] * 3 + [["BiasAdd", "GeluExact"]]
+    assert not {"MatMul", "BiasAdd", "Erf", "Einsum"} & {op for op, _ in ops_}
+
+
+@tf_only
+def test_matmul_add_of_3d_input_is_one_fused_matmul():
+    import tensorflow as tf
+
+    x, kernel, bias = tf.zeros((2, 5, 4)), tf.ones((4, 6)), tf.ones((6,))
+    ops_ = optimized_graph_ops(fast_paths.matmul_add, x, kernel, bias)
+    assert ("_FusedMatMul", ["BiasAdd"]) in ops_
+    assert not {"MatMul", "BiasAdd", "AddV2"} & {op for op, _ in ops_}
+
+
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX has no float64 without jax_enable_x64")
+def test_dot_product_attention_keeps_float64(rng):
+    q, k, v = (rng.standard_normal((2, 7, 3, 6)) for _ in range(3))
+    args = [keras.ops.convert_to_tensor(t, dtype="float64") for t in (q, k, v)]
+    out = fast_paths.dot_product_attention(*args)
+    assert keras.backend.standardize_dtype(out.dtype) == "float64"
+    # Exact float64 attention (Keras' own rounds its scale to float32 on some backends).
+    scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(6.0)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    reference = np.einsum("bhqk,bkhd->bqhd", probs, v)
+    assert np.max(np.abs(keras.ops.convert_to_numpy(out) - reference)) <= 1e-12
