@@ -2,7 +2,7 @@
 
     python benchmarks/msn_step_benchmark.py [--model vit_msn_small] [--batch 8]
         [--image 224] [--focal 96] [--num-focal 10] [--rounds 5] [--round-seconds 20]
-        [--impls keras-jax keras-torch keras-tensorflow torch-msn]
+        [--impls keras-jax keras-jax-cpumem keras-torch keras-tensorflow torch-msn]
 
 One step = the MSN recipe's step at vits16 settings: the unmasked target view through
 the EMA target encoder and head (no gradient), one masked anchor view at ``--image``
@@ -11,7 +11,8 @@ online encoder and head (one head call per resolution), the loss with sharpening
 Sinkhorn and me-max, AdamW with gradient clipping at 3, then the EMA update.
 
 - ``keras-<backend>``: ``MSNPretrainer.train_on_batch`` (the ``fit`` machinery),
-  random weights of the preset's architecture.
+  random weights of the preset's architecture. ``keras-jax-cpumem``: the same on JAX
+  after ``keras_vitmsn.jax_cpu_memory.enable()`` (as ``keras-vitmsn pretrain`` runs).
 - ``torch-msn``: the same step written here in plain PyTorch around transformers'
   ``ViTMSNModel`` (sdpa attention; patches dropped after the position embeddings, as
   MSN does), the same head (Linear-BN-GELU x2, Linear), loss, ``torch.optim.AdamW``,
@@ -67,6 +68,12 @@ def keras_setup(args):
     import keras_vitmsn as kv
     from keras_vitmsn import msn
 
+    if args.worker.endswith("-cpumem"):
+        from keras_vitmsn import jax_cpu_memory
+
+        applied = jax_cpu_memory.enable()
+        if not applied:
+            raise RuntimeError(f"jax_cpu_memory.enable() did not apply: {applied.reason}")
     keras.utils.set_random_seed(0)
     arch = dict(architecture(args.model), image_shape=(args.image, args.image, 3))
     encoder = kv.ViTMSNBackbone(**arch)
@@ -208,7 +215,7 @@ def main():
     for impl in args.impls:
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         if impl.startswith("keras-"):
-            env["KERAS_BACKEND"] = impl.split("-", 1)[1]
+            env["KERAS_BACKEND"] = impl.split("-")[1]
         command = [sys.executable, os.path.abspath(__file__), "--worker", impl] + [
             f"--{k.replace('_', '-')}={getattr(args, k)}"
             for k in ("model", "batch", "image", "focal", "num_focal", "round_seconds")

@@ -32,7 +32,9 @@ REFERENCE = "hf-sdpa"
 # keras-tensorflow-xla: the same model with jit_compile=True. Keras leaves XLA off
 # for TensorFlow on CPU-only machines, and XLA can't compile every model (an
 # antialiased resize inside the model has no XLA kernel), so it stays opt-in.
-KERAS_IMPLS = ("keras-jax", "keras-torch", "keras-tensorflow", "keras-tensorflow-xla")
+# keras-jax-cpumem: JAX after keras_vitmsn.jax_cpu_memory.enable() (what the CLI runs;
+# a library user opts in), next to plain keras-jax (what a script gets by default).
+KERAS_IMPLS = ("keras-jax", "keras-jax-cpumem", "keras-torch", "keras-tensorflow", "keras-tensorflow-xla")
 TORCH_IMPLS = ("hf-sdpa", "hf-eager", "timm", "timm-compile")
 MARK = workers.MARK
 
@@ -144,7 +146,8 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--backends", default="jax,torch,tensorflow,tensorflow-xla",
-                        help="Keras backends, comma separated (tensorflow-xla: TF with jit_compile=True).")
+                        help="Keras backends, comma separated (tensorflow-xla: TF with jit_compile=True; "
+                        "jax-cpumem: JAX with keras_vitmsn.jax_cpu_memory.enable()).")
     parser.add_argument("--references", default=",".join(TORCH_IMPLS),
                         help=f"Reference implementations, comma separated, from {TORCH_IMPLS}.")
     parser.add_argument("--rounds", type=int, default=5)

@@ -61,6 +61,12 @@ def keras_setup(args, arch):
 
     import keras_vitmsn as kv
 
+    if args.impl.endswith("-cpumem"):
+        from keras_vitmsn import jax_cpu_memory
+
+        applied = jax_cpu_memory.enable()
+        if not applied:  # refuse to report a row that is not what it says
+            raise RuntimeError(f"jax_cpu_memory.enable() did not apply: {applied.reason}")
     backend = keras.backend.backend()
     if args.task == "infer":
         policy = args.dtype
@@ -218,7 +224,7 @@ def torch_setup(args, arch, impl):
 
 
 def setup(args, arch):
-    """``(step, sync, device, gpu_peak)`` for ``args.impl`` (keras-<backend>[-xla] or a reference)."""
+    """``(step, sync, device, gpu_peak)`` for ``args.impl`` (keras-<backend>[-xla|-cpumem] or a reference)."""
     if args.impl.startswith("keras-"):
         return keras_setup(args, arch)
     return torch_setup(args, arch, args.impl)

@@ -1,6 +1,7 @@
 """Every use of Keras internals (``keras.src``, private attributes), in one place.
 
-Each is checked when this package is imported; where Keras has changed, a slower or
+Each is checked when this package is imported, or, for the probes that run a
+computation, when first needed (:mod:`keras_internals.lazy`); where Keras has changed, a slower or
 narrower path built on public API alone takes over, and ``FAST_INIT`` /
 ``DATA_LAYER_IS_PRIVATE`` say which one is active. The fallbacks are tested
 (tests/test_keras_internals.py forces them; ``KERAS_VITMSN_PUBLIC_KERAS_ONLY=1`` in the
@@ -60,8 +61,8 @@ environment makes a whole process take every public path).
 Other private names are not used: export builds its sample inputs itself.
 """
 
+from keras_vitmsn.keras_internals import fast_init as _fast_init
 from keras_vitmsn.keras_internals.fast_init import (
-    FAST_INIT,
     build_with_values,
     capture_weights,
     pending_variables,
@@ -77,9 +78,8 @@ from keras_vitmsn.keras_internals.layers import (
     one_garbage_collection,
     replace_dtype_policy,
 )
+from keras_vitmsn.keras_internals import optimizer as _optimizer
 from keras_vitmsn.keras_internals.optimizer import (
-    BACKEND_UPDATE_STEP_IS_PRIVATE,
-    VARIABLE_INDEX_IS_PRIVATE,
     VariableIndex,
     optimizer_reads_weight_decay_property,
     route_batched_update,
@@ -87,3 +87,12 @@ from keras_vitmsn.keras_internals.optimizer import (
 from keras_vitmsn.keras_internals.public_only import PUBLIC_ONLY
 from keras_vitmsn.keras_internals.scopes import STATELESS_SCOPE_IS_PRIVATE
 from keras_vitmsn.keras_internals.scopes import in_stateless_scope
+
+
+def __getattr__(name):
+    # The probes that compute run on first use (keras_internals.lazy).
+    if name == "FAST_INIT":
+        return _fast_init.FAST_INIT
+    if name in ("VARIABLE_INDEX_IS_PRIVATE", "BACKEND_UPDATE_STEP_IS_PRIVATE"):
+        return getattr(_optimizer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,6 +3,7 @@ its initialisers when its weights are about to be loaded."""
 
 import keras
 
+from keras_vitmsn.keras_internals.lazy import module_getattr, probed
 from keras_vitmsn.keras_internals.public_only import PUBLIC_ONLY
 
 # -- 1. fast initialisation --------------------------------------------------------
@@ -60,7 +61,10 @@ class _Value:
 
 
 _GLOBAL_STATE = _find_global_state()
-FAST_INIT = _probe_fast_init(_GLOBAL_STATE)
+
+
+# FAST_INIT: probed on first use (keras_internals.lazy: the probe computes).
+__getattr__ = module_getattr(globals(), {"FAST_INIT": lambda: _probe_fast_init(_GLOBAL_STATE)})
 
 
 def pending_variables():
@@ -100,7 +104,7 @@ def build_with_values(factory, values_for, fast=None):
     Returns:
         The model, every variable initialised exactly once on the fast path.
     """
-    if not (FAST_INIT if fast is None else fast):
+    if not (probed(globals(), "FAST_INIT") if fast is None else fast):
         model = factory()
         values = values_for(model)
         for variable in model.variables:
@@ -124,7 +128,7 @@ def read_without_initialising(factory, reader, fast=None):
     """``(model, reader(model))``; on the fast path the model's variables are never
     initialised (only its structure is used, e.g. to read a weights file of another
     shape)."""
-    if not (FAST_INIT if fast is None else fast):
+    if not (probed(globals(), "FAST_INIT") if fast is None else fast):
         model = factory()
         return model, reader(model)
     model, created = _build_deferred(factory)
@@ -142,7 +146,7 @@ def capture_weights(model, path, fast=None):
     variable, and Keras still checks every variable count and shape. The public path
     loads into the (initialised) model and reads the values back.
     """
-    if not (FAST_INIT if fast is None else fast):
+    if not (probed(globals(), "FAST_INIT") if fast is None else fast):
         model.load_weights(path)
         return {id(v): keras.ops.convert_to_numpy(v) for v in model.variables}
     with keras.StatelessScope(initialize_variables=False) as scope:

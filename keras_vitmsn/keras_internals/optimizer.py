@@ -3,6 +3,7 @@ needs from Keras' optimizer base class."""
 
 import keras
 
+from keras_vitmsn.keras_internals.lazy import module_getattr, probed
 from keras_vitmsn.keras_internals.public_only import PUBLIC_ONLY
 
 # -- 3. a scheduled weight decay ------------------------------------------------------
@@ -60,8 +61,6 @@ def _probe_variable_index():
         return False
 
 
-VARIABLE_INDEX_IS_PRIVATE = _probe_variable_index()
-
 
 class VariableIndex:
     """``index(variable)``: the position of ``variable`` in the list an optimizer was
@@ -78,7 +77,7 @@ class VariableIndex:
         self._optimizer = optimizer
         #: The variables, in order (a plain object's list: Keras tracks none of it).
         self.variables = list(variables)
-        self._private = VARIABLE_INDEX_IS_PRIVATE if private is None else bool(private)
+        self._private = probed(globals(), "VARIABLE_INDEX_IS_PRIVATE") if private is None else bool(private)
         self._by_id = {}
         on_tensorflow = keras.backend.backend() == "tensorflow"
         for i, variable in enumerate(variables):
@@ -133,7 +132,11 @@ def _probe_backend_update_step():
         return False
 
 
-BACKEND_UPDATE_STEP_IS_PRIVATE = _probe_backend_update_step()
+# Both probe by running an optimizer step, so they run on first use (keras_internals.lazy).
+__getattr__ = module_getattr(globals(), {
+    "VARIABLE_INDEX_IS_PRIVATE": _probe_variable_index,
+    "BACKEND_UPDATE_STEP_IS_PRIVATE": _probe_backend_update_step,
+})
 
 
 def route_batched_update(cls):
@@ -141,11 +144,15 @@ def route_batched_update(cls):
     each step's update first (Keras variables, as ``apply`` was given them) and
     returns whether it did; on False, or where the probe failed, Keras calls
     ``update_step`` per variable."""
-    if not BACKEND_UPDATE_STEP_IS_PRIVATE:
-        return cls
 
+    # Installed unconditionally and checked per call, so that decorating a class
+    # runs no probe: where Keras no longer calls the private method, this override
+    # is never reached; where the probe failed, it defers to Keras' own loop.
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        if not self.batched_update(grads, trainable_variables, learning_rate):
+        batched = probed(globals(), "BACKEND_UPDATE_STEP_IS_PRIVATE") and self.batched_update(
+            grads, trainable_variables, learning_rate
+        )
+        if not batched:
             super(cls, self)._backend_update_step(grads, trainable_variables, learning_rate)
 
     cls._backend_update_step = _backend_update_step
