@@ -12,7 +12,8 @@ Sinkhorn and me-max, AdamW with gradient clipping at 3, then the EMA update.
 
 - ``keras-<backend>``: ``MSNPretrainer.train_on_batch`` (the ``fit`` machinery),
   random weights of the preset's architecture. ``keras-jax-cpumem``: the same on JAX
-  after ``keras_vitmsn.jax_cpu_memory.enable()`` (as ``keras-vitmsn pretrain`` runs).
+  after ``keras_vitmsn.jax_cpu_memory.enable()`` (opt-in; ``keras-vitmsn pretrain``
+  with ``KERAS_VITMSN_JAX_CPU_MEMORY=1``).
 - ``torch-msn``: the same step written here in plain PyTorch around transformers'
   ``ViTMSNModel`` (sdpa attention; patches dropped after the position embeddings, as
   MSN does), the same head (Linear-BN-GELU x2, Linear), loss, ``torch.optim.AdamW``,

@@ -32,8 +32,8 @@ REFERENCE = "hf-sdpa"
 # keras-tensorflow-xla: the same model with jit_compile=True. Keras leaves XLA off
 # for TensorFlow on CPU-only machines, and XLA can't compile every model (an
 # antialiased resize inside the model has no XLA kernel), so it stays opt-in.
-# keras-jax-cpumem: JAX after keras_vitmsn.jax_cpu_memory.enable() (what the CLI runs;
-# a library user opts in), next to plain keras-jax (what a script gets by default).
+# keras-jax-cpumem: JAX after keras_vitmsn.jax_cpu_memory.enable() (opt-in, for the
+# library and the CLI alike), next to plain keras-jax (what everyone gets by default).
 KERAS_IMPLS = ("keras-jax", "keras-jax-cpumem", "keras-torch", "keras-tensorflow", "keras-tensorflow-xla")
 TORCH_IMPLS = ("hf-sdpa", "hf-eager", "timm", "timm-compile")
 MARK = workers.MARK

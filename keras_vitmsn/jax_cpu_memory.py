@@ -75,8 +75,10 @@ def _glibc():
         libc.gnu_get_libc_version  # noqa: B018 (only glibc has it)
     except (OSError, AttributeError):
         return None, "the C library is not glibc"
-    as_address = ctypes.cast  # malloc the process resolves vs glibc's own
-    if as_address(process.malloc, ctypes.c_void_p).value != as_address(libc.malloc, ctypes.c_void_p).value:
+    def address(function):
+        return ctypes.cast(function, ctypes.c_void_p).value
+
+    if address(process.malloc) != address(libc.malloc):  # e.g. LD_PRELOAD=libtcmalloc
         return None, "malloc is not glibc's (an allocator such as tcmalloc is preloaded)"
     return libc, ""
 

@@ -61,7 +61,6 @@ def _probe_variable_index():
         return False
 
 
-
 class VariableIndex:
     """``index(variable)``: the position of ``variable`` in the list an optimizer was
     built on, for the variable as ``update_step`` receives it on this backend.
