@@ -15,14 +15,17 @@ project runs on (benchmarks/README.md).
    comes from the main thread's heap. This is a choice made when JAX creates its CPU
    client, i.e. before the first JAX computation in the process.
 2. glibc's ``mallopt``: no ``mmap`` for large blocks (``M_MMAP_MAX = 0``) and freed
-   memory kept for reuse up to 2 GiB (``M_TRIM_THRESHOLD``), so the next step's buffer
-   is the pages of the last one.
+   heap memory never handed back to the system (``M_TRIM_THRESHOLD = -1``), so the
+   next step's buffer is the pages of the last one. A finite threshold is not enough:
+   mallopt takes a C int, and an MSN step at vits16 settings has 2.7 GB of scratch,
+   more than 2**31 - 1 bytes, so glibc trimmed it after every step and the next one
+   faulted 660,000 pages in again (6.3 s per step against 4.3 s without trimming).
 
 Neither alone helps (measured: 2.16 and 2.23 s per step against 2.17 s); together the
 step takes 1.45-1.75 s with no page faults and the same peak memory. The costs: a JAX
 call on CPU returns once its result is computed, so Python no longer prepares the
-next step while this one runs, and the process returns freed memory below 2 GiB to
-the system only when it exits. Small models lose: ``keras-vitmsn demo`` (a tiny ViT
+next step while this one runs, and the process keeps its peak heap until it exits
+(freed memory is reused by the process, not returned to the system). Small models lose: ``keras-vitmsn demo`` (a tiny ViT
 fed by ``tf.data``, 37 ms steps, no faults to save) ran 1.17x slower with it, so
 nothing turns it on by default. Only Linux with glibc's allocator can apply it;
 elsewhere nothing changes and the result says why. A program opts in::
@@ -48,8 +51,9 @@ import sys
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-# mallopt takes a C int: 2**31 - 1 bytes is the most memory it can be told to keep.
-_KEEP_BYTES = 2**31 - 1
+# -1 is glibc's documented "never trim"; any count would cap what is kept at 2**31 - 1
+# bytes (mallopt takes a C int), less than one MSN step's scratch.
+_NEVER_TRIM = -1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +130,7 @@ def enable():
             "process (before building or loading a model): JAX's CPU client already "
             "exists and keeps its dispatch mode."
         )
-    if libc.mallopt(_M_MMAP_MAX, 0) != 1 or libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES) != 1:
+    if libc.mallopt(_M_MMAP_MAX, 0) != 1 or libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) != 1:
         raise RuntimeError("glibc's mallopt refused M_MMAP_MAX / M_TRIM_THRESHOLD")
     import jax
 
