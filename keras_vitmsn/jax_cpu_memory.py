@@ -25,10 +25,11 @@ Neither alone helps (measured: 2.16 and 2.23 s per step against 2.17 s); togethe
 step takes 1.45-1.75 s with no page faults and the same peak memory. The costs: a JAX
 call on CPU returns once its result is computed, so Python no longer prepares the
 next step while this one runs, and the process keeps its peak heap until it exits
-(freed memory is reused by the process, not returned to the system). Small models lose: ``keras-vitmsn demo`` (a tiny ViT
-fed by ``tf.data``, 37 ms steps, no faults to save) ran 1.17x slower with it, so
-nothing turns it on by default. Only Linux with glibc's allocator can apply it;
-elsewhere nothing changes and the result says why. A program opts in::
+(freed memory is reused by the process, not returned to the system). Small models
+lose: ``keras-vitmsn demo`` (a tiny ViT fed by ``tf.data``, 37 ms steps, no faults to
+save) ran 1.17x slower with it, so nothing turns it on by default. Only Linux with
+glibc's allocator can apply it; elsewhere nothing changes and the result says why. A
+program opts in::
 
     import keras_vitmsn
     from keras_vitmsn import jax_cpu_memory
