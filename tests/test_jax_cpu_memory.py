@@ -29,14 +29,16 @@ import jax, jax.numpy as jnp
 f = jax.jit(lambda a, b: jax.nn.softmax(a @ b, axis=0).sum(axis=1))
 a = jnp.ones(({rows}, 8), jnp.float32); b = jnp.ones((8, 2048), jnp.float32)
 assert f.lower(a, b).compile().memory_analysis().temp_size_in_bytes >= {rows} * 2048 * 4
-f(a, b).block_until_ready()
+for _ in range(2):
+    f(a, b).block_until_ready()
 faults = []
-for _ in range(3):
+for _ in range(5):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(a, b).block_until_ready()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({{"faults": sorted(faults)[1], "result": {result}}}))
+print(json.dumps({{"faults": sorted(faults)[2], "result": {result}}}))
 """
+_ENABLE = "import keras_vitmsn\nfrom keras_vitmsn import jax_cpu_memory\nr = jax_cpu_memory.enable()"
 
 
 def _run(code, **env):
@@ -66,7 +68,7 @@ def test_enable_removes_the_per_call_page_faults():
     default = _run(_FAULTS.format(rows=16384, setup="import keras_vitmsn", result="None"))
     enabled = _run(_FAULTS.format(
         rows=16384,
-        setup="import keras_vitmsn\nfrom keras_vitmsn import jax_cpu_memory\nr = jax_cpu_memory.enable()",
+        setup=_ENABLE,
         result="[bool(r), r.reason]",
     ))
     # The premise: by default every call faults its 128 MiB intermediate in again
@@ -85,7 +87,7 @@ def test_enable_keeps_scratch_beyond_what_mallopt_can_count():
     rows = 2**31 // (2048 * 4) + 16384  # 2.125 GiB of scratch
     enabled = _run(_FAULTS.format(
         rows=rows,
-        setup="import keras_vitmsn\nfrom keras_vitmsn import jax_cpu_memory\nr = jax_cpu_memory.enable()",
+        setup=_ENABLE,
         result="bool(r)",
     ))
     assert enabled["result"] is True, enabled
