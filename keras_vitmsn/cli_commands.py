@@ -159,6 +159,7 @@ def _finetune(args):
     import keras
 
     import keras_vitmsn as kv
+    from keras_vitmsn.adamw import ScheduledAdamW
     from keras_vitmsn.cli_files import check_model_output, save_model
 
     if check_model_output(args.output):
@@ -184,7 +185,7 @@ def _finetune(args):
     if args.linear_probe:
         model.backbone.trainable = False
     model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=args.weight_decay),
+        optimizer=ScheduledAdamW(learning_rate, weight_decay=args.weight_decay),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )

@@ -30,13 +30,10 @@ where a backend has them; ``tests/test_fast_paths.py``, (half precision)
   torch optimizers update their parameters, instead of four ops per variable.
   Both run in place (``mul_``, then ``add_`` with ``alpha = 1 - m``).
 - :func:`adam_update` and :func:`clip_by_global_norm` (``ScheduledAdamW``'s step): on
-  torch the kernels of ``torch.optim.AdamW`` and ``clip_grad_norm_`` (multi-tensor,
-  in place), which round as torch does; the other backends run the formulas per
-  variable.
-  ``ScheduledAdamW.apply`` on vit_msn_small's MSN variables (161 tensors, 27.4M
-  values): 179 ms per step per variable, 165-173 ms so (``torch.optim.AdamW`` with
-  ``clip_grad_norm_``: 66-92 ms; what is left is mostly the out-of-place clip scaling
-  and square root, whose fresh buffers page-fault on CPU).
+  torch the kernels of ``torch.optim.AdamW`` and ``clip_grad_norm_`` (in place),
+  which round as torch does; the other backends run the formulas per variable. On
+  CPU the denominator is made one variable at a time and autograd's gradient buffers
+  are clipped in place: fresh copies of every variable page-fault on each step.
 
 - :func:`head_major_attention` (a layout choice, not a function of values): whether
   attention projects straight into ``(batch, heads, tokens, head_dim)`` with one
@@ -288,9 +285,31 @@ def ema_update(targets, sources, momentum):
         target.assign(m * target + (1 - m) * ops.cast(source, target.dtype))
 
 
-def clip_by_global_norm(tensors, clip_norm, epsilon):
+def autograd_gradients(grads, variables):
+    """Whether each of ``grads`` is its variable's ``.grad`` buffer (torch; what Keras'
+    torch trainer passes to ``apply``): the step's own, replaced at the next step, so
+    they may be scaled in place as ``clip_grad_norm_`` does. A caller's tensor is not.
+
+    Example:
+    >>> autograd_gradients([keras.ops.ones((2,))], [keras.Variable([1.0, 2.0])])
+    False
+    """
+    if not _torch() or len(grads) != len(variables):
+        return False
+    for g, v in zip(grads, variables):
+        buffer = getattr(getattr(v, "value", None), "grad", None)
+        if buffer is None or g is not buffer:
+            return False
+    return True
+
+
+def clip_by_global_norm(tensors, clip_norm, epsilon, in_place=False):
     """``[t * min(clip_norm / (norm + epsilon), 1)]`` with ``norm`` the global L2 norm
     of ``tensors`` (computed in float32), each result in its tensor's dtype.
+
+    ``in_place=True`` (only for buffers nobody else reads, see
+    :func:`autograd_gradients`) lets torch scale the tensors themselves and return
+    them, as ``clip_grad_norm_`` does, instead of writing a copy of every gradient.
 
     Example:
     >>> out = clip_by_global_norm([keras.ops.ones((4,)) * 3.0], 3.0, 0.0)
@@ -305,8 +324,11 @@ def clip_by_global_norm(tensors, clip_norm, epsilon):
             # torch's clip_grad_norm_: the norm of the per-tensor norms.
             norms = torch._foreach_norm([t.float() for t in tensors])
             norm = torch.linalg.vector_norm(torch.stack(norms))
-            scale = torch.clamp(clip_norm / (norm + epsilon), max=1.0)
-            return list(torch._foreach_mul(tensors, scale.to(tensors[0].dtype)))
+            scale = torch.clamp(clip_norm / (norm + epsilon), max=1.0).to(tensors[0].dtype)
+            if in_place:
+                torch._foreach_mul_(tensors, scale)
+                return tensors
+            return list(torch._foreach_mul(tensors, scale))
     norm = ops.sqrt(sum(ops.sum(ops.square(ops.cast(t, "float32"))) for t in tensors))
     scale = ops.minimum(clip_norm / (norm + epsilon), 1.0)
     return [ops.cast(t * ops.cast(scale, t.dtype), t.dtype) for t in tensors]
@@ -361,6 +383,15 @@ def adam_update(
         if max_exp_avg_sqs:
             torch._foreach_maximum_(values[3], v)
             v = values[3]
+        if params[0].device.type == "cpu":
+            # CPU foreach kernels loop over the tensors anyway. One denominator at a time
+            # reuses the last one's memory; a fresh copy of every variable is returned
+            # to the system by glibc after each step and faulted in again at the next.
+            for p_i, m_i, v_i in zip(params, m, v):
+                denominator = torch.sqrt(v_i)
+                denominator.div_(math.sqrt(bias_correction2)).add_(epsilon)
+                p_i.addcdiv_(m_i, denominator, value=-lr / bias_correction1)
+            return True
         denominator = torch._foreach_sqrt(v)
         torch._foreach_div_(denominator, math.sqrt(bias_correction2))
         torch._foreach_add_(denominator, epsilon)

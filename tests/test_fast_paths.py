@@ -141,7 +141,7 @@ def test_ema_update_refuses_unpaired_lists():
 
 def run_scheduled_adamw(rng_seed, batched, amsgrad=False, steps=3):
     from keras_vitmsn.msn import CosineSchedule
-    from keras_vitmsn.msn.optimizer import ScheduledAdamW
+    from keras_vitmsn.adamw import ScheduledAdamW
 
     rng = np.random.default_rng(rng_seed)
     shapes = [(4, 3), (3,), (2, 2, 2)]

@@ -132,6 +132,28 @@ def test_one_fit_step_updates_weights(images):
     assert sum(not np.array_equal(a, b) for a, b in zip(before, after)) == len(before)
 
 
+def test_default_optimizer_is_torchs_adamw_and_survives_saving(images, tmp_path):
+    """The default compile trains with torch's AdamW update (as transformers
+    fine-tunes), and a saved model resumes with the same optimizer and moments."""
+    from keras_vitmsn.adamw import ScheduledAdamW
+
+    clf = kv.ViTMSNClassifier(tiny_backbone(), num_classes=3)
+    opt = clf.optimizer
+    assert type(opt) is ScheduledAdamW
+    assert (float(opt.learning_rate), float(opt.weight_decay), opt.epsilon) == (
+        pytest.approx(5e-5), pytest.approx(0.01), 1e-8
+    )
+    clf.fit(images, np.array([0, 2]), epochs=1, batch_size=2, verbose=0)
+    moments = [to_numpy(t) for v in clf.trainable_variables for t in opt.moments(v)]
+    assert any(np.abs(m).max() > 0 for m in moments)
+    clf.save(tmp_path / "clf.keras")
+    loaded = keras.saving.load_model(tmp_path / "clf.keras")
+    assert type(loaded.optimizer) is ScheduledAdamW and int(loaded.optimizer.iterations) == 1
+    restored = [to_numpy(t) for v in loaded.trainable_variables for t in loaded.optimizer.moments(v)]
+    for a, b in zip(moments, restored):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_regression_head_uses_mse(images):
     clf = kv.ViTMSNClassifier(tiny_backbone(), num_classes=1)
     assert isinstance(clf.loss, keras.losses.MeanSquaredError)

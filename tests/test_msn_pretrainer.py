@@ -304,6 +304,49 @@ def test_global_clipping_scales_only_the_clipped_gradients_once():
     assert optimizer.global_clipnorm == 3.0  # restored after apply()
 
 
+def _clipping_case():
+    rng = np.random.default_rng(5)
+    grads = [rng.normal(size=(4,)).astype("float32") * 10 for _ in range(3)]
+    variables = [keras.Variable(np.zeros(4, "float32"), name=f"w{i}") for i in range(3)]
+    optimizer = msn.ScheduledAdamW(learning_rate=0.1, weight_decay=0.0, global_clipnorm=3.0)
+    optimizer.exclude_from_clipping([variables[2]])
+    return grads, variables, optimizer
+
+
+def test_global_clipping_leaves_the_callers_gradients_alone():
+    grads, variables, optimizer = _clipping_case()
+    given = [keras.ops.convert_to_tensor(g) for g in grads]
+    optimizer.apply(given, variables)
+    for tensor, original in zip(given, grads):
+        np.testing.assert_array_equal(to_numpy(tensor), original)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="only torch has autograd .grad buffers")
+def test_global_clipping_scales_autograd_buffers_in_place_with_the_same_result():
+    """Keras' torch trainer passes each variable's own ``.grad``; those are scaled in
+    place (as clip_grad_norm_ does), with the moments of the copying path."""
+    import torch
+
+    from keras_vitmsn import fast_paths
+
+    grads, variables, optimizer = _clipping_case()
+    for v, g in zip(variables, grads):
+        v.value.grad = torch.from_numpy(g.copy())
+    buffers = [v.value.grad for v in variables]
+    assert fast_paths.autograd_gradients(buffers, variables)
+    assert not fast_paths.autograd_gradients([b.clone() for b in buffers], variables)
+    optimizer.apply(buffers, variables)
+
+    copy_grads, copy_variables, copy_optimizer = _clipping_case()
+    copy_optimizer.apply([keras.ops.convert_to_tensor(g) for g in copy_grads], copy_variables)
+    for v, w in zip(variables, copy_variables):
+        for a, b in zip(optimizer.moments(v), copy_optimizer.moments(w)):
+            np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    scaled = [to_numpy(b) for b in buffers]
+    assert np.max(np.abs(scaled[0] - grads[0])) > 1.0  # the clipped buffers were scaled
+    np.testing.assert_array_equal(scaled[2], grads[2])  # the excluded one was not
+
+
 def test_errors():
     pretrainer = make_pretrainer(total_steps=None)
     with pytest.raises(ValueError, match="pass `total_steps`"):

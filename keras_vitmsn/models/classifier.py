@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_vitmsn.adamw import ScheduledAdamW
 from keras_vitmsn.layers.initializers import kernel_initializer
 from keras_vitmsn.models.backbone import ViTMSNBackbone
 from keras_vitmsn.models.class_names import check_class_names
@@ -28,11 +29,12 @@ _AUTO = object()  # from_preset's "attach the preset's image converter" default.
 class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
     """Image classifier: ``Dense(num_classes)`` on the final CLS token of a backbone.
 
-    The model is compiled on construction so ``fit`` works at once: AdamW
-    (learning rate 5e-5, weight decay 0.01), sparse categorical cross-entropy
-    (``from_logits`` when ``activation`` is None) and accuracy; with
-    ``num_classes=1`` it is a regressor trained with mean squared error. Call
-    ``compile`` again for other choices. Logits are returned in float32 under
+    The model is compiled on construction so ``fit`` works at once: torch's AdamW
+    (:class:`keras_vitmsn.adamw.ScheduledAdamW`, the update transformers fine-tunes
+    with, on every backend; learning rate 5e-5, weight decay 0.01), sparse
+    categorical cross-entropy (``from_logits`` when ``activation`` is None) and
+    accuracy; with ``num_classes=1`` it is a regressor trained with mean squared
+    error. Call ``compile`` again for other choices. Logits are returned in float32 under
     every dtype policy, so losses stay stable under mixed precision.
 
     Args:
@@ -174,7 +176,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
             metrics = [keras.metrics.SparseCategoricalAccuracy()]
         self.compile(
-            optimizer=keras.optimizers.AdamW(learning_rate=5e-5, weight_decay=0.01),
+            optimizer=ScheduledAdamW(learning_rate=5e-5, weight_decay=0.01),
             loss=loss,
             metrics=metrics,
         )

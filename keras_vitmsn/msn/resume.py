@@ -33,7 +33,7 @@ from keras_vitmsn.msn.head import MSNProjectionHead
 from keras_vitmsn.msn.head import MSNPrototypes
 from keras_vitmsn.msn.head import head_and_prototypes_from_state
 from keras_vitmsn.msn.head_state import save_msn_pretraining_state
-from keras_vitmsn.msn.optimizer import ScheduledAdamW
+from keras_vitmsn.adamw import ScheduledAdamW
 from keras_vitmsn.presets import file_format
 from keras_vitmsn.presets.file_format import MSN_HEAD_FILE
 from keras_vitmsn.presets.file_format import MSN_TRAINING_STATE_FILE as TRAINING_STATE_FILE
