@@ -21,7 +21,7 @@ Sinkhorn and me-max, AdamW with gradient clipping at 3, then the EMA update.
 
 Each implementation runs in its own process and the parent asks each in turn for one
 timed round (interleaved), so all see the same machine; the table gives steps/s
-(median over rounds) and the median of per-round ratios to torch-msn. Run it on a
+(median over rounds), the median of per-round ratios to torch-msn and their range. Run it on a
 quiet machine.
 """
 
@@ -248,13 +248,17 @@ def main():
     print(f"MSN step, {args.model}, batch {args.batch}: target + masked anchor at "
           f"{args.image}, {args.num_focal} focal at {args.focal}, float32; {os.cpu_count()} "
           f"CPUs ({cpu}); {args.rounds} interleaved rounds of {args.round_seconds:.0f} s")
-    print(f"{'implementation':<18}{'steps/s':>9}{'s/step':>9}{'vs ' + REFERENCE:>14}{'first step s':>14}")
+    print(f"{'implementation':<18}{'steps/s':>9}{'s/step':>9}{'vs ' + REFERENCE:>14}"
+          f"{'rounds min-max':>16}{'first step s':>14}")
     for impl in args.impls:
         median = statistics.median(rates[impl])
-        ratio = ""
+        ratio = spread = ""
         if REFERENCE in rates:
-            ratio = f"{statistics.median(a / b for a, b in zip(rates[impl], rates[REFERENCE])):.2f}"
-        print(f"{impl:<18}{median:>9.3f}{1 / median:>9.2f}{ratio:>14}{first[impl]:>14.1f}")
+            # The per-round ratios' range shows how far one round can stray on this machine.
+            ratios = [a / b for a, b in zip(rates[impl], rates[REFERENCE])]
+            ratio = f"{statistics.median(ratios):.3f}"
+            spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        print(f"{impl:<18}{median:>9.3f}{1 / median:>9.2f}{ratio:>14}{spread:>16}{first[impl]:>14.1f}")
 
 
 if __name__ == "__main__":

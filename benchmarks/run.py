@@ -9,9 +9,11 @@ utilisation.
 
     python benchmarks/run.py --model vit_msn_small --task infer --batch 8 --dtype float32
 
-Random weights, no download. Training is forward + backward + AdamW step: Keras
-models through ``train_on_batch`` (the ``fit`` machinery), the references through a
-plain PyTorch loop.
+Random weights, no download. Training is forward + backward + AdamW step (lr 1e-4,
+weight decay 0.01): Keras models through ``train_on_batch`` (the ``fit`` machinery)
+with the classifier's default optimizer, ``keras_vitmsn.adamw.ScheduledAdamW``
+(``torch.optim.AdamW``'s update; until 2026-12-04 ``keras.optimizers.AdamW``), the
+references through a plain PyTorch loop with ``torch.optim.AdamW``.
 """
 
 import argparse

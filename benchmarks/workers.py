@@ -60,6 +60,7 @@ def keras_setup(args, arch):
     import keras
 
     import keras_vitmsn as kv
+    from keras_vitmsn.adamw import ScheduledAdamW
 
     if args.impl.endswith("-cpumem"):
         from keras_vitmsn import jax_cpu_memory
@@ -87,8 +88,10 @@ def keras_setup(args, arch):
             return model.predict_on_batch(images)
     else:
         model = kv.ViTMSNClassifier(backbone, num_classes=NUM_CLASSES)
+        # The classifier's default optimizer (torch.optim.AdamW's update, as the
+        # references run it), at the references' learning rate and weight decay.
         model.compile(
-            optimizer=keras.optimizers.AdamW(1e-4),
+            optimizer=ScheduledAdamW(1e-4, weight_decay=0.01),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             jit_compile=jit_compile,
         )
