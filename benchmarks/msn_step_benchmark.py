@@ -21,8 +21,8 @@ Sinkhorn and me-max, AdamW with gradient clipping at 3, then the EMA update.
 
 Each implementation runs in its own process and the parent asks each in turn for one
 timed round (interleaved), so all see the same machine; the table gives steps/s
-(median over rounds), the median of per-round ratios to torch-msn and their range. Run it on a
-quiet machine.
+(median over rounds), the median of per-round ratios to torch-msn and their range.
+Run it on a quiet machine.
 """
 
 import argparse

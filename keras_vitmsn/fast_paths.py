@@ -383,17 +383,14 @@ def adam_update(
         if max_exp_avg_sqs:
             torch._foreach_maximum_(values[3], v)
             v = values[3]
-        if params[0].device.type == "cpu":
-            # CPU foreach kernels loop over the tensors anyway. One denominator at a time
-            # reuses the last one's memory; a fresh copy of every variable is returned
-            # to the system by glibc after each step and faulted in again at the next.
-            for p_i, m_i, v_i in zip(params, m, v):
-                denominator = torch.sqrt(v_i)
-                denominator.div_(math.sqrt(bias_correction2)).add_(epsilon)
-                p_i.addcdiv_(m_i, denominator, value=-lr / bias_correction1)
-            return True
-        denominator = torch._foreach_sqrt(v)
-        torch._foreach_div_(denominator, math.sqrt(bias_correction2))
-        torch._foreach_add_(denominator, epsilon)
-        torch._foreach_addcdiv_(params, m, denominator, -lr / bias_correction1)
+        # CPU foreach kernels loop over the tensors anyway, so there one variable at a
+        # time reuses the last denominator's memory; a fresh copy of every variable is
+        # returned to the system by glibc after each step and faulted in at the next.
+        chunk = 1 if params[0].device.type == "cpu" else len(params)
+        sqrt_bias_correction2, step_size = math.sqrt(bias_correction2), -lr / bias_correction1
+        for i in range(0, len(params), chunk):
+            denominator = torch._foreach_sqrt(v[i:i + chunk])
+            torch._foreach_div_(denominator, sqrt_bias_correction2)
+            torch._foreach_add_(denominator, epsilon)
+            torch._foreach_addcdiv_(params[i:i + chunk], m[i:i + chunk], denominator, step_size)
     return True

@@ -34,8 +34,8 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
     with, on every backend; learning rate 5e-5, weight decay 0.01), sparse
     categorical cross-entropy (``from_logits`` when ``activation`` is None) and
     accuracy; with ``num_classes=1`` it is a regressor trained with mean squared
-    error. Call ``compile`` again for other choices. Logits are returned in float32 under
-    every dtype policy, so losses stay stable under mixed precision.
+    error. Call ``compile`` again for other choices. Logits are returned in float32
+    under every dtype policy, so losses stay stable under mixed precision.
 
     Args:
         backbone: a :class:`ViTMSNBackbone`.
