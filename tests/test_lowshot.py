@@ -81,6 +81,22 @@ def test_solver_matches_sklearn(n, dim, num_classes, l2_penalty):
     np.testing.assert_array_equal(ours.predict(x), ref.predict(x))
 
 
+@pytest.mark.parametrize("quantum, converged", [(1e-20, True), (1e-6, False)])
+def test_solver_stalled_at_precision_is_converged_and_not_before(quantum, converged):
+    # An objective that only moves in steps of `quantum` (rounding, made deterministic):
+    # at 1e-20 it stalls with the gradient at ~1e-10, rounding level; at 1e-6 it
+    # stalls far from the optimum (gradient ~5e-4), which is no convergence.
+    from keras_vitmsn.lowshot.solver import _lbfgs
+
+    scale = np.arange(1.0, 6.0)
+
+    def fun(w):
+        return np.round(0.5 * np.dot(w * scale, w) / quantum) * quantum, w * scale
+
+    *_, ok = _lbfgs(fun, np.ones(5), max_iter=1000, tol=1e-30)
+    assert bool(ok) is converged
+
+
 def test_default_tolerance_is_close_to_the_optimum():
     x, y = make_problem(1, 300, 64, 10)
     ours = lowshot.LogisticRegression().fit(x, y)
