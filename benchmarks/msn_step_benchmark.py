@@ -2,7 +2,7 @@
 
     python benchmarks/msn_step_benchmark.py [--model vit_msn_small] [--batch 8]
         [--image 224] [--focal 96] [--num-focal 10] [--rounds 5] [--round-seconds 20]
-        [--impls keras-jax keras-jax-cpumem keras-torch keras-tensorflow torch-msn]
+        [--impls keras-jax keras-jax-cpumem keras-torch keras-torch-addmm keras-tensorflow torch-msn]
 
 One step = the MSN recipe's step at vits16 settings: the unmasked target view through
 the EMA target encoder and head (no gradient), one masked anchor view at ``--image``
@@ -13,7 +13,9 @@ Sinkhorn and me-max, AdamW with gradient clipping at 3, then the EMA update.
 - ``keras-<backend>``: ``MSNPretrainer.train_on_batch`` (the ``fit`` machinery),
   random weights of the preset's architecture. ``keras-jax-cpumem``: the same on JAX
   after ``keras_vitmsn.jax_cpu_memory.enable()`` (opt-in; ``keras-vitmsn pretrain``
-  with ``KERAS_VITMSN_JAX_CPU_MEMORY=1``).
+  with ``KERAS_VITMSN_JAX_CPU_MEMORY=1``). ``keras-torch-addmm``: torch with its own
+  float32 GEMM where ``keras-torch`` takes oneDNN's on AMD CPUs
+  (``keras_vitmsn/torch_gemm.py``).
 - ``torch-msn``: the same step written here in plain PyTorch around transformers'
   ``ViTMSNModel`` (sdpa attention; patches dropped after the position embeddings, as
   MSN does), the same head (Linear-BN-GELU x2, Linear), loss, ``torch.optim.AdamW``,
@@ -35,6 +37,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+import workers  # beside this script (benchmarks/)
 
 MARK = "@@RESULT "
 REFERENCE = "torch-msn"
@@ -214,9 +218,7 @@ def main():
 
     procs = {}
     for impl in args.impls:
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        if impl.startswith("keras-"):
-            env["KERAS_BACKEND"] = impl.split("-")[1]
+        env = workers.worker_env(impl)
         command = [sys.executable, os.path.abspath(__file__), "--worker", impl] + [
             f"--{k.replace('_', '-')}={getattr(args, k)}"
             for k in ("model", "batch", "image", "focal", "num_focal", "round_seconds")

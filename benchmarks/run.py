@@ -36,17 +36,17 @@ REFERENCE = "hf-sdpa"
 # antialiased resize inside the model has no XLA kernel), so it stays opt-in.
 # keras-jax-cpumem: JAX after keras_vitmsn.jax_cpu_memory.enable() (opt-in, for the
 # library and the CLI alike), next to plain keras-jax (what everyone gets by default).
-KERAS_IMPLS = ("keras-jax", "keras-jax-cpumem", "keras-torch", "keras-tensorflow", "keras-tensorflow-xla")
+# keras-torch-addmm: torch with its own float32 GEMM (MKL on x86 wheels), where
+# keras-torch takes oneDNN's on AMD CPUs (keras_vitmsn/torch_gemm.py).
+KERAS_IMPLS = ("keras-jax", "keras-jax-cpumem", "keras-torch", "keras-torch-addmm", "keras-tensorflow",
+               "keras-tensorflow-xla")
 TORCH_IMPLS = ("hf-sdpa", "hf-eager", "timm", "timm-compile")
 MARK = workers.MARK
 
 
 class Worker:
     def __init__(self, impl, args):
-        env = dict(os.environ)
-        if impl.startswith("keras-"):
-            env["KERAS_BACKEND"] = impl.split("-")[1]
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env = workers.worker_env(impl)
         command = [
             sys.executable, os.path.join(HERE, "workers.py"), impl,
             "--model", args.model, "--task", args.task, "--batch", str(args.batch),
@@ -149,7 +149,8 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--backends", default="jax,torch,tensorflow,tensorflow-xla",
                         help="Keras backends, comma separated (tensorflow-xla: TF with jit_compile=True; "
-                        "jax-cpumem: JAX with keras_vitmsn.jax_cpu_memory.enable()).")
+                        "jax-cpumem: JAX with keras_vitmsn.jax_cpu_memory.enable(); torch-addmm: torch "
+                        "with KERAS_VITMSN_TORCH_CPU_GEMM=addmm).")
     parser.add_argument("--references", default=",".join(TORCH_IMPLS),
                         help=f"Reference implementations, comma separated, from {TORCH_IMPLS}.")
     parser.add_argument("--rounds", type=int, default=5)

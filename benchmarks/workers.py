@@ -22,6 +22,19 @@ NUM_CLASSES = 1000
 GPU_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
+def worker_env(impl):
+    """The environment of the process that runs ``impl``: its Keras backend, and what
+    a suffix names (``-addmm``: torch's own float32 GEMM instead of oneDNN's, see
+    keras_vitmsn/torch_gemm.py)."""
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if impl.startswith("keras-"):
+        env["KERAS_BACKEND"] = impl.split("-")[1]
+    if impl.endswith("-addmm"):
+        env["KERAS_VITMSN_TORCH_CPU_GEMM"] = "addmm"
+    return env
+
+
 def emit(payload):
     sys.stdout.write(MARK + json.dumps(payload) + "\n")
     sys.stdout.flush()
@@ -227,7 +240,7 @@ def torch_setup(args, arch, impl):
 
 
 def setup(args, arch):
-    """``(step, sync, device, gpu_peak)`` for ``args.impl`` (keras-<backend>[-xla|-cpumem] or a reference)."""
+    """``(step, sync, device, gpu_peak)`` for ``args.impl`` (keras-<backend>[-xla|-cpumem|-addmm] or a reference)."""
     if args.impl.startswith("keras-"):
         return keras_setup(args, arch)
     return torch_setup(args, arch, args.impl)

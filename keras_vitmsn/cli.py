@@ -10,6 +10,7 @@ status 2, never a traceback; outputs are checked before any work.
 import argparse
 import sys
 
+from keras_vitmsn import torch_gemm
 from keras_vitmsn.cli_args import ArgumentParser
 from keras_vitmsn.cli_args import non_negative_float
 from keras_vitmsn.cli_args import positive_float
@@ -36,7 +37,8 @@ def build_parser():
         description="ViT-MSN vision transformers for Keras 3. "
         "Select the backend with KERAS_BACKEND=jax|torch|tensorflow. On JAX on a Linux "
         "CPU, KERAS_VITMSN_JAX_CPU_MEMORY=1 makes full-size training steps faster "
-        "(keras_vitmsn.jax_cpu_memory).",
+        "(keras_vitmsn.jax_cpu_memory). On torch, KERAS_VITMSN_TORCH_CPU_GEMM=auto|onednn|addmm "
+        "picks the float32 CPU GEMM (auto: oneDNN on AMD CPUs; keras_vitmsn.torch_gemm).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +172,8 @@ def main(argv=None):
             result = enable_for_command_line()
             if result is not None and not result:  # asked for and not applied: say so
                 print(f"note: KERAS_VITMSN_JAX_CPU_MEMORY=1 not applied: {result.reason}", file=sys.stderr)
+        # A bad KERAS_VITMSN_TORCH_CPU_GEMM stops here, before any work.
+        torch_gemm.requested()
         args = build_parser().parse_args(argv)
         return args.handler(args)
     except _user_errors() as exc:

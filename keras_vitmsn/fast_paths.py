@@ -9,8 +9,9 @@ where a backend has them; ``tests/test_fast_paths.py``, (half precision)
 - :func:`matmul_add` (``x @ kernel + bias``): on torch one ``addmm``, so the bias is
   added inside the GEMM instead of by a separate pass over the output, and its
   gradient comes out of autograd's ``addmm`` backward (transformers' ``nn.Linear``
-  does the same). Measured on vit_msn_small training (batch 8, 2 CPUs, same-process
-  A/B): 3.7% faster per step on torch. On TensorFlow a ``MatMul`` on the tokens
+  does the same): 3.7% faster per training step on torch (vit_msn_small, batch 8,
+  2 CPUs). In float32 on AMD CPUs, oneDNN's GEMM instead (``torch_gemm``: torch's
+  MKL is 2.3x slower there). On TensorFlow a ``MatMul`` on the tokens
   flattened to rows, then ``BiasAdd``: the pair TensorFlow's graph optimizer fuses
   into one oneDNN ``_FusedMatMul`` (Keras' ``matmul`` of a 3-D input reshapes between
   the two, so they stay apart). XLA fuses the add into the dot already.
@@ -27,7 +28,7 @@ where a backend has them; ``tests/test_fast_paths.py``, (half precision)
   same-process A/B, float32): inference 1.12-1.14x, training 1.04x.
 - :func:`ema_update` (``target <- m * target + (1 - m) * source`` for many variables):
   on torch two multi-tensor (``torch._foreach_*``) kernels over all variables, as
-  torch optimizers update their parameters, instead of four ops per variable.
+  torch's and Keras' torch optimizers update parameters, instead of four per variable.
   Both run in place (``mul_``, then ``add_`` with ``alpha = 1 - m``).
 - :func:`adam_update` and :func:`clip_by_global_norm` (``ScheduledAdamW``'s step): on
   torch the kernels of ``torch.optim.AdamW`` and ``clip_grad_norm_`` (in place),
@@ -65,9 +66,6 @@ where a backend has them; ``tests/test_fast_paths.py``, (half precision)
   calls it; Keras' torch ``dot_product_attention`` copies each of them contiguous
   first. Measured with :func:`layer_norm`, vit_msn_small bf16 inference on an Intel
   Xeon with AMX (batch 8, 2 CPUs, same-process A/B): 1.14x; float32: no change.
-
-The multi-tensor kernels are torch's ``torch._foreach_*`` functions, which torch's own
-optimizers and Keras' torch optimizers are built on.
 """
 
 import math
@@ -76,6 +74,7 @@ import keras
 from keras import ops
 
 from keras_vitmsn import tensorflow_graphs
+from keras_vitmsn import torch_gemm
 from keras_vitmsn.keras_internals.scopes import in_stateless_scope
 
 
@@ -200,7 +199,11 @@ def matmul_add(x, kernel, bias):
     if x.ndim < 2 or x.dtype != kernel.dtype or bias.dtype != kernel.dtype:
         # keras.ops' matmul promotes mixed dtypes and takes 1-D inputs; addmm does not.
         return ops.add(ops.matmul(x, kernel), bias)
-    out = torch.addmm(bias, x.flatten(0, -2), kernel)
+    rows = x.flatten(0, -2)
+    if torch_gemm.applies(rows, kernel, bias):
+        out = torch_gemm.linear(rows, kernel, bias)
+    else:
+        out = torch.addmm(bias, rows, kernel)
     return out.reshape(*x.shape[:-1], kernel.shape[-1])
 
 

@@ -83,6 +83,8 @@ def test_fused_dense_is_one_addmm_on_torch(rng, monkeypatch):
         return addmm(*args, **kwargs)
 
     monkeypatch.setattr(torch, "addmm", counting_addmm)
+    # torch's own GEMM; on AMD CPUs the default is oneDNN's (tests/test_torch_gemm.py)
+    monkeypatch.setenv("KERAS_VITMSN_TORCH_CPU_GEMM", "addmm")
     fused, _ = dense_pair(rng)
     fused(rng.standard_normal((2, 3, 4)).astype("float32"))
     assert calls == [torch.Size([6, 4])]
