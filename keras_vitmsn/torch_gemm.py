@@ -7,8 +7,8 @@ through ``torch.ops.mkldnn._linear_pointwise``: the op torch's own compiler
 (Inductor) emits for CPU linear layers. Measured on an AMD EPYC (family 26, Zen 5,
 AVX-512; 2 cores), 1576 x 384 @ 384 x 1536 in float32: ``addmm`` 8.3 ms, oneDNN
 3.6 ms, the same on every projection shape of vit_msn_small, forward and both
-gradient GEMMs. On Intel Xeons MKL is the faster of the two, so the choice is made
-by vendor (``auto``), or forced with the environment variable
+gradient GEMMs. On the Intel Xeons measured earlier MKL was the faster (against
+TensorFlow's oneDNN GEMMs), so the choice is made by vendor (``auto``), or forced with the environment variable
 ``KERAS_VITMSN_TORCH_CPU_GEMM``:
 
 - ``auto`` (default): oneDNN on AMD x86 CPUs when torch's BLAS is MKL; else ``addmm``.
@@ -141,6 +141,7 @@ def _gemm(a, b_t, bias=None):
     return _op()(a, b_t, bias, "none", [], "")
 
 
+@functools.cache
 def _autograd_function():
     import torch
 
@@ -165,9 +166,6 @@ def _autograd_function():
     return _OneDNNLinear
 
 
-_FUNCTION = []
-
-
 def linear(x, kernel, bias=None):
     """``x @ kernel + bias`` for a 2-D float32 CPU ``x`` and ``(in, out)`` ``kernel``
     on oneDNN, differentiable in all three. Call it where :func:`applies` is True.
@@ -184,6 +182,4 @@ def linear(x, kernel, bias=None):
         t is not None and t.requires_grad for t in (x, kernel, bias)
     ):
         return _gemm(x, kernel.t(), bias)
-    if not _FUNCTION:
-        _FUNCTION.append(_autograd_function())
-    return _FUNCTION[0].apply(x, kernel, bias)
+    return _autograd_function().apply(x, kernel, bias)
