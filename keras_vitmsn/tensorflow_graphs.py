@@ -2,6 +2,8 @@
 oneDNN kernels; :mod:`keras_vitmsn.fast_paths` chooses when they run, and
 ``tests/test_fast_paths_tf.py`` checks the fusions in the optimized graph."""
 
+import math
+
 import keras
 
 
@@ -37,3 +39,38 @@ def dot_product_attention(query, key, value):
         logits = tf.cast(tf.matmul(q, k, transpose_b=True), compute) * scale
     probs = tf.cast(tf.nn.softmax(logits, axis=-1), key.dtype)
     return tf.transpose(tf.matmul(probs, v), (0, 2, 1, 3))
+
+
+def fuses_half_precision_gelu(x):
+    """Whether grappler will fuse an exact GELU of ``x`` written in ``x``'s dtype into
+    the oneDNN matmul that produced it: ``x`` is bfloat16 (oneDNN's fused GELU takes
+    float32 and bfloat16; this is for bfloat16 only), the code is being traced into a
+    graph (grappler never sees eager ops) that XLA does not compile (``jit_compile``:
+    XLA runs each bfloat16 op as written, measured slower and less exact), and
+    TensorFlow runs its oneDNN rewrites (``TF_ENABLE_ONEDNN_OPTS``). The last two are
+    only readable through internal functions; without them the answer is False, and
+    the GELU stays in float32."""
+    import tensorflow as tf
+
+    if keras.backend.standardize_dtype(x.dtype) != "bfloat16" or tf.executing_eagerly():
+        return False
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        if tf.__internal__.get_enclosing_xla_context() is not None:
+            return False
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return False
+
+
+def half_precision_exact_gelu(x):
+    """``x * 0.5 * (1 + erf(x / sqrt(2)))`` in ``x``'s own dtype, op for op the pattern
+    grappler's remapper replaces (with the ``MatMul -> BiasAdd`` feeding it) by one
+    ``_FusedMatMul`` whose oneDNN kernel evaluates the GELU in float32 and rounds once.
+    Unfused, each of these ops would round to bfloat16: call it only where
+    :func:`fuses_half_precision_gelu` holds and nothing else reads the matmul's output
+    (inference: training keeps it for the gradient)."""
+    import tensorflow as tf
+
+    return x * (0.5 * (1.0 + tf.math.erf(x * (1.0 / math.sqrt(2.0)))))

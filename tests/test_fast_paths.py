@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from helpers import BACKEND, keras_gradients, max_abs_diff, to_numpy
-from keras_vitmsn import fast_paths
+from keras_vitmsn import fast_paths, fast_updates
 from keras_vitmsn.layers.dense import ViTMSNDense
 
 
@@ -104,7 +104,7 @@ def test_ema_update_is_the_formula(rng, momentum):
     for t, s in zip(targets, sources):
         mm = np.float32(m)
         expected.append(mm * to_numpy(t) + (np.float32(1) - mm) * to_numpy(s))
-    fast_paths.ema_update(targets, sources, momentum)
+    fast_updates.ema_update(targets, sources, momentum)
     for t, e in zip(targets, expected):
         assert max_abs_diff(t, e) <= 1e-7
 
@@ -124,7 +124,7 @@ def test_ema_update_is_two_multi_tensor_kernels_on_torch(rng, monkeypatch):
         monkeypatch.setattr(torch, name, counting)
     targets = [keras.Variable(np.ones((2, 2), "float32"), trainable=False) for _ in range(3)]
     sources = [keras.Variable(np.zeros((2, 2), "float32")) for _ in range(3)]
-    fast_paths.ema_update(targets, sources, 0.5)
+    fast_updates.ema_update(targets, sources, 0.5)
     assert calls == [("_foreach_mul_", 3), ("_foreach_add_", 3)]
     assert all(to_numpy(t).tolist() == [[0.5, 0.5], [0.5, 0.5]] for t in targets)
 
@@ -132,13 +132,13 @@ def test_ema_update_is_two_multi_tensor_kernels_on_torch(rng, monkeypatch):
 def test_ema_update_casts_sources_of_another_dtype(rng):
     target = keras.Variable(np.ones(3, "float32"))
     source = keras.ops.convert_to_tensor(np.full(3, 3.0), "float16")
-    fast_paths.ema_update([target], [source], 0.5)
+    fast_updates.ema_update([target], [source], 0.5)
     assert to_numpy(target).tolist() == [2.0, 2.0, 2.0]
 
 
 def test_ema_update_refuses_unpaired_lists():
     with pytest.raises(ValueError, match="one source per target"):
-        fast_paths.ema_update([keras.Variable(1.0)], [], 0.5)
+        fast_updates.ema_update([keras.Variable(1.0)], [], 0.5)
 
 
 def run_scheduled_adamw(rng_seed, batched, amsgrad=False, steps=3):
@@ -192,7 +192,7 @@ def test_ema_update_inside_a_stateless_scope_records_new_values():
     source = keras.Variable(np.full(3, 3.0, "float32"))
     given = keras.ops.convert_to_tensor(np.ones(3, "float32"))
     with keras.StatelessScope(state_mapping=[(target, given)]) as scope:
-        fast_paths.ema_update([target], [source], 0.5)
+        fast_updates.ema_update([target], [source], 0.5)
         new = scope.get_current_value(target)
     assert to_numpy(new).tolist() == [2.0, 2.0, 2.0]
     # Neither the variable nor the caller's tensor was written in place.
@@ -210,9 +210,9 @@ def test_stateless_scope_probe_and_its_fallback(monkeypatch):
     # Without Keras' answer every caller takes its assign path, which is still right.
     monkeypatch.setattr(scopes, "_IN_STATELESS_SCOPE", None)
     assert scopes.in_stateless_scope() is True
-    assert not fast_paths.batched_updates_available()
+    assert not fast_updates.batched_updates_available()
     target, source = keras.Variable([1.0, 2.0]), keras.Variable([3.0, 4.0])
-    fast_paths.ema_update([target], [source], 0.5)
+    fast_updates.ema_update([target], [source], 0.5)
     assert to_numpy(target).tolist() == [2.0, 3.0]
 
 
@@ -237,11 +237,11 @@ def test_in_place_paths_refuse_values_that_are_not_the_storage():
     params = [AutocastVariable(keras.Variable(np.ones((2,), "float32"))) for _ in range(2)]
     moments = [AutocastVariable(keras.Variable(np.zeros((2,), "float32"))) for _ in range(4)]
     grads = [keras.ops.ones((2,)) for _ in range(2)]
-    assert not fast_paths.adam_update(
+    assert not fast_updates.adam_update(
         params, grads, moments[:2], moments[2:], None, 0.1, 1, 0.9, 0.999, 1e-8
     )
     sources = [keras.Variable(np.zeros((2,), "float32")) for _ in range(2)]
-    fast_paths.ema_update(params, sources, 0.5)
+    fast_updates.ema_update(params, sources, 0.5)
     assert all(to_numpy(p.variable).tolist() == [0.5, 0.5] for p in params)
 
 
@@ -326,6 +326,6 @@ def test_docstring_examples_run():
 
     from keras_vitmsn.layers import attention
 
-    for module in (fast_paths, attention):
+    for module in (fast_paths, fast_updates, attention):
         result = doctest.testmod(module)
         assert result.attempted and not result.failed, module.__name__

@@ -150,3 +150,85 @@ def test_dot_product_attention_keeps_float64(rng):
     probs /= probs.sum(-1, keepdims=True)
     reference = np.einsum("bhqk,bkhd->bqhd", probs, v)
     assert np.max(np.abs(keras.ops.convert_to_numpy(out) - reference)) <= 1e-12
+
+
+@tf_only
+@pytest.mark.parametrize("policy", ["bfloat16", "mixed_bfloat16"])
+def test_bfloat16_inference_fuses_the_gelu_and_training_keeps_it_in_float32(policy):
+    import tensorflow as tf
+
+    block = ViTMSNTransformerBlock(32, 4, 64, dtype=policy)
+    x = tf.zeros((2, 5, 32), dtype="bfloat16")
+    inference = optimized_graph_ops(lambda x: block(x, training=False)[0], x)
+    assert ("_FusedMatMul", ["BiasAdd", "GeluExact"]) in inference
+    assert "Erf" not in {op for op, _ in inference}
+    # In training the GELU's input is kept for its gradient, so grappler cannot fuse a
+    # bfloat16 GELU: it stays the float32 formulation (Erf on a float32 copy).
+    assert not tensorflow_graphs_gelu_ran(block, x, training=True)
+
+
+def tensorflow_graphs_gelu_ran(block, x, training, jit_compile=False):
+    import tensorflow as tf
+
+    from keras_vitmsn import tensorflow_graphs
+
+    calls = []
+    original = tensorflow_graphs.half_precision_exact_gelu
+
+    def spy(h):
+        calls.append(h)
+        return original(h)
+
+    tensorflow_graphs.half_precision_exact_gelu = spy
+    try:
+        fn = tf.function(lambda x: block(x, training=training)[0], jit_compile=jit_compile)
+        fn.get_concrete_function(x)
+    finally:
+        tensorflow_graphs.half_precision_exact_gelu = original
+    return bool(calls)
+
+
+@tf_only
+def test_half_precision_gelu_only_where_grappler_fuses_it(monkeypatch):
+    import tensorflow as tf
+
+    from keras_vitmsn import tensorflow_graphs
+
+    block = ViTMSNTransformerBlock(32, 4, 64, dtype="bfloat16")
+    half = tf.zeros((2, 5, 32), dtype="bfloat16")
+    assert tensorflow_graphs_gelu_ran(block, half, training=False)
+    assert not tensorflow_graphs_gelu_ran(ViTMSNTransformerBlock(32, 4, 64), tf.zeros((2, 5, 32)), False)
+    assert not tensorflow_graphs.fuses_half_precision_gelu(half)  # eager: no grappler
+    # XLA does not fuse into oneDNN: the bfloat16 ops would each round.
+    assert not tensorflow_graphs_gelu_ran(block, half, training=False, jit_compile=True)
+    # Without oneDNN's rewrites (or TensorFlow's private answer about them) the GELU
+    # would run unfused op by op in bfloat16: keep the float32 formulation.
+    from tensorflow.python.util import _pywrap_util_port
+
+    monkeypatch.setattr(_pywrap_util_port, "IsMklEnabled", lambda: False)
+    assert not tensorflow_graphs_gelu_ran(block, half, training=False)
+    monkeypatch.delattr(_pywrap_util_port, "IsMklEnabled")
+    assert not tensorflow_graphs_gelu_ran(block, half, training=False)
+
+
+@tf_only
+def test_fused_bfloat16_gelu_is_as_close_to_float32_as_the_float32_formulation(rng, monkeypatch):
+    import tensorflow as tf
+
+    blocks = {p: ViTMSNTransformerBlock(32, 4, 64, dtype=p, name="b") for p in ("float32", "bfloat16")}
+    for block in blocks.values():
+        block.build((None, 5, 32))
+    for a, b in zip(blocks["float32"].weights, blocks["bfloat16"].weights):
+        value = rng.standard_normal(tuple(a.shape)).astype("float32") * 0.3
+        a.assign(value)
+        b.assign(value)
+    x = rng.standard_normal((64, 5, 32)).astype("float32")
+    exact = to_numpy(blocks["float32"](x)[0])
+    half = tf.cast(x, "bfloat16")
+    fused = to_numpy(tf.function(lambda x: blocks["bfloat16"](x)[0])(half)).astype("float32")
+    monkeypatch.setattr(transformer_block, "mlp_activation", lambda h, act, name, training: act(h))
+    plain = to_numpy(tf.function(lambda x: blocks["bfloat16"](x)[0])(half)).astype("float32")
+    err_fused, err_plain = np.abs(fused - exact), np.abs(plain - exact)
+    assert max_abs_diff(fused, plain) > 0  # the two graphs differ
+    assert err_fused.mean() <= 1.05 * err_plain.mean()
+    assert err_fused.max() <= 1.5 * err_plain.max()

@@ -327,14 +327,14 @@ def test_global_clipping_scales_autograd_buffers_in_place_with_the_same_result()
     place (as clip_grad_norm_ does), with the moments of the copying path."""
     import torch
 
-    from keras_vitmsn import fast_paths
+    from keras_vitmsn import fast_updates
 
     grads, variables, optimizer = _clipping_case()
     for v, g in zip(variables, grads):
         v.value.grad = torch.from_numpy(g.copy())
     buffers = [v.value.grad for v in variables]
-    assert fast_paths.autograd_gradients(buffers, variables)
-    assert not fast_paths.autograd_gradients([b.clone() for b in buffers], variables)
+    assert fast_updates.autograd_gradients(buffers, variables)
+    assert not fast_updates.autograd_gradients([b.clone() for b in buffers], variables)
     optimizer.apply(buffers, variables)
 
     copy_grads, copy_variables, copy_optimizer = _clipping_case()

@@ -137,7 +137,8 @@ class ViTMSNAttention(keras.layers.Layer):
         scores = einsum("bhqd,bhkd->bhqk", q, k, dtype="float32")
         probs = ops.softmax(scores * self.head_dim**-0.5, axis=-1)
         probs = ops.cast(probs, q.dtype)
-        probs = self.attention_probs_dropout(probs, training=training)
+        if training and self.attention_dropout > 0.0:
+            probs = self.attention_probs_dropout(probs, training=training)
         if head_mask is not None:
             mask = ops.cast(head_mask, probs.dtype)
             probs = probs * ops.reshape(mask, (1, self.num_heads, 1, 1))
@@ -154,7 +155,11 @@ class ViTMSNAttention(keras.layers.Layer):
         else:
             context = dot_product_attention(*self._project_qkv(x))
         context = ops.reshape(context, (-1, tokens, self.hidden_dim))
-        out = self.output_dropout(self.output_dense(context), training=training)
+        out = self.output_dense(context)
+        if training and self.dropout_rate > 0.0:
+            # Keras' Dropout returns its input otherwise; not calling it saves a Layer
+            # call's Python overhead, which eager torch pays on every block.
+            out = self.output_dropout(out, training=training)
         return out, (probs if output_attentions else None)
 
     def get_config(self):

@@ -126,7 +126,9 @@ class ViTMSNEmbeddings(keras.layers.Layer):
             tokens = self._keep_patches(tokens, patch_keep_indices, grid)
         # Dropping before dropout: the same distribution as MSN's order (dropout is
         # elementwise), and no dropout work on tokens that are thrown away.
-        return self.dropout(tokens, training=training)
+        if training and self.dropout_rate > 0.0:
+            tokens = self.dropout(tokens, training=training)
+        return tokens
 
     def compute_output_shape(self, input_shape):
         """``(batch, 1 + num_patches, hidden_dim)`` for images of ``input_shape``."""

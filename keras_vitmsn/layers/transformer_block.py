@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_vitmsn.fast_paths import mlp_on_token_rows
+from keras_vitmsn.fast_paths import mlp_activation, mlp_on_token_rows
 from keras_vitmsn.layers.activations import get_activation
 from keras_vitmsn.layers.attention import ViTMSNAttention
 from keras_vitmsn.layers.dense import ViTMSNDense
@@ -116,11 +116,16 @@ class ViTMSNTransformerBlock(keras.layers.Layer):
         if mlp_on_token_rows():
             # Dense -> GELU on rows, with no reshape between them (see fast_paths).
             rows = keras.ops.reshape(normed, (-1, self.hidden_dim))
-            mlp = self.output_dense(self.activation(self.intermediate_dense(rows)))
+            hidden = mlp_activation(
+                self.intermediate_dense(rows), self.activation, self.hidden_act, training
+            )
+            mlp = self.output_dense(hidden)
             mlp = keras.ops.reshape(mlp, keras.ops.shape(x))
         else:
             mlp = self.output_dense(self.activation(self.intermediate_dense(normed)))
-        x = x + self.output_dropout(mlp, training=training)
+        if training and self.dropout_rate > 0.0:
+            mlp = self.output_dropout(mlp, training=training)  # (see ViTMSNAttention.call)
+        x = x + mlp
         # One barrier per block keeps XLA from recomputing the residual gradient of
         # every block above this one (see gradient_barrier.py).
         return gradient_fusion_barrier(x), probs
