@@ -15,6 +15,7 @@ import math
 import keras
 from keras import ops
 
+from keras_vitmsn.layers.activations import exact_gelu
 from keras_vitmsn.layers.dense import ViTMSNDense
 from keras_vitmsn.msn.head_state import BATCHNORM_EPSILON
 from keras_vitmsn.msn.head_state import BATCHNORM_MOMENTUM
@@ -141,10 +142,10 @@ class MSNProjectionHead(keras.layers.Layer):
         x = self.fc1(features)
         x = self._normalize(self.bn1, x, training, use_batch_statistics)
         # Exact (erf) GELU, as torch.nn.GELU() in the original head.
-        x = ops.gelu(x, approximate=False)
+        x = exact_gelu(x)
         x = self.fc2(x)
         x = self._normalize(self.bn2, x, training, use_batch_statistics)
-        x = ops.gelu(x, approximate=False)
+        x = exact_gelu(x)
         return self.fc3(x)
 
     @staticmethod

@@ -1,0 +1,87 @@
+"""The exact GELU (transformers' "gelu"): the erf formula, rounded once in half
+precision, and on JAX without the erfc that jax.nn.gelu evaluates."""
+
+import math
+
+import keras
+import ml_dtypes
+import numpy as np
+import pytest
+
+from helpers import BACKEND, keras_gradients, to_numpy
+from keras_vitmsn.layers.activations import exact_gelu, get_activation
+
+
+def reference_gelu(x):
+    erf = np.vectorize(math.erf)
+    x = np.asarray(x, np.float64)
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def sample(rng):
+    # Both tails and the middle; bfloat16-representable so only the GELU rounds.
+    x = np.concatenate([rng.standard_normal(4000) * 3.0, np.linspace(-9.0, 9.0, 1001)])
+    return x.astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def test_float32_gelu_is_the_erf_formula(rng):
+    x = sample(rng)
+    out = exact_gelu(keras.ops.convert_to_tensor(x))
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    assert np.max(np.abs(to_numpy(out) - reference_gelu(x))) <= 2e-6
+
+
+def test_bfloat16_gelu_rounds_once(rng):
+    # One rounding of the float32 formula: within half a bfloat16 spacing of the exact
+    # value, plus the float32 formula's own error in the negative
+    # tail, where 1 + erf cancels (as in torch's kernel). jax.nn.gelu rounds after each
+    # of its ops (0.6% off measured).
+    x = sample(rng)
+    out = exact_gelu(keras.ops.convert_to_tensor(x, dtype="bfloat16"))
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    exact = reference_gelu(x)
+    spacing = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(exact), 1e-30))) - 7)
+    bound = 0.5 * spacing * 1.001 + 1e-6
+    assert np.all(np.abs(to_numpy(out) - exact) <= bound)
+
+
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX has no float64 without jax_enable_x64")
+def test_float64_gelu_stays_float64(rng):
+    x = rng.standard_normal(64) * 3.0
+    out = exact_gelu(keras.ops.convert_to_tensor(x, dtype="float64"))
+    assert keras.backend.standardize_dtype(out.dtype) == "float64"
+    assert np.max(np.abs(keras.ops.convert_to_numpy(out) - reference_gelu(x))) <= 1e-12
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the XLA program JAX traces")
+def test_jax_gelu_traces_erf_not_erfc():
+    import jax
+
+    program = str(jax.make_jaxpr(exact_gelu)(np.ones((4,), np.float32)))
+    assert "erf " in program or "erf[" in program
+    assert "erfc" not in program
+
+
+def test_gelu_gradient_is_the_derivative_of_the_erf_formula(rng):
+    x = np.linspace(-6.0, 6.0, 49).astype(np.float32)
+
+    class Gelu(keras.layers.Layer):
+        def build(self, input_shape):
+            self.w = self.add_weight((49,), initializer="zeros")
+            self.w.assign(x)
+
+        def call(self, inputs, training=None):
+            return exact_gelu(self.w)
+
+    layer = Gelu()
+    layer(x)
+    (grad,) = keras_gradients(layer, x, keras.ops.sum).values()
+    x64 = x.astype(np.float64)
+    pdf = np.exp(-0.5 * x64**2) / math.sqrt(2.0 * math.pi)
+    expected = (reference_gelu(x64) / np.where(x64 == 0, 1, x64)) + x64 * pdf
+    expected[x64 == 0] = 0.5
+    assert np.max(np.abs(to_numpy(grad) - expected)) <= 1e-5
+
+
+def test_gelu_name_is_the_exact_gelu():
+    assert get_activation("gelu") is exact_gelu
