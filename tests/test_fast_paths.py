@@ -317,6 +317,36 @@ def test_head_major_attention_leaves_a_quantised_qkv_to_keras(rng, monkeypatch):
     assert max_abs_diff(out_b, float_out) <= 0.1 * np.abs(float_out).max()
 
 
+@pytest.mark.parametrize("head_dim", [64, 6])
+def test_explicit_attention_scales_scores_exactly(rng, head_dim):
+    # head_dim 64: the 1/8 scale goes on q (exact); 6: on the scores, as before.
+    from keras_vitmsn.layers.attention import ViTMSNAttention
+
+    layer = ViTMSNAttention(2 * head_dim, 2)
+    q, k, v = (rng.standard_normal((2, 2, 5, head_dim)).astype("float32") for _ in range(3))
+    out, probs = layer._attend(*(keras.ops.convert_to_tensor(t) for t in (q, k, v)), None, False)
+    scores = np.einsum("bhqd,bhkd->bhqk", q.astype(np.float64), k) / np.sqrt(head_dim)
+    expected = np.exp(scores - scores.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    assert max_abs_diff(probs, expected) <= 1e-6
+    assert max_abs_diff(out, np.einsum("bhqk,bhkd->bhqd", expected, v)) <= 1e-5
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="the program JAX traces")
+def test_power_of_two_attention_scale_is_applied_to_q_not_the_scores():
+    # XLA:CPU writes a scale broadcast to the scores' full shape into memory (5 ms
+    # of a 120 ms bf16 step at vit_msn_small); on q it is tokens x head_dim values.
+    import jax
+
+    from keras_vitmsn.layers.attention import ViTMSNAttention
+
+    layer = ViTMSNAttention(128, 2)
+    q = np.ones((2, 2, 7, 64), np.float32)
+    program = jax.make_jaxpr(lambda q: layer._attend(q, q, q, None, False))(q)
+    muls = [e.outvars[0].aval.shape for e in program.eqns if e.primitive.name == "mul"]
+    assert (2, 2, 7, 64) in muls and (2, 2, 7, 7) not in muls
+
+
 def test_head_major_attention_is_the_jax_layout():
     assert fast_paths.head_major_attention() == (BACKEND == "jax")
 

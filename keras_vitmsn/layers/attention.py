@@ -1,5 +1,7 @@
 """Multi-head self-attention with transformers' ViT-MSN weight layout."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -134,8 +136,14 @@ class ViTMSNAttention(keras.layers.Layer):
 
     def _attend(self, q, k, v, head_mask, training):
         """Scaled scores, softmax in float32, dropout, head mask; head-major in and out."""
+        scale = self.head_dim**-0.5
+        if math.frexp(scale)[0] == 0.5:
+            # A power of two (head_dim 4, 16, 64, 256, ...): scaling q is exact in any
+            # float dtype, and touches tokens x head_dim values instead of tokens x
+            # tokens (XLA:CPU materialises the scale broadcast to the scores' shape).
+            q, scale = q * ops.cast(scale, q.dtype), 1.0
         scores = einsum("bhqd,bhkd->bhqk", q, k, dtype="float32")
-        probs = ops.softmax(scores * self.head_dim**-0.5, axis=-1)
+        probs = ops.softmax(scores * scale if scale != 1.0 else scores, axis=-1)
         probs = ops.cast(probs, q.dtype)
         if training and self.attention_dropout > 0.0:
             probs = self.attention_probs_dropout(probs, training=training)
