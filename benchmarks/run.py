@@ -38,8 +38,10 @@ REFERENCE = "hf-sdpa"
 # library and the CLI alike), next to plain keras-jax (what everyone gets by default).
 # keras-torch-addmm: torch with its own float32 GEMM (MKL on x86 wheels), where
 # keras-torch takes oneDNN's on AMD CPUs (keras_vitmsn/torch_gemm.py).
-KERAS_IMPLS = ("keras-jax", "keras-jax-cpumem", "keras-torch", "keras-torch-addmm", "keras-tensorflow",
-               "keras-tensorflow-xla")
+# keras-torch-compile: torch with Keras' jit_compile=True (torch.compile): no per-layer
+# Python overhead in the step, at the price of a long first call (opt-in, as in Keras).
+KERAS_IMPLS = ("keras-jax", "keras-jax-cpumem", "keras-torch", "keras-torch-addmm", "keras-torch-compile",
+               "keras-tensorflow", "keras-tensorflow-xla")
 TORCH_IMPLS = ("hf-sdpa", "hf-eager", "timm", "timm-compile")
 MARK = workers.MARK
 
@@ -150,7 +152,8 @@ def main(argv=None):
     parser.add_argument("--backends", default="jax,torch,tensorflow,tensorflow-xla",
                         help="Keras backends, comma separated (tensorflow-xla: TF with jit_compile=True; "
                         "jax-cpumem: JAX with keras_vitmsn.jax_cpu_memory.enable(); torch-addmm: torch "
-                        "with KERAS_VITMSN_TORCH_CPU_GEMM=addmm).")
+                        "with KERAS_VITMSN_TORCH_CPU_GEMM=addmm; torch-compile: torch with "
+                        "jit_compile=True).")
     parser.add_argument("--references", default=",".join(TORCH_IMPLS),
                         help=f"Reference implementations, comma separated, from {TORCH_IMPLS}.")
     parser.add_argument("--rounds", type=int, default=5)

@@ -91,7 +91,7 @@ def keras_setup(args, arch):
         rng.standard_normal((args.batch, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
     )
     backbone = kv.ViTMSNBackbone(**arch, dtype=policy)
-    jit_compile = True if args.impl.endswith("-xla") else "auto"
+    jit_compile = True if args.impl.endswith(("-xla", "-compile")) else "auto"
     if args.task == "infer":
         model = backbone
         if jit_compile is True:
@@ -240,7 +240,7 @@ def torch_setup(args, arch, impl):
 
 
 def setup(args, arch):
-    """``(step, sync, device, gpu_peak)`` for ``args.impl`` (keras-<backend>[-xla|-cpumem|-addmm] or a reference)."""
+    """``(step, sync, device, gpu_peak)`` for ``args.impl`` (keras-<backend>[-xla|-cpumem|-addmm|-compile] or a reference)."""
     if args.impl.startswith("keras-"):
         return keras_setup(args, arch)
     return torch_setup(args, arch, args.impl)

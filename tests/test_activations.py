@@ -62,6 +62,26 @@ def test_jax_gelu_traces_erf_not_erfc():
     assert "erfc" not in program
 
 
+@pytest.mark.skipif(BACKEND != "jax", reason="the XLA program JAX traces")
+def test_jax_gelu_traces_erfc_inside_the_export_scope(rng):
+    # For TensorFlow runtimes that cannot read JAX's serialised erf (test_export.py
+    # reloads a jax2tf SavedModel through it).
+    import jax
+
+    from keras_vitmsn.layers.activations import erfc_gelu_on_jax
+
+    def trace():  # a new function each time: make_jaxpr caches traces per function
+        return str(jax.make_jaxpr(lambda x: exact_gelu(x))(np.ones((4,), np.float32)))
+
+    with erfc_gelu_on_jax():
+        program = trace()
+        x = sample(rng)
+        inside = to_numpy(exact_gelu(keras.ops.convert_to_tensor(x)))
+    assert "erfc" in program
+    assert "erfc" not in trace()
+    assert np.max(np.abs(inside - reference_gelu(x))) <= 2e-6
+
+
 def test_gelu_gradient_is_the_derivative_of_the_erf_formula(rng):
     x = np.linspace(-6.0, 6.0, 49).astype(np.float32)
 

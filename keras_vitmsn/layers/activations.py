@@ -1,10 +1,35 @@
 """The activation names a transformers ViT-MSN config may carry, as Keras functions."""
 
+import contextlib
+import contextvars
 import functools
 import math
 
 import keras
 from keras import ops
+
+
+_ERFC_ON_JAX = contextvars.ContextVar("keras_vitmsn_erfc_gelu_on_jax", default=False)
+
+
+@contextlib.contextmanager
+def erfc_gelu_on_jax():
+    """Inside it, :func:`exact_gelu` on JAX traces ``jax.nn.gelu`` (``erfc``) instead of
+    the ``erf`` formula. JAX serialises ``erf`` as a StableHLO composite that the
+    TensorFlow runtime reloading a jax2tf SavedModel may be too old to read
+    (TensorFlow 2.21 with JAX 0.10 cannot); ``erfc`` it reads. Same function, within
+    float32 rounding.
+
+    Example:
+    >>> with erfc_gelu_on_jax():
+    ...     round(float(exact_gelu(keras.ops.convert_to_tensor(1.0))), 6)
+    0.841345
+    """
+    token = _ERFC_ON_JAX.set(True)
+    try:
+        yield
+    finally:
+        _ERFC_ON_JAX.reset(token)
 
 
 def exact_gelu(x):
@@ -16,13 +41,15 @@ def exact_gelu(x):
     XLA:CPU evaluates ``erfc`` with branches and an ``exp`` per element, 2.8x the
     time of ``erf`` (1576 x 1536 float32 on a Zen 5 EPYC: 1.35 -> 0.49 ms; the
     GELUs were 17% of vit_msn_small's bfloat16 inference step). In half precision
-    ``jax.nn.gelu`` also rounds after every op; this rounds once.
+    ``jax.nn.gelu`` also rounds after every op; this rounds once. (Exports to a
+    TensorFlow SavedModel from JAX trace ``erfc``: see :func:`erfc_gelu_on_jax`.)
 
     Example:
     >>> round(float(exact_gelu(keras.ops.convert_to_tensor(1.0))), 6)
     0.841345
     """
-    if keras.backend.backend() == "torch":
+    backend = keras.backend.backend()
+    if backend == "torch" or (backend == "jax" and _ERFC_ON_JAX.get()):
         return keras.activations.gelu(x, approximate=False)
     x = ops.convert_to_tensor(x)
     dtype = keras.backend.standardize_dtype(x.dtype)

@@ -15,12 +15,14 @@ the Keras outputs in ``tests/test_export.py``):
 they are refused with the list above rather than attempted.
 """
 
+import contextlib
 import os
 import tempfile
 
 import keras
 
 from keras_vitmsn.keras_internals import all_layers
+from keras_vitmsn.layers.activations import erfc_gelu_on_jax
 
 EXPORT_FORMATS = {
     "tensorflow": ("tf_saved_model", "onnx"),
@@ -166,9 +168,13 @@ class ExportMixin:
             if format == "torch" and "dynamic_shapes" not in kwargs:
                 if len(input_signature) == 1 and input_signature[0].shape[0] is None:
                     kwargs["dynamic_shapes"] = {0: _batch_dim_torch()}
-        return super().export(
-            filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs
-        )
+        scope = contextlib.nullcontext()
+        if keras.backend.backend() == "jax" and format == "tf_saved_model":
+            scope = erfc_gelu_on_jax()  # TensorFlow may not read JAX's erf (see there)
+        with scope:
+            return super().export(
+                filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs
+            )
 
     def _check_onnx_dtypes(self):
         wrong = sorted(
