@@ -179,12 +179,10 @@ def tensorflow_graphs_gelu_ran(block, x, training, jit_compile=False):
         calls.append(h)
         return original(h)
 
-    tensorflow_graphs.half_precision_exact_gelu = spy
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tensorflow_graphs, "half_precision_exact_gelu", spy)
         fn = tf.function(lambda x: block(x, training=training)[0], jit_compile=jit_compile)
         fn.get_concrete_function(x)
-    finally:
-        tensorflow_graphs.half_precision_exact_gelu = original
     return bool(calls)
 
 

@@ -137,13 +137,16 @@ class ViTMSNAttention(keras.layers.Layer):
     def _attend(self, q, k, v, head_mask, training):
         """Scaled scores, softmax in float32, dropout, head mask; head-major in and out."""
         scale = self.head_dim**-0.5
-        if math.frexp(scale)[0] == 0.5:
-            # A power of two (head_dim 4, 16, 64, 256, ...): scaling q is exact in any
-            # float dtype, and touches tokens x head_dim values instead of tokens x
-            # tokens (XLA:CPU materialises the scale broadcast to the scores' shape).
-            q, scale = q * ops.cast(scale, q.dtype), 1.0
+        # A power of two (head_dim 4, 16, 64, 256, ...) scales q exactly in any float
+        # dtype, touching tokens x head_dim values instead of tokens x tokens (XLA:CPU
+        # materialises the scale broadcast to the scores' shape).
+        scale_q = math.frexp(scale)[0] == 0.5
+        if scale_q:
+            q = q * ops.cast(scale, q.dtype)
         scores = einsum("bhqd,bhkd->bhqk", q, k, dtype="float32")
-        probs = ops.softmax(scores * scale if scale != 1.0 else scores, axis=-1)
+        if not scale_q:
+            scores = scores * scale
+        probs = ops.softmax(scores, axis=-1)
         probs = ops.cast(probs, q.dtype)
         if training and self.attention_dropout > 0.0:
             probs = self.attention_probs_dropout(probs, training=training)
