@@ -11,7 +11,7 @@ utilisation.
 
 Random weights, no download. Training is forward + backward + AdamW step (lr 1e-4,
 weight decay 0.01): Keras models through ``train_on_batch`` (the ``fit`` machinery)
-with the classifier's default optimizer, ``keras_vitmsn.adamw.ScheduledAdamW``
+with the classifier's default optimizer, ``keras_vitmsn.models.optimizer.ScheduledAdamW``
 (``torch.optim.AdamW``'s update; until 2026-12-04 ``keras.optimizers.AdamW``), the
 references through a plain PyTorch loop with ``torch.optim.AdamW``.
 """
@@ -34,10 +34,10 @@ REFERENCE = "hf-sdpa"
 # keras-tensorflow-xla: the same model with jit_compile=True. Keras leaves XLA off
 # for TensorFlow on CPU-only machines, and XLA can't compile every model (an
 # antialiased resize inside the model has no XLA kernel), so it stays opt-in.
-# keras-jax-cpumem: JAX after keras_vitmsn.jax_cpu_memory.enable() (opt-in, for the
+# keras-jax-cpumem: JAX after keras_vitmsn.backend.jax_cpu_memory.enable() (opt-in, for the
 # library and the CLI alike), next to plain keras-jax (what everyone gets by default).
 # keras-torch-addmm: torch with its own float32 GEMM (MKL on x86 wheels), where
-# keras-torch takes oneDNN's on AMD CPUs (keras_vitmsn/torch_gemm.py).
+# keras-torch takes oneDNN's on AMD CPUs (keras_vitmsn/backend/torch_gemm.py).
 # keras-torch-compile: torch with Keras' jit_compile=True (torch.compile): no per-layer
 # Python overhead in the step, at the price of a long first call (opt-in, as in Keras).
 KERAS_IMPLS = ("keras-jax", "keras-jax-cpumem", "keras-torch", "keras-torch-addmm", "keras-torch-compile",
@@ -151,7 +151,7 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--backends", default="jax,torch,tensorflow,tensorflow-xla",
                         help="Keras backends, comma separated (tensorflow-xla: TF with jit_compile=True; "
-                        "jax-cpumem: JAX with keras_vitmsn.jax_cpu_memory.enable(); torch-addmm: torch "
+                        "jax-cpumem: JAX with keras_vitmsn.backend.jax_cpu_memory.enable(); torch-addmm: torch "
                         "with KERAS_VITMSN_TORCH_CPU_GEMM=addmm; torch-compile: torch with "
                         "jit_compile=True).")
     parser.add_argument("--references", default=",".join(TORCH_IMPLS),

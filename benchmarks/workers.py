@@ -25,7 +25,7 @@ GPU_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 def worker_env(impl):
     """The environment of the process that runs ``impl``: its Keras backend, and what
     a suffix names (``-addmm``: torch's own float32 GEMM instead of oneDNN's, see
-    keras_vitmsn/torch_gemm.py)."""
+    keras_vitmsn/backend/torch_gemm.py)."""
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if impl.startswith("keras-"):
@@ -73,10 +73,10 @@ def keras_setup(args, arch):
     import keras
 
     import keras_vitmsn as kv
-    from keras_vitmsn.adamw import ScheduledAdamW
+    from keras_vitmsn.models.optimizer import ScheduledAdamW
 
     if args.impl.endswith("-cpumem"):
-        from keras_vitmsn import jax_cpu_memory
+        from keras_vitmsn.backend import jax_cpu_memory
 
         applied = jax_cpu_memory.enable()
         if not applied:  # refuse to report a row that is not what it says

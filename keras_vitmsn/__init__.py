@@ -20,7 +20,7 @@ _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # effect if TensorFlow was imported first.
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from keras_vitmsn import quiet_tensorflow as _quiet_tensorflow  # noqa: E402
+from keras_vitmsn import environment as _quiet_tensorflow  # noqa: E402
 
 _quiet_tensorflow.install()
 
@@ -34,15 +34,15 @@ from keras_vitmsn.models.backbone import ViTMSNBackbone
 from keras_vitmsn.models.classifier import ViTMSNClassifier
 from keras_vitmsn.models.class_names import decode_predictions
 from keras_vitmsn.models.feature_extractor import ViTMSNFeatureExtractor
-from keras_vitmsn.image_converter import ViTMSNImageConverter
+from keras_vitmsn.images.converter import ViTMSNImageConverter
 from keras_vitmsn import conversion
 from keras_vitmsn import presets
-from keras_vitmsn.convert import convert_to_preset
+from keras_vitmsn.presets.convert import convert_to_preset
 from keras_vitmsn.errors import CheckpointError
 from keras_vitmsn.errors import MissingHeadError
 from keras_vitmsn.errors import PresetDownloadError
 from keras_vitmsn.msn.head_state import load_msn_pretraining_state
-from keras_vitmsn.resampling import resample_position_embeddings
+from keras_vitmsn.layers.resampling import resample_position_embeddings
 from keras_vitmsn.version import __version__
 
 

@@ -48,7 +48,7 @@ def detect_gpu():
 print("Keras", keras.__version__, "| backend", keras.backend.backend(), "| GPU:", detect_gpu() or "none")
 '''
 
-DATA = '''from keras_vitmsn.data import ImageFolder, write_toy_image_folder
+DATA = '''from keras_vitmsn.images.data import ImageFolder, write_toy_image_folder
 
 if IMAGE_DIR is None:  # a small generated data set, so the notebook runs anywhere
     IMAGE_DIR = write_toy_image_folder("toy_images", num_classes=3, per_class=12, size=96)

@@ -124,7 +124,7 @@ def expect_user_error(capsys, argv, pattern):
 
 
 def test_lowshot_paper_preprocessing_loads_centre_crops(preset, folders, capsys, monkeypatch):
-    from keras_vitmsn.data import ImageFolder
+    from keras_vitmsn.images.data import ImageFolder
 
     modes = []
     load = ImageFolder.load

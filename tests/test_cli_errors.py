@@ -221,7 +221,7 @@ def test_version_in_a_real_process():
 def test_an_interrupted_save_keeps_the_previous_model(tmp_path, monkeypatch):
     import keras
 
-    from keras_vitmsn.cli_files import save_model
+    from keras_vitmsn.cli.files import save_model
 
     backbone = kv.ViTMSNBackbone(
         image_shape=(16, 16, 3), patch_size=8, hidden_dim=16, num_layers=1, num_heads=2,
@@ -262,7 +262,7 @@ def test_predict_ignores_a_legacy_class_names_file_and_says_so(world, tmp_path, 
 
 
 def test_unknown_class_messages(monkeypatch):
-    from keras_vitmsn.cli_files import unknown_class_message
+    from keras_vitmsn.cli.files import unknown_class_message
 
     def keras_error(module, name):
         return TypeError(

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from helpers import BACKEND, keras_gradients, max_abs_diff, to_numpy
-from keras_vitmsn import fast_paths, fast_updates
+from keras_vitmsn.backend import fast_paths
+from keras_vitmsn.backend import fast_updates
 from keras_vitmsn.layers.dense import ViTMSNDense
 
 
@@ -143,7 +144,7 @@ def test_ema_update_refuses_unpaired_lists():
 
 def run_scheduled_adamw(rng_seed, batched, amsgrad=False, steps=3):
     from keras_vitmsn.msn import CosineSchedule
-    from keras_vitmsn.adamw import ScheduledAdamW
+    from keras_vitmsn.models.optimizer import ScheduledAdamW
 
     rng = np.random.default_rng(rng_seed)
     shapes = [(4, 3), (3,), (2, 2, 2)]
@@ -174,7 +175,7 @@ def run_scheduled_adamw(rng_seed, batched, amsgrad=False, steps=3):
 @pytest.mark.skipif(BACKEND != "torch", reason="only torch has the multi-tensor update")
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_batched_adamw_update_is_the_per_variable_update(amsgrad):
-    from keras_vitmsn.keras_internals import BACKEND_UPDATE_STEP_IS_PRIVATE
+    from keras_vitmsn.backend.keras_internals import BACKEND_UPDATE_STEP_IS_PRIVATE
 
     assert BACKEND_UPDATE_STEP_IS_PRIVATE
     fast, fast_moments, calls = run_scheduled_adamw(0, batched=True, amsgrad=amsgrad)
@@ -201,7 +202,7 @@ def test_ema_update_inside_a_stateless_scope_records_new_values():
 
 
 def test_stateless_scope_probe_and_its_fallback(monkeypatch):
-    from keras_vitmsn.keras_internals import STATELESS_SCOPE_IS_PRIVATE, scopes
+    from keras_vitmsn.backend.keras_internals import STATELESS_SCOPE_IS_PRIVATE, scopes
 
     assert STATELESS_SCOPE_IS_PRIVATE
     assert scopes.in_stateless_scope() is False

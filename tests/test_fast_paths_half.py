@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import BACKEND, keras_gradients, max_abs_diff, to_numpy
-from keras_vitmsn import fast_paths
+from keras_vitmsn.backend import fast_paths
 from keras_vitmsn.layers.layer_norm import ViTMSNLayerNorm
 
 BF16_ULP = 2.0**-8  # relative spacing of bfloat16 (8 significand bits)

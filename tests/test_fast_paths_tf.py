@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import BACKEND, keras_gradients, max_abs_diff, to_numpy
-from keras_vitmsn import fast_paths
+from keras_vitmsn.backend import fast_paths
 from keras_vitmsn.layers import transformer_block
 from keras_vitmsn.layers.transformer_block import ViTMSNTransformerBlock
 
@@ -170,7 +170,7 @@ def test_bfloat16_inference_fuses_the_gelu_and_training_keeps_it_in_float32(poli
 def tensorflow_graphs_gelu_ran(block, x, training, jit_compile=False):
     import tensorflow as tf
 
-    from keras_vitmsn import tensorflow_graphs
+    from keras_vitmsn.backend import tensorflow_graphs
 
     calls = []
     original = tensorflow_graphs.half_precision_exact_gelu
@@ -190,7 +190,7 @@ def tensorflow_graphs_gelu_ran(block, x, training, jit_compile=False):
 def test_half_precision_gelu_only_where_grappler_fuses_it(monkeypatch):
     import tensorflow as tf
 
-    from keras_vitmsn import tensorflow_graphs
+    from keras_vitmsn.backend import tensorflow_graphs
 
     block = ViTMSNTransformerBlock(32, 4, 64, dtype="bfloat16")
     half = tf.zeros((2, 5, 32), dtype="bfloat16")

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 import keras_vitmsn as kv
-from keras_vitmsn import image_files
-from keras_vitmsn.data import ImageFolder
-from keras_vitmsn.image_files import BadImageError, BadImageWarning, list_image_files
+from keras_vitmsn.images import files as image_files
+from keras_vitmsn.images.data import ImageFolder
+from keras_vitmsn.images.files import BadImageError, BadImageWarning, list_image_files
 from keras_vitmsn.msn import MSNAugmentation, msn_multiview_dataset
 
 

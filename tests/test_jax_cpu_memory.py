@@ -12,7 +12,7 @@ import textwrap
 import keras
 import pytest
 
-from keras_vitmsn import jax_cpu_memory
+from keras_vitmsn.backend import jax_cpu_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 on_jax = pytest.mark.skipif(keras.backend.backend() != "jax", reason="a JAX setting")
@@ -101,7 +101,7 @@ def test_enable_without_jax_private_check_still_applies_and_says_so():
         import json, keras_vitmsn
         from jax._src import xla_bridge
         del xla_bridge.backends_are_initialized
-        from keras_vitmsn import jax_cpu_memory
+        from keras_vitmsn.backend import jax_cpu_memory
         import jax
         r = jax_cpu_memory.enable()
         print(json.dumps([bool(r), r.reason, jax.config.read("jax_cpu_enable_async_dispatch")]))

@@ -11,7 +11,7 @@ import pytest
 
 import keras_vitmsn as kv
 from helpers import max_abs_diff, to_numpy
-from keras_vitmsn import keras_internals
+from keras_vitmsn.backend import keras_internals
 from keras_vitmsn.msn import CosineSchedule, ScheduledAdamW
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -175,7 +175,7 @@ def test_a_process_on_public_keras_only_loads_and_runs_models(tmp_path):
     np.save(tmp_path / "expected.npy", to_numpy(clf.predict(images, verbose=0)))
     script = f"""
 import numpy as np, keras_vitmsn as kv
-from keras_vitmsn import keras_internals as k
+from keras_vitmsn.backend import keras_internals as k
 assert not (k.FAST_INIT or k.DATA_LAYER_IS_PRIVATE or k.VARIABLE_INDEX_IS_PRIVATE\n            or k.FLATTEN_LAYERS_IS_PRIVATE or k.DTYPE_POLICY_IS_PRIVATE\n            or k.BACKEND_UPDATE_STEP_IS_PRIVATE or k.STATELESS_SCOPE_IS_PRIVATE)
 clf = kv.ViTMSNClassifier.from_preset({str(tmp_path / "p")!r})
 out = clf.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0)

@@ -135,7 +135,7 @@ def test_one_fit_step_updates_weights(images):
 def test_default_optimizer_is_torchs_adamw_and_survives_saving(images, tmp_path):
     """The default compile trains with torch's AdamW update (as transformers
     fine-tunes), and a saved model resumes with the same optimizer and moments."""
-    from keras_vitmsn.adamw import ScheduledAdamW
+    from keras_vitmsn.models.optimizer import ScheduledAdamW
 
     clf = kv.ViTMSNClassifier(tiny_backbone(), num_classes=3)
     opt = clf.optimizer

@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_vitmsn as kv
-from keras_vitmsn.data import write_toy_image_folder
+from keras_vitmsn.images.data import write_toy_image_folder
 from keras_vitmsn.msn import augment
 from keras_vitmsn.msn.augment import MSNAugmentation, msn_multiview_dataset, random_resized_crop_box
 

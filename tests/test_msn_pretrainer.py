@@ -327,7 +327,7 @@ def test_global_clipping_scales_autograd_buffers_in_place_with_the_same_result()
     place (as clip_grad_norm_ does), with the moments of the copying path."""
     import torch
 
-    from keras_vitmsn import fast_updates
+    from keras_vitmsn.backend import fast_updates
 
     grads, variables, optimizer = _clipping_case()
     for v, g in zip(variables, grads):

@@ -8,7 +8,7 @@ import pytest
 
 import keras_vitmsn as kv
 from keras_vitmsn import msn
-from keras_vitmsn.cli import build_parser
+from keras_vitmsn.cli.main import build_parser
 from keras_vitmsn.msn import recipes
 
 from helpers import to_numpy
@@ -82,7 +82,7 @@ def test_pretrainer_and_cli_defaults_are_the_vits16_recipe():
     args = build_parser().parse_args(["pretrain", "--data", "d", "--output", "o"])
     assert args.recipe == "msn_vits16" and args.preset is None
     # Every recipe flag defaults to "take the recipe's value".
-    from keras_vitmsn.cli_commands import _RECIPE_FLAGS
+    from keras_vitmsn.cli.commands import _RECIPE_FLAGS
 
     assert all(getattr(args, flag) is None for flag in _RECIPE_FLAGS)
 

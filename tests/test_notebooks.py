@@ -10,7 +10,7 @@ import keras
 import pytest
 
 import keras_vitmsn as kv
-from keras_vitmsn.data import write_toy_image_folder
+from keras_vitmsn.images.data import write_toy_image_folder
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")

@@ -21,7 +21,7 @@ from checkpoint_helpers import FAKE_REVISION, populate_hf_cache
 from helpers import BACKEND, max_abs_diff, nchw_to_nhwc, to_numpy
 from hf_reference import SMALL, TINY, make_hf_model
 from keras_vitmsn import presets
-from keras_vitmsn import keras_internals
+from keras_vitmsn.backend import keras_internals
 from keras_vitmsn.conversion import checkpoints, hub
 from keras_vitmsn.errors import CheckpointError, PresetDownloadError
 from keras_vitmsn.presets import file_format

@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the transformers reference needs torch")
 
 from helpers import max_abs_diff
-from keras_vitmsn.resampling import bicubic_resize_matrix, resample_position_embeddings
+from keras_vitmsn.layers.resampling import bicubic_resize_matrix, resample_position_embeddings
 
 
 def torch_reference(table, source_grid, target_grid):

@@ -1,4 +1,4 @@
-"""oneDNN's GEMM on torch (keras_vitmsn/torch_gemm.py): the same values and gradients
+"""oneDNN's GEMM on torch (keras_vitmsn/backend/torch_gemm.py): the same values and gradients
 as ``addmm``, chosen only where it should be, never while torch traces."""
 
 import keras
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import BACKEND
-from keras_vitmsn import torch_gemm
+from keras_vitmsn.backend import torch_gemm
 
 torch = pytest.importorskip("torch")
 needs_op = pytest.mark.skipif(torch_gemm._op() is None, reason="this torch has no mkldnn._linear_pointwise")

@@ -232,7 +232,7 @@ def run_msn_demo(
 
 
 def _converter(config):
-    from keras_vitmsn.image_converter import ViTMSNImageConverter
+    from keras_vitmsn.images.converter import ViTMSNImageConverter
 
     return ViTMSNImageConverter(image_size=(config["global_size"],) * 2)
 

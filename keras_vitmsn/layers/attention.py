@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_vitmsn.fast_paths import dot_product_attention, einsum, head_major_attention
+from keras_vitmsn.backend.fast_paths import dot_product_attention, einsum, head_major_attention
 from keras_vitmsn.layers.dense import ViTMSNDense
 from keras_vitmsn.layers.initializers import kernel_initializer
 
@@ -25,14 +25,14 @@ class ViTMSNAttention(keras.layers.Layer):
 
     Two numerically equivalent paths:
     - ``keras.ops.dot_product_attention`` (fused / flash kernels where the backend has
-      them; :func:`keras_vitmsn.fast_paths.dot_product_attention`) when neither
+      them; :func:`keras_vitmsn.backend.fast_paths.dot_product_attention`) when neither
       attention maps nor a head mask are asked for and no attention dropout is
       active, except on JAX;
     - an explicit path otherwise, head-major throughout: scaled scores, softmax in
       float32, dropout, head mask. On JAX it always runs, with q, k and v projected
       straight into ``(batch, heads, tokens, head_dim)`` by one einsum over the qkv
       kernel, which XLA compiles without the transposing copies the other layout
-      needs (:func:`keras_vitmsn.fast_paths.head_major_attention`).
+      needs (:func:`keras_vitmsn.backend.fast_paths.head_major_attention`).
 
     Args:
         hidden_dim: int, model width (a multiple of ``num_heads``).

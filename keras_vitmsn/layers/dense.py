@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_vitmsn.fast_paths import matmul_add
+from keras_vitmsn.backend.fast_paths import matmul_add
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
@@ -13,7 +13,7 @@ class ViTMSNDense(keras.layers.Dense):
     LoRA (the fused path reads the ``kernel`` property, which includes the LoRA
     update), and ``quantize``: a quantised layer runs Keras' ``quantized_call``, not
     this ``call``. Only an un-quantised layer with a bias and no activation takes
-    :func:`keras_vitmsn.fast_paths.matmul_add` (one ``addmm`` on torch, the
+    :func:`keras_vitmsn.backend.fast_paths.matmul_add` (one ``addmm`` on torch, the
     same ``matmul`` + ``add`` as Keras on the other backends).
 
     Example:

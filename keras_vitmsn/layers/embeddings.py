@@ -5,7 +5,7 @@ from keras import ops
 
 from keras_vitmsn.layers.layout import spatial_shape
 from keras_vitmsn.layers.patch_embedding import ViTMSNPatchEmbedding
-from keras_vitmsn.resampling import resample_position_embeddings
+from keras_vitmsn.layers.resampling import resample_position_embeddings
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
@@ -14,7 +14,7 @@ class ViTMSNEmbeddings(keras.layers.Layer):
 
     The position table is stored at the pretrained grid
     ``(image_size[0] // patch_size, image_size[1] // patch_size)``; other grids are
-    served by bicubic resampling (:func:`keras_vitmsn.resampling.resample_position_embeddings`)
+    served by bicubic resampling (:func:`keras_vitmsn.layers.resampling.resample_position_embeddings`)
     when the caller asks for it. Both the CLS token and the table start at zero, as in
     transformers' ViT-MSN.
 

@@ -3,13 +3,13 @@ fused half-precision path."""
 
 import keras
 
-from keras_vitmsn.fast_paths import layer_norm
+from keras_vitmsn.backend.fast_paths import layer_norm
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
 class ViTMSNLayerNorm(keras.layers.LayerNormalization):
     """``keras.layers.LayerNormalization`` over the last axis, computed by
-    :func:`keras_vitmsn.fast_paths.layer_norm`.
+    :func:`keras_vitmsn.backend.fast_paths.layer_norm`.
 
     The weights (``gamma``, ``beta``), their names, ``get_config`` and the math are
     Keras' own: normalisation in at least float32, the result in the compute dtype.

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_vitmsn.fast_paths import mlp_activation, mlp_on_token_rows
+from keras_vitmsn.backend.fast_paths import mlp_activation, mlp_on_token_rows
 from keras_vitmsn.layers.activations import get_activation
 from keras_vitmsn.layers.attention import ViTMSNAttention
 from keras_vitmsn.layers.dense import ViTMSNDense

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from keras_vitmsn.lowshot.arrays import to_numpy
-from keras_vitmsn.image_converter import ViTMSNImageConverter
+from keras_vitmsn.images.converter import ViTMSNImageConverter
 from keras_vitmsn.layers.layout import spatial_shape
 from keras_vitmsn.models.feature_extractor import ViTMSNFeatureExtractor
 

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_vitmsn.adamw import ScheduledAdamW
+from keras_vitmsn.models.optimizer import ScheduledAdamW
 from keras_vitmsn.layers.initializers import kernel_initializer
 from keras_vitmsn.models.backbone import ViTMSNBackbone
 from keras_vitmsn.models.class_names import check_class_names
@@ -30,7 +30,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
     """Image classifier: ``Dense(num_classes)`` on the final CLS token of a backbone.
 
     The model is compiled on construction so ``fit`` works at once: torch's AdamW
-    (:class:`keras_vitmsn.adamw.ScheduledAdamW`, the update transformers fine-tunes
+    (:class:`keras_vitmsn.models.optimizer.ScheduledAdamW`, the update transformers fine-tunes
     with, on every backend; learning rate 5e-5, weight decay 0.01), sparse
     categorical cross-entropy (``from_logits`` when ``activation`` is None) and
     accuracy; with ``num_classes=1`` it is a regressor trained with mean squared

@@ -21,7 +21,7 @@ import tempfile
 
 import keras
 
-from keras_vitmsn.keras_internals import all_layers
+from keras_vitmsn.backend.keras_internals import all_layers
 from keras_vitmsn.layers.activations import erfc_gelu_on_jax
 
 EXPORT_FORMATS = {

@@ -24,7 +24,7 @@ import re
 
 import keras
 
-from keras_vitmsn.keras_internals import all_layers, one_garbage_collection, replace_dtype_policy
+from keras_vitmsn.backend.keras_internals import all_layers, one_garbage_collection, replace_dtype_policy
 
 DTypePolicyMap = keras.dtype_policies.DTypePolicyMap
 SUPPORTED_MODES = ("int8", "int4", "float8")

@@ -4,7 +4,7 @@ carries) and the input signature ``export`` declares for it."""
 
 import keras
 
-from keras_vitmsn.image_converter import ViTMSNImageConverter
+from keras_vitmsn.images.converter import ViTMSNImageConverter
 from keras_vitmsn.models.export import INPUT_NAME
 
 

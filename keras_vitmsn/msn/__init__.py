@@ -25,7 +25,7 @@ from keras_vitmsn.msn.loss import sharpened_targets
 from keras_vitmsn.msn.loss import sinkhorn
 from keras_vitmsn.msn.masking import num_kept_patches
 from keras_vitmsn.msn.masking import random_patch_keep_indices
-from keras_vitmsn.adamw import ScheduledAdamW
+from keras_vitmsn.models.optimizer import ScheduledAdamW
 from keras_vitmsn.msn.optimizer import msn_optimizer
 from keras_vitmsn.msn.pretrainer import MSNPretrainer
 from keras_vitmsn.msn.recipes import MSN_RECIPES

@@ -1,8 +1,8 @@
 """MSN's optimizer recipe: :class:`ScheduledAdamW` (``torch.optim.AdamW`` as a Keras
-optimizer, :mod:`keras_vitmsn.adamw`) with the authors' warm-up + cosine learning
+optimizer, :mod:`keras_vitmsn.models.optimizer`) with the authors' warm-up + cosine learning
 rate, cosine weight decay and gradient clipping at 3."""
 
-from keras_vitmsn.adamw import ScheduledAdamW
+from keras_vitmsn.models.optimizer import ScheduledAdamW
 from keras_vitmsn.msn.schedules import msn_learning_rate
 from keras_vitmsn.msn.schedules import msn_weight_decay
 

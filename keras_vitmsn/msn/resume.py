@@ -26,14 +26,14 @@ from keras_vitmsn.conversion.msn_checkpoint import read_msn_checkpoint
 from keras_vitmsn.conversion.msn_checkpoint import split_msn_encoder
 from keras_vitmsn.conversion.msn_optimizer_state import msn_head_moments_to_keras
 from keras_vitmsn.errors import CheckpointError
-from keras_vitmsn.image_converter import ViTMSNImageConverter
+from keras_vitmsn.images.converter import ViTMSNImageConverter
 from keras_vitmsn.models.backbone import ViTMSNBackbone
 from keras_vitmsn.msn.scratch import init_embeddings_like_msn
 from keras_vitmsn.msn.head import MSNProjectionHead
 from keras_vitmsn.msn.head import MSNPrototypes
 from keras_vitmsn.msn.head import head_and_prototypes_from_state
 from keras_vitmsn.msn.head_state import save_msn_pretraining_state
-from keras_vitmsn.adamw import ScheduledAdamW
+from keras_vitmsn.models.optimizer import ScheduledAdamW
 from keras_vitmsn.presets import file_format
 from keras_vitmsn.presets.file_format import MSN_HEAD_FILE
 from keras_vitmsn.presets.file_format import MSN_TRAINING_STATE_FILE as TRAINING_STATE_FILE

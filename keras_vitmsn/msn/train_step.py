@@ -14,8 +14,8 @@ forward, as the original, whose EMA runs over ``parameters()`` (not buffers).
 import keras
 from keras import ops
 
-from keras_vitmsn.fast_updates import ema_update
-from keras_vitmsn.adamw import ScheduledAdamW
+from keras_vitmsn.backend.fast_updates import ema_update
+from keras_vitmsn.models.optimizer import ScheduledAdamW
 from keras_vitmsn.msn.optimizer import msn_optimizer
 from keras_vitmsn.msn.resume import weights_by_relative_path
 from keras_vitmsn.msn.schedules import LinearSchedule

@@ -68,7 +68,7 @@ def build_msn_training(
             (:meth:`MSNPretrainer.from_preset`); else compile a new one.
         seed: seeds the masks, the data order and the views.
         skip_bad_images: a folder's unreadable images are dropped with a warning
-            instead of an error naming them (see :mod:`keras_vitmsn.image_files`).
+            instead of an error naming them (see :mod:`keras_vitmsn.images.files`).
         **overrides: recipe keys, e.g. ``epochs=100, batch_size=64``. With a preset
             or backbone the views take the encoder's image size (unless
             ``global_size`` is given: the preset is then loaded at that size) and

@@ -19,7 +19,7 @@ import os
 import keras
 import numpy as np
 
-from keras_vitmsn import keras_internals
+from keras_vitmsn.backend import keras_internals
 from keras_vitmsn.conversion.transformers_weights import (
     OPTIONAL_KEYS,
     assign_weights,
@@ -29,7 +29,7 @@ from keras_vitmsn.conversion.transformers_weights import (
 )
 from keras_vitmsn.errors import CheckpointError
 from keras_vitmsn.presets import file_format as ff
-from keras_vitmsn.resampling import resample_position_embeddings
+from keras_vitmsn.layers.resampling import resample_position_embeddings
 from keras_vitmsn.utils import read_json
 
 

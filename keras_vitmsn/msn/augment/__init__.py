@@ -21,7 +21,7 @@ fully determines the views. TensorFlow is imported when first needed, so importi
 ``keras_vitmsn`` does not require it.
 """
 
-from keras_vitmsn.image_files import list_image_files
+from keras_vitmsn.images.files import list_image_files
 from keras_vitmsn.msn.augment import batched
 from keras_vitmsn.msn.augment.dataset import AUTOTUNE
 from keras_vitmsn.msn.augment.dataset import msn_multiview_dataset

@@ -1,6 +1,6 @@
 """The tf.data plumbing: :func:`msn_multiview_dataset` turns images into batches of views.
 
-Sources are image folders (read by the rules of :mod:`keras_vitmsn.image_files`, the
+Sources are image folders (read by the rules of :mod:`keras_vitmsn.images.files`, the
 same as fine-tuning's), NumPy arrays and ``tf.data`` datasets. It works under every
 Keras backend: Keras converts ``tf.data`` batches for JAX and PyTorch.
 """
@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 
-from keras_vitmsn.image_files import decode_rgb
-from keras_vitmsn.image_files import read_image_folder
+from keras_vitmsn.images.files import decode_rgb
+from keras_vitmsn.images.files import read_image_folder
 from keras_vitmsn.msn.augment.batched import render_views
 from keras_vitmsn.msn.augment.batched import view_uniforms
 from keras_vitmsn.msn.augment.ops import _tf
@@ -53,7 +53,7 @@ def msn_multiview_dataset(
         source: one of
             - a directory: every image below it, at any depth (class sub-folders are
               fine; labels are ignored), by the rules of
-              :mod:`keras_vitmsn.image_files`: every format Pillow decodes, hidden
+              :mod:`keras_vitmsn.images.files`: every format Pillow decodes, hidden
               files skipped, each file checked before the pipeline is built. Decoded
               to RGB (the first frame of an animation);
             - a NumPy array ``(N, H, W, C)``, uint8 or floats in [0, 255], C = 3 or
@@ -78,7 +78,7 @@ def msn_multiview_dataset(
         shuffle_buffer_size: None or a positive int overriding the shuffle buffer.
         skip_bad_images: for a directory, leave out with a warning the image files
             Pillow cannot decode, instead of raising
-            :class:`keras_vitmsn.image_files.BadImageError` (which lists them all).
+            :class:`keras_vitmsn.images.files.BadImageError` (which lists them all).
 
     Returns:
         A prefetched ``tf.data.Dataset``.

@@ -103,7 +103,7 @@ class MSNAugmentation:
         blur_sigma=(0.1, 2.0),
         image_converter=None,
     ):
-        from keras_vitmsn.image_converter import ViTMSNImageConverter
+        from keras_vitmsn.images.converter import ViTMSNImageConverter
 
         self.global_size = _check_size(global_size, "global_size")
         self.focal_size = _check_size(focal_size, "focal_size")
@@ -315,7 +315,7 @@ class MSNAugmentation:
         config = dict(config)
         converter = config.get("image_converter")
         if isinstance(converter, dict):
-            import keras_vitmsn.image_converter  # noqa: F401 - registers the class
+            import keras_vitmsn.images.converter  # noqa: F401 - registers the class
 
             config["image_converter"] = keras.saving.deserialize_keras_object(converter)
         return cls(**config)

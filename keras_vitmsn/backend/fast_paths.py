@@ -1,5 +1,5 @@
 """Backend-specific fast paths of the model's math: the one module that dispatches on the
-backend for speed (:mod:`keras_vitmsn.fast_updates` does it for updates of variables).
+backend for speed (:mod:`keras_vitmsn.backend.fast_updates` does it for updates of variables).
 
 Each function computes what its ``keras.ops`` formulation computes (the formulation
 every other backend runs), up to float rounding, only with fewer, larger kernels
@@ -69,8 +69,8 @@ where a backend has them; ``tests/test_fast_paths.py``, (half precision)
 import keras
 from keras import ops
 
-from keras_vitmsn import tensorflow_graphs
-from keras_vitmsn import torch_gemm
+from keras_vitmsn.backend import tensorflow_graphs
+from keras_vitmsn.backend import torch_gemm
 
 
 def _torch():

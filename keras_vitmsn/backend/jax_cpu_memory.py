@@ -32,7 +32,7 @@ glibc's allocator can apply it; elsewhere nothing changes and the result says wh
 program opts in::
 
     import keras_vitmsn
-    from keras_vitmsn import jax_cpu_memory
+    from keras_vitmsn.backend import jax_cpu_memory
 
     print(jax_cpu_memory.enable())  # before building any model
 
@@ -113,7 +113,7 @@ def enable():
     Example (in a fresh process, on JAX)::
 
         import keras_vitmsn
-        from keras_vitmsn import jax_cpu_memory
+        from keras_vitmsn.backend import jax_cpu_memory
 
         assert jax_cpu_memory.enable()
     """

@@ -7,7 +7,7 @@ import sys
 import tempfile
 import zipfile
 
-from keras_vitmsn.cli_args import UsageError
+from keras_vitmsn.cli.args import UsageError
 from keras_vitmsn.errors import CheckpointError
 from keras_vitmsn.utils import check_can_create
 

@@ -61,14 +61,14 @@ environment makes a whole process take every public path).
 Other private names are not used: export builds its sample inputs itself.
 """
 
-from keras_vitmsn.keras_internals import fast_init as _fast_init
-from keras_vitmsn.keras_internals.fast_init import (
+from keras_vitmsn.backend.keras_internals import fast_init as _fast_init
+from keras_vitmsn.backend.keras_internals.fast_init import (
     build_with_values,
     capture_weights,
     pending_variables,
     read_without_initialising,
 )
-from keras_vitmsn.keras_internals.layers import (
+from keras_vitmsn.backend.keras_internals.layers import (
     DATA_LAYER_IS_PRIVATE,
     DTYPE_POLICY_IS_PRIVATE,
     FLATTEN_LAYERS_IS_PRIVATE,
@@ -78,15 +78,15 @@ from keras_vitmsn.keras_internals.layers import (
     one_garbage_collection,
     replace_dtype_policy,
 )
-from keras_vitmsn.keras_internals import optimizer as _optimizer
-from keras_vitmsn.keras_internals.optimizer import (
+from keras_vitmsn.backend.keras_internals import optimizer as _optimizer
+from keras_vitmsn.backend.keras_internals.optimizer import (
     VariableIndex,
     optimizer_reads_weight_decay_property,
     route_batched_update,
 )
-from keras_vitmsn.keras_internals.public_only import PUBLIC_ONLY
-from keras_vitmsn.keras_internals.scopes import STATELESS_SCOPE_IS_PRIVATE
-from keras_vitmsn.keras_internals.scopes import in_stateless_scope
+from keras_vitmsn.backend.keras_internals.public_only import PUBLIC_ONLY
+from keras_vitmsn.backend.keras_internals.scopes import STATELESS_SCOPE_IS_PRIVATE
+from keras_vitmsn.backend.keras_internals.scopes import in_stateless_scope
 
 
 def __getattr__(name):

@@ -1,7 +1,7 @@
 """Where the paper's evaluation transform resizes and crops: pure arithmetic.
 
 Shared by :class:`keras_vitmsn.ViTMSNImageConverter` (``resize_mode="paper"``, on
-tensors) and the image-folder reader (:mod:`keras_vitmsn.data`, on Pillow images), so
+tensors) and the image-folder reader (:mod:`keras_vitmsn.images.data`, on Pillow images), so
 both crop exactly the same pixels.
 """
 

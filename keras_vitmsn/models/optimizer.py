@@ -13,14 +13,14 @@ three details differ from Keras' ``AdamW`` and are reproduced by :class:`Schedul
   decay (``v -= lr * wd * v``, before the Adam update, as torch), so a property
   evaluating the schedule at ``self.iterations`` schedules it on JAX, TensorFlow and
   torch alike (a reliance on Keras internals, checked once by
-  :func:`keras_vitmsn.keras_internals.optimizer_reads_weight_decay_property`);
+  :func:`keras_vitmsn.backend.keras_internals.optimizer_reads_weight_decay_property`);
 - gradient clipping covers what the original clips, ``clip_grad_norm_`` over the
   encoder and head only: variables marked with :meth:`ScheduledAdamW.exclude_from_clipping`
   (the prototypes) are neither clipped nor counted in the norm, and the scale is
   torch's ``max_norm / (norm + 1e-6)``.
 
 On torch it is also the faster optimizer: its update is ``torch.optim.AdamW``'s
-in-place kernel sequence (:func:`keras_vitmsn.fast_updates.adam_update`), where Keras'
+in-place kernel sequence (:func:`keras_vitmsn.backend.fast_updates.adam_update`), where Keras'
 ``AdamW`` on torch writes fresh out-of-place copies of every variable for its
 temporaries. vit_msn_small training at batch 8 on 2 CPUs (same-process A/B against
 ``keras.optimizers.AdamW``): 1.08x on torch, 1.02x on TensorFlow, 1.00x on JAX.
@@ -31,10 +31,10 @@ import math
 import keras
 from keras import ops
 
-from keras_vitmsn import fast_updates
-from keras_vitmsn.keras_internals import VariableIndex
-from keras_vitmsn.keras_internals import optimizer_reads_weight_decay_property
-from keras_vitmsn.keras_internals import route_batched_update
+from keras_vitmsn.backend import fast_updates
+from keras_vitmsn.backend.keras_internals import VariableIndex
+from keras_vitmsn.backend.keras_internals import optimizer_reads_weight_decay_property
+from keras_vitmsn.backend.keras_internals import route_batched_update
 
 TORCH_CLIP_EPSILON = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by norm + 1e-6.
 
@@ -200,7 +200,7 @@ class ScheduledAdamW(keras.optimizers.Optimizer):
 
     def batched_update(self, grads, variables, learning_rate):
         """The whole step's update at once where the backend has multi-tensor kernels
-        (torch: :func:`keras_vitmsn.fast_updates.adam_update`, the arithmetic of
+        (torch: :func:`keras_vitmsn.backend.fast_updates.adam_update`, the arithmetic of
         :meth:`update_step`); returns False to run ``update_step`` per variable."""
         if not fast_updates.batched_updates_available():
             return False

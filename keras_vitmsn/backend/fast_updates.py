@@ -1,5 +1,5 @@
 """Backend-specific fast paths for updating many variables at once (the optimizer's
-and the MSN target encoder's steps); :mod:`keras_vitmsn.fast_paths` holds those of the
+and the MSN target encoder's steps); :mod:`keras_vitmsn.backend.fast_paths` holds those of the
 forward and backward math. Each computes what its per-variable ``keras.ops``
 formulation computes; ``tests/test_fast_paths.py`` checks both against each other.
 
@@ -19,7 +19,7 @@ import math
 import keras
 from keras import ops
 
-from keras_vitmsn.keras_internals.scopes import in_stateless_scope
+from keras_vitmsn.backend.keras_internals.scopes import in_stateless_scope
 
 
 def _torch():

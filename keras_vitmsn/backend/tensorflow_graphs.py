@@ -1,5 +1,5 @@
 """TensorFlow formulations that TensorFlow's graph optimizer (grappler) fuses into
-oneDNN kernels; :mod:`keras_vitmsn.fast_paths` chooses when they run, and
+oneDNN kernels; :mod:`keras_vitmsn.backend.fast_paths` chooses when they run, and
 ``tests/test_fast_paths_tf.py`` checks the fusions in the optimized graph."""
 
 import math

@@ -4,7 +4,7 @@ Backend-agnostic on purpose: images are decoded with Pillow and batched by a
 ``keras.utils.PyDataset``, so the command line works with only JAX or PyTorch
 installed. (``keras.utils.image_dataset_from_directory`` needs TensorFlow.) Which
 files count as images, and how bad ones are handled, is decided by
-:mod:`keras_vitmsn.image_files`, shared with MSN pretraining.
+:mod:`keras_vitmsn.images.files`, shared with MSN pretraining.
 """
 
 import math
@@ -13,8 +13,8 @@ import os
 import keras
 import numpy as np
 
-from keras_vitmsn.image_files import read_class_folders
-from keras_vitmsn.resize_geometry import paper_resize_geometry
+from keras_vitmsn.images.files import read_class_folders
+from keras_vitmsn.images.resize_geometry import paper_resize_geometry
 
 
 #: How :func:`load_image` brings an image to the model size.
@@ -28,7 +28,7 @@ def load_image(path, size, channels=3, resize_mode="hub"):
     ``"paper"`` is the MSN paper's evaluation transform, torchvision's ``Resize(256)`` +
     ``CenterCrop(224)`` scaled with ``size``: keep the aspect ratio, resize to cover
     ``size * 256 / 224``, crop the centre ``size``
-    (:func:`keras_vitmsn.resize_geometry.paper_resize_geometry`, the geometry
+    (:func:`keras_vitmsn.images.resize_geometry.paper_resize_geometry`, the geometry
     ``ViTMSNImageConverter(resize_mode="paper")`` uses too).
 
     Returns:
@@ -73,13 +73,13 @@ class ImageFolder:
 
     Class names are the sub-folder names, sorted; labels index them. Images are
     found at any depth below each class folder and checked when the folder is read,
-    by the rules of :mod:`keras_vitmsn.image_files`.
+    by the rules of :mod:`keras_vitmsn.images.files`.
 
     Args:
         directory: the root folder.
         min_classes: fewest classes accepted (2 for classification).
         skip_bad_images: leave out, with a warning, the image files Pillow cannot
-            decode, instead of raising :class:`keras_vitmsn.image_files.BadImageError`.
+            decode, instead of raising :class:`keras_vitmsn.images.files.BadImageError`.
 
     Raises:
         ValueError: missing folder, too few classes, a class without images, or

@@ -1,4 +1,4 @@
-"""Items 2, 5, 6 and 7 of :mod:`keras_vitmsn.keras_internals`: layers, their
+"""Items 2, 5, 6 and 7 of :mod:`keras_vitmsn.backend.keras_internals`: layers, their
 sublayers and their dtype policies."""
 
 import contextlib
@@ -6,7 +6,7 @@ import gc
 
 import keras
 
-from keras_vitmsn.keras_internals.public_only import PUBLIC_ONLY
+from keras_vitmsn.backend.keras_internals.public_only import PUBLIC_ONLY
 
 # -- 2. the image converter's base class --------------------------------------------
 

@@ -1,10 +1,10 @@
-"""Items 3, 4 and 8 of :mod:`keras_vitmsn.keras_internals`: what ``ScheduledAdamW``
+"""Items 3, 4 and 8 of :mod:`keras_vitmsn.backend.keras_internals`: what ``ScheduledAdamW``
 needs from Keras' optimizer base class."""
 
 import keras
 
-from keras_vitmsn.keras_internals.lazy import module_getattr, probed
-from keras_vitmsn.keras_internals.public_only import PUBLIC_ONLY
+from keras_vitmsn.backend.keras_internals.lazy import module_getattr, probed
+from keras_vitmsn.backend.keras_internals.public_only import PUBLIC_ONLY
 
 # -- 3. a scheduled weight decay ------------------------------------------------------
 #
@@ -93,7 +93,7 @@ class VariableIndex:
             raise RuntimeError(
                 f"The optimizer was not built on {getattr(variable, 'name', variable)!r} "
                 f"(or, on Keras {keras.__version__} without the internals "
-                "keras_vitmsn.keras_internals relies on, it is a tf.distribute replica)."
+                "keras_vitmsn.backend.keras_internals relies on, it is a tf.distribute replica)."
             ) from None
 
 

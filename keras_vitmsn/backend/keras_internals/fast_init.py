@@ -1,10 +1,10 @@
-"""Item 1 of :mod:`keras_vitmsn.keras_internals`: building a model without running
+"""Item 1 of :mod:`keras_vitmsn.backend.keras_internals`: building a model without running
 its initialisers when its weights are about to be loaded."""
 
 import keras
 
-from keras_vitmsn.keras_internals.lazy import module_getattr, probed
-from keras_vitmsn.keras_internals.public_only import PUBLIC_ONLY
+from keras_vitmsn.backend.keras_internals.lazy import module_getattr, probed
+from keras_vitmsn.backend.keras_internals.public_only import PUBLIC_ONLY
 
 # -- 1. fast initialisation --------------------------------------------------------
 

@@ -12,7 +12,7 @@ traceback. Outputs are checked before any work.
 import os
 import sys
 
-from keras_vitmsn.cli_args import UsageError
+from keras_vitmsn.cli.args import UsageError
 
 USER_ERROR_EXIT = 2
 SKIP_BAD_IMAGES_HELP = (
@@ -87,7 +87,7 @@ def _pretrain(args):
         raise UsageError("--from-scratch takes the architecture of --preset; give one.")
     if args.restore_optimizer and not args.preset:
         raise UsageError("--restore-optimizer continues the run saved in --preset; give one.")
-    from keras_vitmsn.cli_files import check_preset_output
+    from keras_vitmsn.cli.files import check_preset_output
 
     check_preset_output(args.output, "pretrain")
     # Only the flags given on the command line override the recipe.
@@ -139,7 +139,7 @@ def _presets(args):
 
 
 def _convert(args):
-    from keras_vitmsn.convert import convert_to_preset
+    from keras_vitmsn.presets.convert import convert_to_preset
 
     convert_to_preset(args.source, args.output)
     print(f"Wrote a Keras preset to {args.output}")
@@ -147,7 +147,7 @@ def _convert(args):
 
 
 def _load_folder(path, what, skip_bad_images):
-    from keras_vitmsn.data import ImageFolder
+    from keras_vitmsn.images.data import ImageFolder
 
     folder = ImageFolder(path, skip_bad_images=skip_bad_images)
     print(f"{what}: {len(folder)} images in {len(folder.class_names)} classes from {path}",
@@ -159,8 +159,8 @@ def _finetune(args):
     import keras
 
     import keras_vitmsn as kv
-    from keras_vitmsn.adamw import ScheduledAdamW
-    from keras_vitmsn.cli_files import check_model_output, save_model
+    from keras_vitmsn.models.optimizer import ScheduledAdamW
+    from keras_vitmsn.cli.files import check_model_output, save_model
 
     if check_model_output(args.output):
         print(f"finetune: {args.output} exists; it is replaced when training ends",
@@ -260,8 +260,8 @@ def _predict(args):
     import numpy as np
 
     import keras_vitmsn as kv
-    from keras_vitmsn.cli_files import legacy_class_names_note, load_classifier
-    from keras_vitmsn.data import load_image
+    from keras_vitmsn.cli.files import legacy_class_names_note, load_classifier
+    from keras_vitmsn.images.data import load_image
 
     for path in args.images:
         if os.path.isdir(path):

@@ -3,20 +3,20 @@
 import keras
 
 from keras_vitmsn.layers.layout import spatial_shape
-from keras_vitmsn.pixel_range import DTYPE_RANGES
-from keras_vitmsn.pixel_range import PIXEL_RANGE
-from keras_vitmsn.pixel_range import check_input_range
-from keras_vitmsn.pixel_range import check_values
-from keras_vitmsn.pixel_range import dtype_of
-from keras_vitmsn.pixel_range import to_pixel_range
+from keras_vitmsn.images.pixel_range import DTYPE_RANGES
+from keras_vitmsn.images.pixel_range import PIXEL_RANGE
+from keras_vitmsn.images.pixel_range import check_input_range
+from keras_vitmsn.images.pixel_range import check_values
+from keras_vitmsn.images.pixel_range import dtype_of
+from keras_vitmsn.images.pixel_range import to_pixel_range
 from keras_vitmsn.utils import default_name
-from keras_vitmsn.keras_internals import DATA_LAYER_IS_PRIVATE
-from keras_vitmsn.keras_internals import DataLayerBase
+from keras_vitmsn.backend.keras_internals import DATA_LAYER_IS_PRIVATE
+from keras_vitmsn.backend.keras_internals import DataLayerBase
 from keras_vitmsn.presets import file_format
 from keras_vitmsn.presets.mixin import PresetMixin
 from keras_vitmsn.presets.mixin import register_preset_class
-from keras_vitmsn.resize_geometry import PAPER_CROP_FRACTION
-from keras_vitmsn.resize_geometry import paper_resize_geometry
+from keras_vitmsn.images.resize_geometry import PAPER_CROP_FRACTION
+from keras_vitmsn.images.resize_geometry import paper_resize_geometry
 from keras_vitmsn.utils import IMAGENET_MEAN
 from keras_vitmsn.utils import IMAGENET_STD
 

@@ -1,6 +1,6 @@
 """The one set of rules for reading image folders, shared by every loader and command.
 
-Used by :class:`keras_vitmsn.data.ImageFolder` (``finetune``, ``lowshot``) and by
+Used by :class:`keras_vitmsn.images.data.ImageFolder` (``finetune``, ``lowshot``) and by
 :func:`keras_vitmsn.msn.msn_multiview_dataset` (``pretrain``), so a folder that one
 accepts the other accepts too, with the same images in the same order.
 
@@ -38,7 +38,7 @@ Example:
 >>> read_image_folder(root)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-keras_vitmsn.image_files.BadImageError: 1 of 3 image file(s) in ... cannot be decoded...
+keras_vitmsn.images.files.BadImageError: 1 of 3 image file(s) in ... cannot be decoded...
 >>> import warnings
 >>> with warnings.catch_warnings(record=True) as caught:
 ...     paths = list_image_files(root, skip_bad_images=True)
@@ -210,7 +210,7 @@ def _extension_summary():
     common = [e for e in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
               if e in extensions]
     return (f"{', '.join(common)} and {len(extensions) - len(common)} more extensions "
-            "Pillow decodes (keras_vitmsn.image_files.image_extensions())")
+            "Pillow decodes (keras_vitmsn.images.files.image_extensions())")
 
 
 def _find_images(folder):

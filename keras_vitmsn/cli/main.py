@@ -1,5 +1,5 @@
 """The ``keras-vitmsn`` command line (also ``python -m keras_vitmsn``): the parser and
-the entry point; the commands are :mod:`keras_vitmsn.cli_commands`.
+the entry point; the commands are :mod:`keras_vitmsn.cli.commands`.
 
 Bad input (a bad option value, a missing folder, an unreadable image, an unknown preset,
 an output that cannot be written) ends with a one-line ``error:`` message and exit
@@ -10,22 +10,22 @@ status 2, never a traceback; outputs are checked before any work.
 import argparse
 import sys
 
-from keras_vitmsn import torch_gemm
-from keras_vitmsn.cli_args import ArgumentParser
-from keras_vitmsn.cli_args import non_negative_float
-from keras_vitmsn.cli_args import positive_float
-from keras_vitmsn.cli_args import positive_int
-from keras_vitmsn.cli_commands import SKIP_BAD_IMAGES_HELP
-from keras_vitmsn.cli_commands import USER_ERROR_EXIT
-from keras_vitmsn.cli_commands import _user_errors
-from keras_vitmsn.cli_commands import _convert
-from keras_vitmsn.cli_commands import _demo
-from keras_vitmsn.cli_commands import _finetune
-from keras_vitmsn.cli_commands import _lowshot
-from keras_vitmsn.cli_commands import _predict
-from keras_vitmsn.cli_commands import _presets
-from keras_vitmsn.cli_commands import _pretrain
-from keras_vitmsn.cli_commands import _supervised_demo
+from keras_vitmsn.backend import torch_gemm
+from keras_vitmsn.cli.args import ArgumentParser
+from keras_vitmsn.cli.args import non_negative_float
+from keras_vitmsn.cli.args import positive_float
+from keras_vitmsn.cli.args import positive_int
+from keras_vitmsn.cli.commands import SKIP_BAD_IMAGES_HELP
+from keras_vitmsn.cli.commands import USER_ERROR_EXIT
+from keras_vitmsn.cli.commands import _user_errors
+from keras_vitmsn.cli.commands import _convert
+from keras_vitmsn.cli.commands import _demo
+from keras_vitmsn.cli.commands import _finetune
+from keras_vitmsn.cli.commands import _lowshot
+from keras_vitmsn.cli.commands import _predict
+from keras_vitmsn.cli.commands import _presets
+from keras_vitmsn.cli.commands import _pretrain
+from keras_vitmsn.cli.commands import _supervised_demo
 
 
 def build_parser():
@@ -37,8 +37,8 @@ def build_parser():
         description="ViT-MSN vision transformers for Keras 3. "
         "Select the backend with KERAS_BACKEND=jax|torch|tensorflow. On JAX on a Linux "
         "CPU, KERAS_VITMSN_JAX_CPU_MEMORY=1 makes full-size training steps faster "
-        "(keras_vitmsn.jax_cpu_memory). On torch, KERAS_VITMSN_TORCH_CPU_GEMM=auto|onednn|addmm "
-        "picks the float32 CPU GEMM (auto: oneDNN on AMD CPUs; keras_vitmsn.torch_gemm).",
+        "(keras_vitmsn.backend.jax_cpu_memory). On torch, KERAS_VITMSN_TORCH_CPU_GEMM=auto|onednn|addmm "
+        "picks the float32 CPU GEMM (auto: oneDNN on AMD CPUs; keras_vitmsn.backend.torch_gemm).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -167,7 +167,7 @@ def build_parser():
 def main(argv=None):
     try:
         if argv is None:  # run as a program: the process is ours to configure
-            from keras_vitmsn.jax_cpu_memory import enable_for_command_line
+            from keras_vitmsn.backend.jax_cpu_memory import enable_for_command_line
 
             result = enable_for_command_line()
             if result is not None and not result:  # asked for and not applied: say so

@@ -1,0 +1,3 @@
+"""The ``keras-vitmsn`` command line."""
+
+from keras_vitmsn.cli.main import main
