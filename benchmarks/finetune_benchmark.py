@@ -56,13 +56,17 @@ def make_data(num_images, image_size, num_classes, seed=0):
 
 
 def run_keras(args, arch):
+    import keras_vitmsn
+
+    keras_vitmsn.setup_tensorflow()  # oneDNN on, as the CLI has it
     import keras
 
     import keras_vitmsn as kv
 
     keras.utils.set_random_seed(0)
-    images, labels = make_data((args.warmup + args.steps) * args.batch_size, args.image_size,
-                               args.num_classes)
+    images, labels = make_data(
+        (args.warmup + args.steps) * args.batch_size, args.image_size, args.num_classes
+    )
     backbone = kv.ViTMSNBackbone(image_shape=(args.image_size, args.image_size, 3), **arch)
     model = kv.ViTMSNClassifier(backbone, num_classes=args.num_classes)
 
@@ -87,8 +91,15 @@ def run_keras(args, arch):
                 self.start = time.perf_counter()
 
     timer = Timer()
-    model.fit(images, labels, batch_size=args.batch_size, epochs=1, shuffle=False,
-              verbose=0, callbacks=[timer])
+    model.fit(
+        images,
+        labels,
+        batch_size=args.batch_size,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[timer],
+    )
     end = time.perf_counter()  # fit has written the weights back: all work is done
     return dict(seconds=end - timer.start, first_step_s=timer.first_step_end - timer.fit_start)
 
@@ -98,8 +109,9 @@ def run_torch_reference(args, arch):
     import transformers
 
     torch.manual_seed(0)
-    images, labels = make_data((args.warmup + args.steps) * args.batch_size, args.image_size,
-                               args.num_classes)
+    images, labels = make_data(
+        (args.warmup + args.steps) * args.batch_size, args.image_size, args.num_classes
+    )
     config = transformers.ViTMSNConfig(
         image_size=args.image_size,
         patch_size=arch["patch_size"],
@@ -160,10 +172,20 @@ def run_impl(impl, args):
     if impl.startswith("keras-"):
         env["KERAS_BACKEND"] = impl.split("-", 1)[1]
     command = [
-        sys.executable, os.path.abspath(__file__), "--worker", impl,
-        "--steps", str(args.steps), "--warmup", str(args.warmup),
-        "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
-        "--num-classes", str(args.num_classes),
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        impl,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch-size",
+        str(args.batch_size),
+        "--image-size",
+        str(args.image_size),
+        "--num-classes",
+        str(args.num_classes),
     ] + (["--tiny"] if args.tiny else [])
     t0 = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -171,22 +193,26 @@ def run_impl(impl, args):
     if not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         return dict(error=f"exit code {proc.returncode}: " + " | ".join(tail))
-    result = json.loads(lines[-1][len(MARK):])
+    result = json.loads(lines[-1][len(MARK) :])
     result["process_s"] = time.perf_counter() - t0
     return result
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--impls", default=",".join(IMPLS),
-                        help=f"comma-separated subset of {', '.join(IMPLS)}")
+    parser.add_argument(
+        "--impls", default=",".join(IMPLS), help=f"comma-separated subset of {', '.join(IMPLS)}"
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed steps (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed first steps (default 1)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--tiny", action="store_true",
-                        help="a 2-block width-32 model instead of vit-msn-small (smoke test)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a 2-block width-32 model instead of vit-msn-small (smoke test)",
+    )
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -200,24 +226,29 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown --impls {unknown}; choose from {', '.join(IMPLS)}")
     model = "tiny" if args.tiny else "vit-msn-small"
-    print(f"fit throughput, {model} at {args.image_size}px, batch {args.batch_size}, "
-          f"{args.warmup} warm-up + {args.steps} timed steps, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(
+        f"fit throughput, {model} at {args.image_size}px, batch {args.batch_size}, "
+        f"{args.warmup} warm-up + {args.steps} timed steps, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    )
     results = {}
     for impl in impls:
         print(f"  running {impl} ...", flush=True)
         results[impl] = run_impl(impl, args)
 
     ref = results.get(REFERENCE, {}).get("images_per_s")
-    print(f"\n{'implementation':18} {'images/s':>9} {'s/step':>7} {'1st step s':>10} "
-          f"{'vs torch':>8}")
+    print(
+        f"\n{'implementation':18} {'images/s':>9} {'s/step':>7} {'1st step s':>10} {'vs torch':>8}"
+    )
     for impl, r in results.items():
         if "error" in r:
             print(f"{impl:18} failed: {r['error']}")
             continue
         ratio = f"{r['images_per_s'] / ref:.2f}x" if ref else "-"
-        print(f"{impl:18} {r['images_per_s']:9.2f} {r['seconds'] / args.steps:7.2f} "
-              f"{r['first_step_s']:10.1f} {ratio:>8}")
+        print(
+            f"{impl:18} {r['images_per_s']:9.2f} {r['seconds'] / args.steps:7.2f} "
+            f"{r['first_step_s']:10.1f} {ratio:>8}"
+        )
     print("(ratio = images/s over the plain PyTorch transformers loop; > 1 is faster)")
     if args.json:
         with open(args.json, "w") as f:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 5 in one command, for a session that has the device tool.
-# The device machine has torch, JAX and transformers but not keras: carry the wheels.
-# Here, once:
+# The GPU checks in one command: the suite on GPU, bf16 parity and the GPU benchmark matrix.
+# Written for a GPU machine without network access that has torch, JAX and transformers
+# but not keras: download the wheels on a machine with network, once:
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 -d .whl keras==3.15.1 namex optree rich timm
-# then, with the device tool:  run(command="bash benchmarks/gpu_session.sh", carry=[".whl"])
+# then copy the checkout with .whl/ to the GPU machine and run  bash benchmarks/gpu_session.sh
+# (results go to $OUT, default /tmp/out).
 # TensorFlow cannot be carried, so TF-on-GPU stays unverified.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

@@ -12,7 +12,7 @@ For each config, two processes run the same ``MSNPretrainer.fit`` steps:
   memory (no augmentation work during ``fit``).
 
 Both time ``--steps`` steps after one warm-up epoch of compile; the ratio
-pipeline / prebuilt seconds per step is the pipeline's overhead (issue 12: <= 1.10).
+pipeline / prebuilt seconds per step is the pipeline's overhead (aim: <= 1.10).
 Configs: ``demo`` (the digits demo's recipe and images) and ``vits16`` (the
 msn_vits16 recipe, ViT-S/16 at batch 8, on ``--images`` random 256x256 JPEGs).
 """
@@ -32,7 +32,9 @@ def setup(config, images_dir, num_images):
     from keras_vitmsn.msn.training import build_msn_training
 
     if config == "demo":
-        from keras_vitmsn.demos.msn_digits import demo_backbone, demo_config, load_digits_images
+        from keras_vitmsn.demos.msn_digits import demo_backbone
+        from keras_vitmsn.demos.msn_digits import demo_config
+        from keras_vitmsn.demos.msn_digits import load_digits_images
 
         recipe = demo_config()
         images, _ = load_digits_images(recipe["global_size"])
@@ -71,7 +73,9 @@ def write_images(folder, count):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", nargs="+", default=["demo", "vits16"], choices=["demo", "vits16"])
+    parser.add_argument(
+        "--config", nargs="+", default=["demo", "vits16"], choices=["demo", "vits16"]
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -81,27 +85,49 @@ def main():
         args.config = args.config[0]
         return worker(args)
 
+    import keras_vitmsn
+
+    keras_vitmsn.setup_tensorflow()  # oneDNN on, as the CLI has it
     import keras
 
     with tempfile.TemporaryDirectory() as folder:
         write_images(folder, args.images)
-        print(f"MSN input pipeline vs pre-built views, backend {keras.backend.backend()}, "
-              f"{os.cpu_count()} CPUs, {args.steps} timed steps after warm-up")
+        print(
+            f"MSN input pipeline vs pre-built views, backend {keras.backend.backend()}, "
+            f"{os.cpu_count()} CPUs, {args.steps} timed steps after warm-up"
+        )
         print(f"{'config':<8}{'pipeline s/step':>17}{'prebuilt s/step':>17}{'ratio':>8}")
         for config in args.config:
             result = {}
             for side in ("prebuilt", "pipeline"):
-                command = [sys.executable, os.path.abspath(__file__), "--worker", side,
-                           "--config", config, "--steps", str(args.steps),
-                           "--images", str(args.images), "--images-dir", folder]
-                out = subprocess.run(command, capture_output=True, text=True,
-                                     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-                lines = [l for l in out.stdout.splitlines() if l.startswith(MARK)]
+                command = [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    "--worker",
+                    side,
+                    "--config",
+                    config,
+                    "--steps",
+                    str(args.steps),
+                    "--images",
+                    str(args.images),
+                    "--images-dir",
+                    folder,
+                ]
+                out = subprocess.run(
+                    command,
+                    capture_output=True,
+                    text=True,
+                    env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                )
+                lines = [line for line in out.stdout.splitlines() if line.startswith(MARK)]
                 if out.returncode or not lines:
                     raise RuntimeError(f"{config}/{side} failed:\n{out.stderr[-3000:]}")
-                result[side] = json.loads(lines[-1][len(MARK):])["s_per_step"]
-            print(f"{config:<8}{result['pipeline']:>17.3f}{result['prebuilt']:>17.3f}"
-                  f"{result['pipeline'] / result['prebuilt']:>8.2f}")
+                result[side] = json.loads(lines[-1][len(MARK) :])["s_per_step"]
+            print(
+                f"{config:<8}{result['pipeline']:>17.3f}{result['prebuilt']:>17.3f}"
+                f"{result['pipeline'] / result['prebuilt']:>8.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
     python benchmarks/msn_step_benchmark.py [--model vit_msn_small] [--batch 8]
         [--image 224] [--focal 96] [--num-focal 10] [--rounds 5] [--round-seconds 20]
-        [--impls keras-jax keras-jax-cpumem keras-torch keras-torch-addmm keras-tensorflow torch-msn]
+        [--impls keras-jax keras-jax-cpumem keras-torch keras-torch-addmm keras-tensorflow \
+         torch-msn]
 
 One step = the MSN recipe's step at vits16 settings: the unmasked target view through
 the EMA target encoder and head (no gradient), one masked anchor view at ``--image``
@@ -68,6 +69,9 @@ def views_numpy(args, seed=0):
 
 
 def keras_setup(args):
+    import keras_vitmsn
+
+    keras_vitmsn.setup_tensorflow()  # oneDNN on, as the CLI has it
     import keras
 
     import keras_vitmsn as kv
@@ -98,19 +102,29 @@ def torch_setup(args):
     import torch
     import torch.nn.functional as F
     from torch import nn
-    from transformers import ViTMSNConfig, ViTMSNModel
+    from transformers import ViTMSNConfig
+    from transformers import ViTMSNModel
 
     torch.manual_seed(0)
     arch = architecture(args.model)
     config = ViTMSNConfig(
-        image_size=args.image, patch_size=arch["patch_size"], hidden_size=arch["hidden_dim"],
-        num_hidden_layers=arch["num_layers"], num_attention_heads=arch["num_heads"],
-        intermediate_size=arch["intermediate_dim"], attn_implementation="sdpa",
+        image_size=args.image,
+        patch_size=arch["patch_size"],
+        hidden_size=arch["hidden_dim"],
+        num_hidden_layers=arch["num_layers"],
+        num_attention_heads=arch["num_heads"],
+        intermediate_size=arch["intermediate_dim"],
+        attn_implementation="sdpa",
     )
     encoder = ViTMSNModel(config)
     head = nn.Sequential(
-        nn.Linear(arch["hidden_dim"], 2048), nn.BatchNorm1d(2048), nn.GELU(),
-        nn.Linear(2048, 2048), nn.BatchNorm1d(2048), nn.GELU(), nn.Linear(2048, 256),
+        nn.Linear(arch["hidden_dim"], 2048),
+        nn.BatchNorm1d(2048),
+        nn.GELU(),
+        nn.Linear(2048, 2048),
+        nn.BatchNorm1d(2048),
+        nn.GELU(),
+        nn.Linear(2048, 256),
     )
     prototypes = nn.Parameter(torch.randn(1024, 256) * 0.02)
     target_encoder, target_head = copy.deepcopy(encoder), copy.deepcopy(head)
@@ -119,11 +133,14 @@ def torch_setup(args):
     online = list(encoder.parameters()) + list(head.parameters())
     decay = [p for p in online if p.ndim > 1]
     no_decay = [p for p in online if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([
-        {"params": decay, "weight_decay": 0.04},
-        {"params": no_decay, "weight_decay": 0.0},
-        {"params": [prototypes], "weight_decay": 0.0},
-    ], lr=1e-3)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": 0.04},
+            {"params": no_decay, "weight_decay": 0.0},
+            {"params": [prototypes], "weight_decay": 0.0},
+        ],
+        lr=1e-3,
+    )
     num_patches = (args.image // arch["patch_size"]) ** 2
     keep = int(num_patches * (1 - 0.15))
 
@@ -169,16 +186,21 @@ def torch_setup(args):
         with torch.no_grad():
             targets = target_head(cls_token(target_encoder, target, drop=False))
         # One head call per resolution: BatchNorm statistics per group, as the original.
-        anchors = torch.cat([head(cls_token(encoder, anchor, drop=True)),
-                             head(cls_token(encoder, focal, drop=False))])
+        anchors = torch.cat(
+            [
+                head(cls_token(encoder, anchor, drop=True)),
+                head(cls_token(encoder, focal, drop=False)),
+            ]
+        )
         loss = loss_fn(anchors, targets, 1 + args.num_focal)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(online, 3.0)
         optimizer.step()
         with torch.no_grad():
-            for t, o in zip(list(target_encoder.parameters()) + list(target_head.parameters()),
-                            online):
+            for t, o in zip(
+                list(target_encoder.parameters()) + list(target_head.parameters()), online
+            ):
                 t.mul_(0.996).add_(o.detach(), alpha=0.004)
         loss.item()
 
@@ -209,8 +231,9 @@ def main():
     parser.add_argument("--num-focal", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--round-seconds", type=float, default=20.0)
-    parser.add_argument("--impls", nargs="+",
-                        default=["keras-jax", "keras-torch", "keras-tensorflow", REFERENCE])
+    parser.add_argument(
+        "--impls", nargs="+", default=["keras-jax", "keras-torch", "keras-tensorflow", REFERENCE]
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -223,13 +246,14 @@ def main():
             f"--{k.replace('_', '-')}={getattr(args, k)}"
             for k in ("model", "batch", "image", "focal", "num_focal", "round_seconds")
         ]
-        procs[impl] = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       text=True, bufsize=1, env=env)
+        procs[impl] = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env
+        )
 
     def read(impl):
         for line in procs[impl].stdout:
             if line.startswith(MARK):
-                return json.loads(line[len(MARK):])
+                return json.loads(line[len(MARK) :])
         raise RuntimeError(f"{impl} exited with {procs[impl].wait()}")
 
     # One at a time: every worker builds and compiles while the others wait.
@@ -245,13 +269,23 @@ def main():
         procs[impl].stdin.flush()
         procs[impl].wait(timeout=120)
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    print(f"MSN step, {args.model}, batch {args.batch}: target + masked anchor at "
-          f"{args.image}, {args.num_focal} focal at {args.focal}, float32; {os.cpu_count()} "
-          f"CPUs ({cpu}); {args.rounds} interleaved rounds of {args.round_seconds:.0f} s")
-    print(f"{'implementation':<18}{'steps/s':>9}{'s/step':>9}{'vs ' + REFERENCE:>14}"
-          f"{'rounds min-max':>16}{'first step s':>14}")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    print(
+        f"MSN step, {args.model}, batch {args.batch}: target + masked anchor at "
+        f"{args.image}, {args.num_focal} focal at {args.focal}, float32; {os.cpu_count()} "
+        f"CPUs ({cpu}); {args.rounds} interleaved rounds of {args.round_seconds:.0f} s"
+    )
+    print(
+        f"{'implementation':<18}{'steps/s':>9}{'s/step':>9}{'vs ' + REFERENCE:>14}"
+        f"{'rounds min-max':>16}{'first step s':>14}"
+    )
     for impl in args.impls:
         median = statistics.median(rates[impl])
         ratio = spread = ""
@@ -260,7 +294,9 @@ def main():
             ratios = [a / b for a, b in zip(rates[impl], rates[REFERENCE])]
             ratio = f"{statistics.median(ratios):.3f}"
             spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
-        print(f"{impl:<18}{median:>9.3f}{1 / median:>9.2f}{ratio:>14}{spread:>16}{first[impl]:>14.1f}")
+        print(
+            f"{impl:<18}{median:>9.3f}{1 / median:>9.2f}{ratio:>14}{spread:>16}{first[impl]:>14.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,11 @@ import workers  # noqa: E402
 
 def build(args):
     ns = types.SimpleNamespace(task=args.task, batch=args.batch, dtype=args.dtype, model=args.model)
-    ns.impl = "keras-" + os.environ.get("KERAS_BACKEND", "tensorflow") if args.impl == "keras" else args.impl
+    ns.impl = (
+        "keras-" + os.environ.get("KERAS_BACKEND", "tensorflow")
+        if args.impl == "keras"
+        else args.impl
+    )
     step, sync, *_ = workers.setup(ns, workers.architecture(args.model))
     return step, sync
 
@@ -48,7 +52,9 @@ def xplane_table(trace_dir, steps, thread_prefixes):
                 continue
             for event in line.events:
                 # Executor bookkeeping spans whole steps or marks instants; skip it.
-                if event.name.startswith(("ThunkExecutor", "Slinky", "ThreadpoolListener", "end: ")):
+                if event.name.startswith(
+                    ("ThunkExecutor", "Slinky", "ThreadpoolListener", "end: ")
+                ):
                     continue
                 name = event.name.split(":")[-1]  # TF names events "op_name:OpType"
                 if name == "Process":
@@ -61,12 +67,18 @@ def xplane_table(trace_dir, steps, thread_prefixes):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("impl", help="keras (backend from KERAS_BACKEND), hf-sdpa, hf-eager or timm")
+    parser.add_argument(
+        "impl", help="keras (backend from KERAS_BACKEND), hf-sdpa, hf-eager or timm"
+    )
     parser.add_argument("--task", default="train", choices=["infer", "train"])
     parser.add_argument("--model", default="vit_msn_small")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="as run.py: the compute dtype for inference, mixed_* for training")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="as run.py: the compute dtype for inference, mixed_* for training",
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--top-individual", type=int, default=0)
     args = parser.parse_args(argv)
@@ -77,17 +89,23 @@ def main(argv=None):
     start = time.perf_counter()
     for _ in range(3):
         sync(step())
-    print(f"{args.impl} {args.task}: {(time.perf_counter() - start) / 3 * 1e3:.0f} ms/step unprofiled")
+    print(
+        f"{args.impl} {args.task}: {(time.perf_counter() - start) / 3 * 1e3:.0f} ms/step unprofiled"
+    )
 
     backend = os.environ.get("KERAS_BACKEND", "tensorflow") if args.impl == "keras" else "torch"
     steps = 2
     if backend == "torch":
-        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile
 
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(steps):
                 sync(step())
-        rows = [(e.key, e.self_cpu_time_total / 1e3 / steps, e.count // steps) for e in prof.key_averages()]
+        rows = [
+            (e.key, e.self_cpu_time_total / 1e3 / steps, e.count // steps)
+            for e in prof.key_averages()
+        ]
         single = {}
     else:
         trace_dir = tempfile.mkdtemp(prefix="profile_step_")

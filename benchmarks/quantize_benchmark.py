@@ -23,6 +23,9 @@ import time
 
 
 def worker(args):
+    import keras_vitmsn
+
+    keras_vitmsn.setup_tensorflow()  # oneDNN on, as the CLI has it
     import keras
     import numpy as np
 
@@ -75,13 +78,24 @@ def main():
     if args.worker:
         return worker(args)
 
+    import keras_vitmsn
+
+    keras_vitmsn.setup_tensorflow()  # oneDNN on, as the CLI has it
     import keras
 
     rows = []
     for variant in ["float32"] + args.modes:
         command = [
-            sys.executable, os.path.abspath(__file__), "--worker", variant,
-            "--model", args.model, "--batch", str(args.batch), "--repeats", str(args.repeats),
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            variant,
+            "--model",
+            args.model,
+            "--batch",
+            str(args.batch),
+            "--repeats",
+            str(args.repeats),
         ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
@@ -94,10 +108,14 @@ def main():
         f"{args.model}, batch {args.batch}, backend {keras.backend.backend()}, "
         f"keras {keras.__version__}, {os.cpu_count()} CPUs, median of {args.repeats}"
     )
-    print(f"{'variant':<8} {'.keras MB':>10} {'size ratio':>10} {'ms/batch':>10} {'speed-up':>9} {'quantize s':>11}")
+    print(
+        f"{'variant':<8} {'.keras MB':>10} {'size ratio':>10} {'ms/batch':>10} "
+        f"{'speed-up':>9} {'quantize s':>11}"
+    )
     for row in rows:
         print(
-            f"{row['variant']:<8} {row['size_mb']:>10.1f} {row['size_mb'] / base['size_mb']:>10.2f} "
+            f"{row['variant']:<8} {row['size_mb']:>10.1f} "
+            f"{row['size_mb'] / base['size_mb']:>10.2f} "
             f"{1000 * row['median_s']:>10.0f} {base['median_s'] / row['median_s']:>9.2f} "
             f"{row['quantize_s']:>11.1f}"
         )

@@ -24,7 +24,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -40,8 +39,15 @@ REFERENCE = "hf-sdpa"
 # keras-torch takes oneDNN's on AMD CPUs (keras_vitmsn/backend/torch_gemm.py).
 # keras-torch-compile: torch with Keras' jit_compile=True (torch.compile): no per-layer
 # Python overhead in the step, at the price of a long first call (opt-in, as in Keras).
-KERAS_IMPLS = ("keras-jax", "keras-jax-cpumem", "keras-torch", "keras-torch-addmm", "keras-torch-compile",
-               "keras-tensorflow", "keras-tensorflow-xla")
+KERAS_IMPLS = (
+    "keras-jax",
+    "keras-jax-cpumem",
+    "keras-torch",
+    "keras-torch-addmm",
+    "keras-torch-compile",
+    "keras-tensorflow",
+    "keras-tensorflow-xla",
+)
 TORCH_IMPLS = ("hf-sdpa", "hf-eager", "timm", "timm-compile")
 MARK = workers.MARK
 
@@ -50,9 +56,19 @@ class Worker:
     def __init__(self, impl, args):
         env = workers.worker_env(impl)
         command = [
-            sys.executable, os.path.join(HERE, "workers.py"), impl,
-            "--model", args.model, "--task", args.task, "--batch", str(args.batch),
-            "--dtype", args.dtype, "--round-seconds", str(args.round_seconds),
+            sys.executable,
+            os.path.join(HERE, "workers.py"),
+            impl,
+            "--model",
+            args.model,
+            "--task",
+            args.task,
+            "--batch",
+            str(args.batch),
+            "--dtype",
+            args.dtype,
+            "--round-seconds",
+            str(args.round_seconds),
         ]
         self.impl = impl
         self.proc = subprocess.Popen(
@@ -63,7 +79,7 @@ class Worker:
     def _read(self):
         for line in self.proc.stdout:
             if line.startswith(MARK):
-                return json.loads(line[len(MARK):])
+                return json.loads(line[len(MARK) :])
         raise RuntimeError(f"{self.impl}: worker exited (code {self.proc.wait()}) without a result")
 
     def ask(self, command):
@@ -96,7 +112,9 @@ def summarise(args, results, order):
             "memory_kind": res["final"]["memory_kind"],
         }
         if ref and "rounds" in ref:
-            ratios = [a["images_per_s"] / b["images_per_s"] for a, b in zip(res["rounds"], ref["rounds"])]
+            ratios = [
+                a["images_per_s"] / b["images_per_s"] for a, b in zip(res["rounds"], ref["rounds"])
+            ]
             row["ratio_vs_" + REFERENCE] = statistics.median(ratios)
         flops = res["info"].get("flops_per_image")
         peak = res["info"].get("device_peak_flops")
@@ -110,9 +128,11 @@ def markdown(args, rows, meta):
     lines = [
         f"### {args.model}, {args.task}, batch {args.batch}, {args.dtype} — {meta['device']}",
         "",
-        f"{meta['date']}; {meta['versions']}; {args.rounds} interleaved rounds of ~{args.round_seconds}s.",
+        f"{meta['date']}; {meta['versions']}; "
+        f"{args.rounds} interleaved rounds of ~{args.round_seconds}s.",
         "",
-        f"| implementation | images/s | ratio vs {REFERENCE} | first call (s) | peak memory (MB) | MFU |",
+        f"| implementation | images/s | ratio vs {REFERENCE} | first call (s) "
+        "| peak memory (MB) | MFU |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
@@ -144,18 +164,33 @@ def versions():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="vit_msn_small",
-                        choices=["vit_msn_small", "vit_msn_base", "vit_msn_large", "vit_msn_base_4", "vit_msn_large_7"])
+    parser.add_argument(
+        "--model",
+        default="vit_msn_small",
+        choices=[
+            "vit_msn_small",
+            "vit_msn_base",
+            "vit_msn_large",
+            "vit_msn_base_4",
+            "vit_msn_large_7",
+        ],
+    )
     parser.add_argument("--task", default="infer", choices=["infer", "train"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--backends", default="jax,torch,tensorflow,tensorflow-xla",
-                        help="Keras backends, comma separated (tensorflow-xla: TF with jit_compile=True; "
-                        "jax-cpumem: JAX with keras_vitmsn.backend.jax_cpu_memory.enable(); torch-addmm: torch "
-                        "with KERAS_VITMSN_TORCH_CPU_GEMM=addmm; torch-compile: torch with "
-                        "jit_compile=True).")
-    parser.add_argument("--references", default=",".join(TORCH_IMPLS),
-                        help=f"Reference implementations, comma separated, from {TORCH_IMPLS}.")
+    parser.add_argument(
+        "--backends",
+        default="jax,torch,tensorflow,tensorflow-xla",
+        help="Keras backends, comma separated (tensorflow-xla: TF with jit_compile=True; "
+        "jax-cpumem: JAX with keras_vitmsn.backend.jax_cpu_memory.enable(); torch-addmm: torch "
+        "with KERAS_VITMSN_TORCH_CPU_GEMM=addmm; torch-compile: torch with "
+        "jit_compile=True).",
+    )
+    parser.add_argument(
+        "--references",
+        default=",".join(TORCH_IMPLS),
+        help=f"Reference implementations, comma separated, from {TORCH_IMPLS}.",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--round-seconds", type=float, default=3.0)
     parser.add_argument("--output-dir", default=os.path.join(HERE, "results"))
@@ -166,7 +201,9 @@ def main(argv=None):
     ]
     for impl in order:
         if impl not in KERAS_IMPLS + TORCH_IMPLS:
-            parser.error(f"unknown implementation {impl!r}; choose from {KERAS_IMPLS + TORCH_IMPLS}")
+            parser.error(
+                f"unknown implementation {impl!r}; choose from {KERAS_IMPLS + TORCH_IMPLS}"
+            )
 
     results = {}
     live = {}
@@ -189,8 +226,11 @@ def main(argv=None):
         for impl, worker in live.items():
             res = worker.ask("round")
             results[impl]["rounds"].append(res)
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-            f"{i} {results[i]['rounds'][-1]['images_per_s']:.1f}" for i in live), flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{i} {results[i]['rounds'][-1]['images_per_s']:.1f}" for i in live),
+            flush=True,
+        )
     for impl, worker in live.items():
         results[impl]["final"] = worker.close()
 

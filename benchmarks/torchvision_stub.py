@@ -51,6 +51,7 @@ def import_timm():
     """
     try:
         import torchvision  # noqa: F401
+
         used_stub = False
     except Exception:  # noqa: BLE001 - any failure means: use the stub
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:

@@ -57,7 +57,12 @@ def forward_flops_per_image(arch):
     (q, k, v, output projections: 8TD^2; MLP: 4TDI; scores and weighted sum: 4T^2D;
     patch embedding: 2N*3p^2*D.) Training counts 3x the forward pass.
     """
-    d, i, layers, p = arch["hidden_dim"], arch["intermediate_dim"], arch["num_layers"], arch["patch_size"]
+    d, i, layers, p = (
+        arch["hidden_dim"],
+        arch["intermediate_dim"],
+        arch["num_layers"],
+        arch["patch_size"],
+    )
     n = (IMAGE_SIZE // p) ** 2
     t = n + 1
     return layers * (8 * t * d * d + 4 * t * d * i + 4 * t * t * d) + 2 * n * 3 * p * p * d
@@ -68,6 +73,7 @@ def peak_rss_mb():
 
 
 # --- Keras ------------------------------------------------------------------------------
+
 
 def keras_setup(args, arch):
     import keras
@@ -85,7 +91,9 @@ def keras_setup(args, arch):
     if args.task == "infer":
         policy = args.dtype
     else:
-        policy = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[args.dtype]
+        policy = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[
+            args.dtype
+        ]
     rng = np.random.default_rng(0)
     images = keras.ops.convert_to_tensor(
         rng.standard_normal((args.batch, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
@@ -144,18 +152,22 @@ def keras_setup(args, arch):
 
             def gpu_peak():
                 return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+
     # predict_on_batch / train_on_batch return host values, which synchronises.
     return step, sync, device, gpu_peak
 
 
 # --- PyTorch references -----------------------------------------------------------------
 
+
 def torch_setup(args, arch, impl):
     import torch
 
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        args.dtype
+    ]
     torch.manual_seed(0)
     heads = NUM_CLASSES if args.task == "train" else 0
     if impl.startswith("hf-"):
@@ -240,7 +252,8 @@ def torch_setup(args, arch, impl):
 
 
 def setup(args, arch):
-    """``(step, sync, device, gpu_peak)`` for ``args.impl`` (keras-<backend>[-xla|-cpumem|-addmm|-compile] or a reference)."""
+    """``(step, sync, device, gpu_peak)`` for ``args.impl``
+    (keras-<backend>[-xla|-cpumem|-addmm|-compile] or a reference)."""
     if args.impl.startswith("keras-"):
         return keras_setup(args, arch)
     return torch_setup(args, arch, args.impl)
@@ -255,6 +268,11 @@ def main():
     parser.add_argument("--dtype", required=True)
     parser.add_argument("--round-seconds", type=float, default=3.0)
     args = parser.parse_args()
+    if args.impl.startswith("keras-"):
+        import keras_vitmsn
+
+        # Before anything imports keras: oneDNN on for TensorFlow, as the CLI has it.
+        keras_vitmsn.setup_tensorflow()
     arch = architecture(args.model)
     try:
         step, sync, device, gpu_peak = setup(args, arch)
@@ -266,8 +284,19 @@ def main():
         emit({"error": f"{type(exc).__name__}: {exc}"[:300]})
         return 1
     flops = forward_flops_per_image(arch) * (3 if args.task == "train" else 1)
-    peak = next((v for k, v in GPU_BF16_PEAK.items() if k in device), None) if device != "cpu" else None
-    emit({"first_call_s": first_call, "device": device, "flops_per_image": flops, "device_peak_flops": peak})
+    peak = (
+        next((v for k, v in GPU_BF16_PEAK.items() if k in device), None)
+        if device != "cpu"
+        else None
+    )
+    emit(
+        {
+            "first_call_s": first_call,
+            "device": device,
+            "flops_per_image": flops,
+            "device_peak_flops": peak,
+        }
+    )
     for line in sys.stdin:
         command = line.strip()
         if command == "round":

@@ -1,68 +1,85 @@
-"""ViT-MSN (Masked Siamese Networks) vision transformers for Keras 3."""
+"""ViT-MSN (Masked Siamese Networks) vision transformers for Keras 3.
 
-import os as _os
+Importing the package changes nothing in the process (no environment variables, import
+hooks, warnings filters, log levels or Keras settings) and, when keras is not imported
+yet, does not import it: the names below load on first use (PEP 562). That leaves a
+script free to call :func:`setup_tensorflow` before keras imports TensorFlow, and
+keeps ``keras-vitmsn --version`` fast.
 
-# TensorFlow turns its oneDNN kernels on by default only on some x86 CPUs; on others
-# (the AVX2-only AMD EPYC this project is measured on) MatMul runs on Eigen, and
-# vit_msn_small trained 1.4x slower (2.37 vs 1.71 s per batch of 8) and inferred
-# 1.4x slower. TensorFlow reads the switch once, when it is first imported, so it
-# is set here, before keras imports its backend; a value the user set wins, and it
-# has no effect if TensorFlow was imported first. JAX and PyTorch ignore it.
-_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-# TensorFlow (loaded by every backend for tf.data and the augmentation pipeline) writes
-# C++ log lines to stderr that no user of this package can act on: the oneDNN banner
-# and "Could not find cuda drivers" at import, "failed call to cuInit" at the first op
-# on a CPU machine. Level 3 hides all of them (real failures still raise Python
-# exceptions); a level the user set wins (e.g. TF_CPP_MIN_LOG_LEVEL=0 to debug), and
-# so does JAX's default of 1 when JAX was imported first. absl prints the import-time
-# lines before any level applies, so a one-shot hook on TensorFlow's first import
-# applies the level to them (quiet_tensorflow). Like the switch above, neither has any
-# effect if TensorFlow was imported first.
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+When keras is already imported there is nothing to defer, so the package loads its API
+at once, as a plain import would: Keras finds this package's saved classes
+(``keras.saving.load_model``) only once the modules that register them are loaded.
+"""
 
-from keras_vitmsn import environment as _quiet_tensorflow  # noqa: E402
+import importlib
+import importlib.util
+import sys
 
-_quiet_tensorflow.install()
-
-import functools as _functools
-import warnings as _warnings
-
-from keras_vitmsn import layers
-from keras_vitmsn import lowshot
-from keras_vitmsn import msn
-from keras_vitmsn.models.backbone import ViTMSNBackbone
-from keras_vitmsn.models.classifier import ViTMSNClassifier
-from keras_vitmsn.models.class_names import decode_predictions
-from keras_vitmsn.models.feature_extractor import ViTMSNFeatureExtractor
-from keras_vitmsn.images.converter import ViTMSNImageConverter
-from keras_vitmsn import conversion
-from keras_vitmsn import presets
-from keras_vitmsn.presets.convert import convert_to_preset
+from keras_vitmsn.environment import setup_tensorflow
 from keras_vitmsn.errors import CheckpointError
 from keras_vitmsn.errors import MissingHeadError
 from keras_vitmsn.errors import PresetDownloadError
-from keras_vitmsn.msn.head_state import load_msn_pretraining_state
-from keras_vitmsn.layers.resampling import resample_position_embeddings
 from keras_vitmsn.version import __version__
 
+# Public name -> the module that defines it.
+_LAZY_NAMES = {
+    "ViTMSNBackbone": "keras_vitmsn.models.backbone",
+    "ViTMSNClassifier": "keras_vitmsn.models.classifier",
+    "ViTMSNFeatureExtractor": "keras_vitmsn.models.feature_extractor",
+    "ViTMSNImageConverter": "keras_vitmsn.images.converter",
+    "convert_to_preset": "keras_vitmsn.presets.convert",
+    "decode_predictions": "keras_vitmsn.models.class_names",
+    "load_msn_pretraining_state": "keras_vitmsn.msn.head_state",
+    "resample_position_embeddings": "keras_vitmsn.layers.resampling",
+}
+_SUBPACKAGES = ("conversion", "images", "layers", "lowshot", "models", "msn", "presets")
 
-def _moved(function, old):
-    @_functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        _warnings.warn(
-            f"{old} is deprecated: use keras_vitmsn.{function.__name__} (conversion/ now "
-            "reads checkpoint formats only).",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return function(*args, **kwargs)
+__all__ = [
+    "CheckpointError",
+    "MissingHeadError",
+    "PresetDownloadError",
+    "ViTMSNBackbone",
+    "ViTMSNClassifier",
+    "ViTMSNFeatureExtractor",
+    "ViTMSNImageConverter",
+    "__version__",
+    "convert_to_preset",
+    "decode_predictions",
+    "load_msn_pretraining_state",
+    "resample_position_embeddings",
+    "setup_tensorflow",
+    *_SUBPACKAGES,
+]
 
-    return wrapper
+
+def __getattr__(name):
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    elif _is_submodule(name):
+        # Any submodule, public or internal (kv.utils, kv.backend), as after an
+        # eager import of it.
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
-# Their old home, kept for existing code; set here, at the top of the package, so that
-# conversion/ never imports the presets and models that build on it.
-conversion.convert_to_preset = _moved(convert_to_preset, "keras_vitmsn.conversion.convert_to_preset")
-conversion.load_msn_pretraining_state = _moved(
-    load_msn_pretraining_state, "keras_vitmsn.conversion.load_msn_pretraining_state"
-)
+def _is_submodule(name):
+    if name.startswith("_") or not name.isidentifier():  # never __main__: it runs the CLI
+        return False
+    return importlib.util.find_spec(f"{__name__}.{name}") is not None
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+def _load_all():
+    """Import every public name now (registering the Keras classes for load_model)."""
+    for name in __all__:
+        getattr(sys.modules[__name__], name)
+
+
+if "keras" in sys.modules:
+    _load_all()

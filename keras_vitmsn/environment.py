@@ -1,18 +1,24 @@
-"""Make ``TF_CPP_MIN_LOG_LEVEL`` apply to TensorFlow's import-time log lines too.
+"""TensorFlow's process-wide settings, applied only when asked: :func:`setup_tensorflow`.
 
-TensorFlow (which every backend loads for ``tf.data`` and the MSN augmentation) logs
-through absl. What it logs while its shared libraries load, before absl is initialised,
-goes to stderr whatever ``TF_CPP_MIN_LOG_LEVEL`` says (abseil/abseil-cpp#1718): the
-oneDNN banner and "Could not find cuda drivers" (INFO), each after absl's "All log
-messages before absl::InitializeLog() ..." preamble, twice (two libraries). Later lines
-("failed call to cuInit", an ERROR at the first op on a CPU machine) do obey the level.
+Importing keras_vitmsn changes nothing in the process. TensorFlow (which every backend
+loads for ``tf.data`` and the MSN augmentation) reads two environment variables once,
+at its first import, and this package's users usually want both:
 
-:func:`install` puts a one-shot import hook on ``sys.meta_path``: when ``tensorflow`` is
-first imported, by anyone, its import runs with file descriptor 2 redirected to a
-temporary file; afterwards everything captured is written back to stderr except the
-absl lines below the level in force then (0: all pass; 1: INFO and the preamble are
-dropped; 2: also WARNING; 3: also ERROR). FATAL lines, Python warnings and tracebacks
-always pass.
+- ``TF_ENABLE_ONEDNN_OPTS=1``: TensorFlow turns its oneDNN kernels on by default only on
+  some x86 CPUs; elsewhere (an AVX2-only AMD EPYC, say) MatMul runs on Eigen, and
+  vit_msn_small trains and infers 1.4x slower.
+- ``TF_CPP_MIN_LOG_LEVEL=3``: hides the C++ lines no user can act on (the oneDNN banner
+  and "Could not find cuda drivers" at import, "failed call to cuInit" at the first op
+  on a CPU machine); real failures still raise Python exceptions.
+
+What TensorFlow logs while its shared libraries load, before absl is initialised, goes
+to stderr whatever ``TF_CPP_MIN_LOG_LEVEL`` says (abseil/abseil-cpp#1718), each time
+after absl's "All log messages before absl::InitializeLog() ..." preamble. So
+:func:`setup_tensorflow` also puts a one-shot finder on ``sys.meta_path``: TensorFlow's
+first import, by anyone, runs with file descriptor 2 redirected to a temporary file;
+afterwards everything captured is written back to stderr except the absl lines below
+the level in force then (0: all pass; 1: INFO and the preamble are dropped; 2: also
+WARNING; 3: also ERROR). FATAL lines, Python warnings and tracebacks always pass.
 
 Example:
 >>> _is_hidden(b"I0000 00:00:1795995325.565805    5911 cudart_stub.cc:31] Could not", 1)
@@ -28,12 +34,59 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 
 # absl's prefix: severity, MMDD, time (hh:mm:ss.micro; "00:00:<epoch seconds>" before
 # absl's clock is set up), thread id, file:line].
 _ABSL_LINE = re.compile(rb"^([IWE])\d{4} [\d:.]+ +\d+ [^ \]]+:\d+\] ")
 _SEVERITY = {b"I": 0, b"W": 1, b"E": 2}
 _ABSL_PREAMBLE = b"WARNING: All log messages before absl::InitializeLog() is called"
+
+
+def setup_tensorflow(quiet=True, onednn=True):
+    """Set TensorFlow up for this process: oneDNN kernels on, start-up log lines hidden.
+
+    The one explicit call that configures anything: importing keras_vitmsn does not.
+    Call it first thing, before ``import keras`` (with the TensorFlow backend keras
+    imports TensorFlow, which reads these settings only at its first import). It
+    imports neither keras nor TensorFlow. The ``keras-vitmsn`` command line calls it
+    for its own process.
+
+    A value already in the environment wins over the defaults set here (e.g.
+    ``TF_CPP_MIN_LOG_LEVEL=0`` to see every line while debugging, or JAX's default of 1,
+    which it sets when imported).
+
+    Args:
+        quiet: default ``TF_CPP_MIN_LOG_LEVEL`` to 3, and apply the level in force to
+            the lines TensorFlow's first import writes to stderr.
+        onednn: default ``TF_ENABLE_ONEDNN_OPTS`` to 1 (oneDNN kernels on every x86
+            CPU). JAX and PyTorch ignore it.
+
+    Returns:
+        True when the settings will apply. False when TensorFlow is already imported:
+        then nothing is changed, and a ``RuntimeWarning`` says so.
+
+    Example (the first lines of a script):
+    >>> import keras_vitmsn
+    >>> keras_vitmsn.setup_tensorflow()  # doctest: +SKIP
+    True
+    >>> import keras  # TensorFlow starts quietly, with oneDNN on
+    """
+    if "tensorflow" in sys.modules:
+        warnings.warn(
+            "keras_vitmsn.setup_tensorflow() changed nothing: TensorFlow is already "
+            "imported and reads its settings only at its first import. Call it before "
+            "importing keras (or anything that imports TensorFlow).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    if onednn:
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    if quiet:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        _filter_first_import("tensorflow")
+    return True
 
 
 def _min_log_level():
@@ -118,26 +171,25 @@ class _filtered_stderr:
             os.dup2(self._saved, 2)
             os.close(self._saved)
         self._capture.seek(0)
-        kept = [line for line in self._capture.read().splitlines(keepends=True)
-                if not _is_hidden(line, self.level)]
+        kept = [
+            line
+            for line in self._capture.read().splitlines(keepends=True)
+            if not _is_hidden(line, self.level)
+        ]
         self._capture.close()
         data = b"".join(kept)
         while data:
-            data = data[os.write(2, data):]
+            data = data[os.write(2, data) :]
         return False
 
 
-def install(module="tensorflow"):
-    """Filter the log lines of ``module``'s first import (no-op once it is loaded).
-
-    Returns True when the hook was installed.
-    """
+def _filter_first_import(module):
+    """Filter the log lines of ``module``'s first import (no-op once it is loaded)."""
     if module in sys.modules:
-        return False
+        return
     try:
         os.fstat(2)
     except OSError:  # no stderr file descriptor: nothing reaches a terminal anyway
-        return False
+        return
     if not any(isinstance(f, _QuietImportFinder) and f.name == module for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietImportFinder(module))
-    return True

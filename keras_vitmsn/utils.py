@@ -1,6 +1,10 @@
-"""Small helpers shared across the package: JSON files, atomic writes, output checks,
-argument checks, the Keras home folder, default model names and the ImageNet
-statistics."""
+"""Internal helpers shared across the package (not public API): JSON files, atomic
+writes, output checks, argument checks, the Keras home folder, default model names and
+the ImageNet statistics.
+
+keras is imported only where it is used: the command line reads its argument checks
+from here before it configures TensorFlow, which keras may import.
+"""
 
 import contextlib
 import json
@@ -9,7 +13,6 @@ import os
 import shutil
 import tempfile
 
-import keras
 import numpy as np
 
 from keras_vitmsn.errors import CheckpointError
@@ -102,6 +105,8 @@ def atomic_directory(target, replace=None):
 def default_name(name, base):
     """``name``, or a readable unique default: Keras would derive "vi_tmsn_backbone"
     from the class name."""
+    import keras
+
     if name:
         return name
     uid = keras.backend.get_uid(base)

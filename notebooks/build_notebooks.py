@@ -10,18 +10,20 @@ generated image folder, under the backend being tested.
 import os
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell
+from nbformat.v4 import new_markdown_cell
+from nbformat.v4 import new_notebook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-PARAMETERS = '''# Parameters (papermill / CI override this cell).
+PARAMETERS = """# Parameters (papermill / CI override this cell).
 PRESET = "vit_msn_small"   # a preset name, "hf://org/repo", or a local preset directory
 BACKEND = "jax"            # "jax", "torch" or "tensorflow"
 IMAGE_DIR = None           # a folder with one sub-folder per class; None generates a toy one
 INSTALL = True             # pip-install keras-vitmsn (turn off when it is installed)
-'''
+"""
 
-SETUP = '''import os, subprocess, sys
+SETUP = """import os, subprocess, sys
 
 # The backend must be chosen before keras is imported anywhere in the kernel.
 os.environ["KERAS_BACKEND"] = BACKEND
@@ -45,21 +47,26 @@ def detect_gpu():
     return tf.config.list_physical_devices("GPU")
 
 
-print("Keras", keras.__version__, "| backend", keras.backend.backend(), "| GPU:", detect_gpu() or "none")
-'''
+print("Keras", keras.__version__, "| backend", keras.backend.backend(),
+      "| GPU:", detect_gpu() or "none")
+"""
 
-DATA = '''from keras_vitmsn.images.data import ImageFolder, write_toy_image_folder
+DATA = """from keras_vitmsn.images.folders import ImageFolder, write_toy_image_folder
 
 if IMAGE_DIR is None:  # a small generated data set, so the notebook runs anywhere
     IMAGE_DIR = write_toy_image_folder("toy_images", num_classes=3, per_class=12, size=96)
 folder = ImageFolder(IMAGE_DIR)
 print(len(folder), "images,", folder.class_counts())
-'''
+"""
 
 
 def notebook(title, intro, cells):
     nb = new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     params = new_code_cell(PARAMETERS)
     params.metadata["tags"] = ["parameters"]
     nb.cells = [new_markdown_cell(f"# {title}\n\n{intro}"), params, new_code_cell(SETUP)]
@@ -74,31 +81,49 @@ QUICKSTART = notebook(
     "look at where the CLS token attends, and run the same model on another backend.",
     [
         ("code", DATA),
-        ("md", "## Load a preset\n\n`from_preset` downloads and converts the transformers "
-               "checkpoint once, then loads from the Keras cache. The image converter resizes "
-               "to 224x224 and normalises like the released processor."),
-        ("code", '''backbone = kv.ViTMSNBackbone.from_preset(PRESET)
+        (
+            "md",
+            "## Load a preset\n\n`from_preset` downloads and converts the transformers "
+            "checkpoint once, then loads from the Keras cache. The image converter resizes "
+            "to 224x224 and normalises like the released processor.",
+        ),
+        (
+            "code",
+            """backbone = kv.ViTMSNBackbone.from_preset(PRESET)
 converter = kv.ViTMSNImageConverter.from_preset(PRESET)
 size = backbone.image_shape[:2]
 images = folder.load(size)          # uint8, (n, height, width, 3)
 inputs = converter(images)
 print(backbone.count_params(), "parameters; inputs", tuple(inputs.shape))
-'''),
-        ("md", "## Classify with one labelled image per class\n\nThe released checkpoints have "
-               "no classification head: MSN features are made for label-efficient use. Take "
-               "the first image of each class as its prototype and label every other image by "
-               "the most similar prototype (cosine similarity of CLS features)."),
-        ("code", '''out = backbone.predict(inputs, batch_size=16, verbose=0)
+""",
+        ),
+        (
+            "md",
+            "## Classify with one labelled image per class\n\nThe released checkpoints have "
+            "no classification head: MSN features are made for label-efficient use. Take "
+            "the first image of each class as its prototype and label every other image by "
+            "the most similar prototype (cosine similarity of CLS features).",
+        ),
+        (
+            "code",
+            """out = backbone.predict(inputs, batch_size=16, verbose=0)
 features = out["last_hidden_state"][:, 0]
 features = features / np.linalg.norm(features, axis=1, keepdims=True)
 labels = folder.labels
-prototypes = np.stack([features[np.flatnonzero(labels == c)[0]] for c in range(len(folder.class_names))])
+first_of_class = [np.flatnonzero(labels == c)[0] for c in range(len(folder.class_names))]
+prototypes = features[first_of_class]
 predicted = (features @ prototypes.T).argmax(1)
 print(f"1-shot nearest-prototype accuracy: {(predicted == labels).mean():.2%}")
-'''),
-        ("md", "## Where does the CLS token look?\n\nThe attention of the CLS token to every "
-               "patch in the last layer, averaged over heads, drawn over the image."),
-        ("code", '''import matplotlib
+""",
+        ),
+        (
+            "md",
+            "## Where does the CLS token look?\n\nThe attention of the CLS token to every "
+            "patch in the last layer, averaged over heads, drawn over the image.",
+        ),
+        (
+            "code",
+            """import matplotlib
 import matplotlib.pyplot as plt
 
 out = backbone(inputs[:4], output_attentions=True)
@@ -112,12 +137,18 @@ for ax, image, heat in zip(np.atleast_1d(axes), images[:4], cls_to_patches):
     ax.axis("off")
 fig.savefig("cls_attention.png", bbox_inches="tight")
 plt.show()
-'''),
-        ("md", "## Switch backend\n\nKeras fixes its backend once per process, so restart the "
-               "kernel with another `BACKEND` to switch. The cell below runs the same preset "
-               "under every other installed backend in a fresh process and compares the CLS "
-               "features with this one's."),
-        ("code", '''import json, tempfile
+""",
+        ),
+        (
+            "md",
+            "## Switch backend\n\nKeras fixes its backend once per process, so restart the "
+            "kernel with another `BACKEND` to switch. The cell below runs the same preset "
+            "under every other installed backend in a fresh process and compares the CLS "
+            "features with this one's.",
+        ),
+        (
+            "code",
+            '''import json, tempfile
 
 np.save("inputs.npy", keras.ops.convert_to_numpy(inputs[:2]))
 ours = backbone.predict(np.load("inputs.npy"), verbose=0)["last_hidden_state"][:, 0]
@@ -137,7 +168,8 @@ for other in ["jax", "torch", "tensorflow"]:
         continue
     theirs = np.array(json.loads(run.stdout.strip().splitlines()[-1]))
     print(f"{other}: max abs difference of CLS features {np.abs(theirs - ours).max():.2e}")
-'''),
+''',
+        ),
     ],
 )
 
@@ -147,7 +179,9 @@ FINETUNE = notebook(
     "(any backend: tf.data only feeds the data), evaluate, plot the curves and save.",
     [
         ("code", DATA),
-        ("code", '''import tensorflow as tf
+        (
+            "code",
+            """import tensorflow as tf
 
 EPOCHS = 3
 BATCH_SIZE = 8
@@ -161,10 +195,16 @@ train_ds, val_ds = keras.utils.image_dataset_from_directory(
 )
 train_ds = train_ds.cache().prefetch(tf.data.AUTOTUNE)
 val_ds = val_ds.cache().prefetch(tf.data.AUTOTUNE)
-'''),
-        ("md", "Full fine-tuning with AdamW. For a linear probe instead, freeze the backbone "
-               "(`clf.backbone.trainable = False`) and raise the learning rate to ~1e-3."),
-        ("code", '''clf.compile(
+""",
+        ),
+        (
+            "md",
+            "Full fine-tuning with AdamW. For a linear probe instead, freeze the backbone "
+            "(`clf.backbone.trainable = False`) and raise the learning rate to ~1e-3.",
+        ),
+        (
+            "code",
+            """clf.compile(
     optimizer=keras.optimizers.AdamW(1e-4, weight_decay=0.01),
     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     metrics=["accuracy"],
@@ -172,8 +212,11 @@ val_ds = val_ds.cache().prefetch(tf.data.AUTOTUNE)
 history = clf.fit(train_ds, validation_data=val_ds, epochs=EPOCHS)
 loss, accuracy = clf.evaluate(val_ds, verbose=0)
 print(f"validation accuracy {accuracy:.2%}")
-'''),
-        ("code", '''import matplotlib.pyplot as plt
+""",
+        ),
+        (
+            "code",
+            """import matplotlib.pyplot as plt
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
 for ax, key in zip(axes, ["loss", "accuracy"]):
@@ -182,13 +225,19 @@ for ax, key in zip(axes, ["loss", "accuracy"]):
     ax.set_xlabel("epoch"); ax.set_title(key); ax.legend()
 fig.savefig("training_curves.png", bbox_inches="tight")
 plt.show()
-'''),
-        ("code", '''clf.save("vit_msn_finetuned.keras")
+""",
+        ),
+        (
+            "code",
+            """clf.save("vit_msn_finetuned.keras")
 restored = keras.saving.load_model("vit_msn_finetuned.keras")
 batch = next(iter(val_ds))[0]
-np.testing.assert_allclose(restored.predict(batch, verbose=0), clf.predict(batch, verbose=0), atol=1e-5)
+np.testing.assert_allclose(
+    restored.predict(batch, verbose=0), clf.predict(batch, verbose=0), atol=1e-5
+)
 print("saved and reloaded: predictions identical")
-'''),
+""",
+        ),
     ],
 )
 
@@ -199,7 +248,9 @@ LOWSHOT = notebook(
     "trained on 1, 2 and 5 labelled images per class, averaged over 3 random splits.",
     [
         ("code", DATA),
-        ("code", '''from keras_vitmsn import lowshot
+        (
+            "code",
+            """from keras_vitmsn import lowshot
 
 SHOTS = (1, 2, 5)
 backbone = kv.ViTMSNBackbone.from_preset(PRESET)
@@ -207,8 +258,11 @@ converter = kv.ViTMSNImageConverter.from_preset(PRESET)
 images = folder.load(backbone.image_shape[:2])
 # Hold out half of each class as the test set; the rest is the labelled pool.
 rng = np.random.default_rng(0)
-test_idx = np.concatenate([rng.permutation(np.flatnonzero(folder.labels == c))[: max(1, np.sum(folder.labels == c) // 2)]
-                           for c in range(len(folder.class_names))])
+test_idx = []
+for c in range(len(folder.class_names)):
+    members = np.flatnonzero(folder.labels == c)
+    test_idx.append(rng.permutation(members)[: max(1, len(members) // 2)])
+test_idx = np.concatenate(test_idx)
 pool_idx = np.setdiff1d(np.arange(len(folder)), test_idx)
 results = lowshot.lowshot_eval(
     backbone, images[pool_idx], images[test_idx],
@@ -216,8 +270,11 @@ results = lowshot.lowshot_eval(
     shots=SHOTS, num_splits=3, preprocessing=converter, verbose=0,
 )
 print(lowshot.format_table(results, title=f"{PRESET}: low-shot top-1"))
-'''),
-        ("code", '''import matplotlib.pyplot as plt
+""",
+        ),
+        (
+            "code",
+            """import matplotlib.pyplot as plt
 
 means = [100 * results[s].mean for s in SHOTS]
 stds = [100 * results[s].std for s in SHOTS]
@@ -227,7 +284,8 @@ ax.set_xlabel("labelled images per class"); ax.set_ylabel("top-1 (%)"); ax.set_y
 ax.set_title("Low-shot logistic regression on frozen MSN features")
 fig.savefig("low_shot.png", bbox_inches="tight")
 plt.show()
-'''),
+""",
+        ),
     ],
 )
 

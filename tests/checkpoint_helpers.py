@@ -74,7 +74,11 @@ def hub_state_to_msn_encoder(state, num_layers, rng, hidden=64, out=32):
     def rand(*shape):
         return (0.1 * rng.standard_normal(shape)).astype("float32")
 
-    for name, (fan_in, fan_out) in {"fc1": (dim, hidden), "fc2": (hidden, hidden), "fc3": (hidden, out)}.items():
+    for name, (fan_in, fan_out) in {
+        "fc1": (dim, hidden),
+        "fc2": (hidden, hidden),
+        "fc3": (hidden, out),
+    }.items():
         enc[f"fc.{name}.weight"] = rand(fan_out, fan_in)
         enc[f"fc.{name}.bias"] = rand(fan_out)
     for name in ("bn1", "bn2"):
@@ -99,7 +103,10 @@ def write_msn_checkpoint(path, target_encoder, rng, num_prototypes=16, prototype
         "encoder": to_torch(anchor),
         "target_encoder": to_torch(target_encoder),
         "prototypes": torch.from_numpy(prototypes),
-        "opt": {"state": {0: {"step": torch.tensor(5.0)}}, "param_groups": [{"lr": 1e-3, "params": [0]}]},
+        "opt": {
+            "state": {0: {"step": torch.tensor(5.0)}},
+            "param_groups": [{"lr": 1e-3, "params": [0]}],
+        },
         "epoch": 800,
         "loss": 2.5,
         "batch_size": 1024,
@@ -109,3 +116,17 @@ def write_msn_checkpoint(path, target_encoder, rng, num_prototypes=16, prototype
     }
     torch.save(checkpoint, path)
     return prototypes
+
+
+def save_torch_file(obj, path):
+    """Write ``{key: np.ndarray}`` (possibly nested) with ``torch.save``."""
+    import torch
+
+    def to_torch(value):
+        if isinstance(value, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(value))
+        if isinstance(value, dict):
+            return {k: to_torch(v) for k, v in value.items()}
+        return value
+
+    torch.save(to_torch(obj), os.fspath(path))

@@ -14,13 +14,11 @@ import os
 import pytest
 
 import keras_vitmsn as kv
-from keras_vitmsn.conversion.transformers_weights import (
-    OPTIONAL_KEYS,
-    assign_weights,
-    backbone_kwargs_from_hf_config,
-    backbone_weight_map,
-    classifier_weight_map,
-)
+from keras_vitmsn.conversion.transformers_weights import OPTIONAL_KEYS
+from keras_vitmsn.conversion.transformers_weights import assign_weights
+from keras_vitmsn.conversion.transformers_weights import backbone_kwargs_from_hf_config
+from keras_vitmsn.conversion.transformers_weights import backbone_weight_map
+from keras_vitmsn.conversion.transformers_weights import classifier_head_weight_map
 
 TINY = dict(
     hidden_size=32,
@@ -107,7 +105,7 @@ def keras_backbone_from(state, config_dict, **overrides):
 def keras_classifier_from(state, config_dict):
     backbone = keras_backbone_from(state, config_dict)
     clf = kv.ViTMSNClassifier(backbone, num_classes=len(config_dict["id2label"]))
-    mapping = classifier_weight_map(clf, backbone_prefix="")
+    mapping = dict(backbone_weight_map(backbone), **classifier_head_weight_map(clf))
     assign_weights(mapping, strip_vit_prefix(state))
     return clf
 

@@ -85,12 +85,19 @@ class MSNEncoder(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid * self.grid + 1, dim))
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_dim) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.fc = nn.Sequential(collections.OrderedDict([
-            ("fc1", nn.Linear(dim, head_hidden)), ("bn1", nn.BatchNorm1d(head_hidden)),
-            ("gelu1", nn.GELU()), ("fc2", nn.Linear(head_hidden, head_hidden)),
-            ("bn2", nn.BatchNorm1d(head_hidden)), ("gelu2", nn.GELU()),
-            ("fc3", nn.Linear(head_hidden, head_out)),
-        ]))
+        self.fc = nn.Sequential(
+            collections.OrderedDict(
+                [
+                    ("fc1", nn.Linear(dim, head_hidden)),
+                    ("bn1", nn.BatchNorm1d(head_hidden)),
+                    ("gelu1", nn.GELU()),
+                    ("fc2", nn.Linear(head_hidden, head_hidden)),
+                    ("bn2", nn.BatchNorm1d(head_hidden)),
+                    ("gelu2", nn.GELU()),
+                    ("fc3", nn.Linear(head_hidden, head_out)),
+                ]
+            )
+        )
 
     def _positions(self, grid):
         if grid == self.grid:
@@ -132,8 +139,18 @@ def randomize(model, seed):
     return model
 
 
-def msn_loss(anchors, targets, prototypes, tau, sharpen, me_max_weight, use_sinkhorn,
-             entropy_weight, num_views, sinkhorn_iters=3):
+def msn_loss(
+    anchors,
+    targets,
+    prototypes,
+    tau,
+    sharpen,
+    me_max_weight,
+    use_sinkhorn,
+    entropy_weight,
+    num_views,
+    sinkhorn_iters=3,
+):
     q = F.normalize(prototypes)
     probs = torch.softmax(F.normalize(anchors) @ q.T / tau, dim=1)
     with torch.no_grad():
@@ -177,11 +194,14 @@ class Run:
                 decayed.append(p)
             else:
                 other.append(p)
-        self.optimizer = torch.optim.AdamW([
-            {"params": decayed},
-            {"params": other, "WD_exclude": True, "weight_decay": 0.0},
-            {"params": [self.prototypes], "WD_exclude": True, "weight_decay": 0.0},
-        ], foreach=False)
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decayed},
+                {"params": other, "WD_exclude": True, "weight_decay": 0.0},
+                {"params": [self.prototypes], "WD_exclude": True, "weight_decay": 0.0},
+            ],
+            foreach=False,
+        )
         self.step = 0
 
     def schedules(self, k):
@@ -194,7 +214,9 @@ class Run:
             lr = r["start_lr"] + s / max(1, warmup) * (r["lr"] - r["start_lr"])
         else:
             progress = (s - warmup) / max(1, span - warmup)
-            lr = r["final_lr"] + (r["lr"] - r["final_lr"]) * 0.5 * (1 + math.cos(math.pi * progress))
+            lr = r["final_lr"] + (r["lr"] - r["final_lr"]) * 0.5 * (
+                1 + math.cos(math.pi * progress)
+            )
         wd = r["final_wd"] + (r["wd"] - r["final_wd"]) * 0.5 * (1 + math.cos(math.pi * s / span))
         stretch = r["ipe_scale"] * r["total_steps"]
         sharpen = r["T"] + k * (r["final_T"] - r["T"]) / stretch
@@ -211,8 +233,17 @@ class Run:
         with torch.no_grad():
             targets = self.target([target_view])
         num_views = len(anchors) // len(targets)
-        loss = msn_loss(anchors, targets, self.prototypes, r["tau"], sharpen, r["me_max"],
-                        r["sinkhorn"], r["entropy"], num_views)
+        loss = msn_loss(
+            anchors,
+            targets,
+            self.prototypes,
+            r["tau"],
+            sharpen,
+            r["me_max"],
+            r["sinkhorn"],
+            r["entropy"],
+            num_views,
+        )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
             if not group.get("WD_exclude"):
@@ -231,18 +262,21 @@ class Run:
         def state(module):
             return {prefix + k: v.detach().clone() for k, v in module.state_dict().items()}
 
-        torch.save({
-            "encoder": state(self.encoder),
-            "target_encoder": state(self.target),
-            "prototypes": self.prototypes.detach().clone(),
-            "opt": self.optimizer.state_dict(),
-            "epoch": epoch,
-            "loss": 0.0,
-            "batch_size": 4,
-            "world_size": 1,
-            "lr": self.recipe["lr"],
-            "temperature": self.recipe["tau"],
-        }, path)
+        torch.save(
+            {
+                "encoder": state(self.encoder),
+                "target_encoder": state(self.target),
+                "prototypes": self.prototypes.detach().clone(),
+                "opt": self.optimizer.state_dict(),
+                "epoch": epoch,
+                "loss": 0.0,
+                "batch_size": 4,
+                "world_size": 1,
+                "lr": self.recipe["lr"],
+                "temperature": self.recipe["tau"],
+            },
+            path,
+        )
 
 
 def nchw(x):

@@ -7,9 +7,13 @@ import keras
 import ml_dtypes
 import numpy as np
 import pytest
+from helpers import BACKEND
+from helpers import keras_gradients
+from helpers import to_numpy
 
-from helpers import BACKEND, keras_gradients, to_numpy
-from keras_vitmsn.layers.activations import exact_gelu, get_activation
+from keras_vitmsn.backend import portable
+from keras_vitmsn.layers.activations import exact_gelu
+from keras_vitmsn.layers.activations import get_activation
 
 
 def reference_gelu(x):
@@ -68,7 +72,7 @@ def test_jax_gelu_traces_erfc_inside_the_export_scope(rng):
     # reloads a jax2tf SavedModel through it).
     import jax
 
-    from keras_vitmsn.layers.activations import erfc_gelu_on_jax
+    from keras_vitmsn.backend.jax import erfc_gelu_on_jax
 
     def trace():  # a new function each time: make_jaxpr caches traces per function
         return str(jax.make_jaxpr(lambda x: exact_gelu(x))(np.ones((4,), np.float32)))
@@ -105,3 +109,12 @@ def test_gelu_gradient_is_the_derivative_of_the_erf_formula(rng):
 
 def test_gelu_name_is_the_exact_gelu():
     assert get_activation("gelu") is exact_gelu
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gelu_is_the_portable_formula(rng, dtype):
+    # torch's fused kernel against the formula written in keras.ops.
+    x = keras.ops.convert_to_tensor(sample(rng), dtype=dtype)
+    got, want = to_numpy(exact_gelu(x)), to_numpy(portable.exact_gelu(x))
+    tolerance = 2e-6 if dtype == "float32" else 2.0**-8 * np.abs(want).max()
+    assert np.max(np.abs(got - want)) <= tolerance

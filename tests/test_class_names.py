@@ -10,8 +10,14 @@ import pytest
 
 import keras_vitmsn as kv
 
-TINY = dict(image_shape=(16, 16, 3), patch_size=8, hidden_dim=16, num_layers=1, num_heads=2,
-            intermediate_dim=32)
+TINY = dict(
+    image_shape=(16, 16, 3),
+    patch_size=8,
+    hidden_dim=16,
+    num_layers=1,
+    num_heads=2,
+    intermediate_dim=32,
+)
 NAMES = ["cat", "dog", "emu"]
 
 
@@ -65,8 +71,10 @@ def test_class_names_in_presets(tmp_path):
     assert kv.ViTMSNClassifier.from_preset(preset, class_names=None).class_names is None
     new = kv.ViTMSNClassifier.from_preset(preset, num_classes=2, class_names=["x", "y"])
     assert (new.num_classes, new.class_names) == (2, ["x", "y"])
-    with pytest.raises(ValueError, match="has 3 classes; to train a new head for these classes "
-                                         "pass num_classes=2 as well"):
+    with pytest.raises(
+        ValueError,
+        match="has 3 classes; to train a new head for these classes pass num_classes=2 as well",
+    ):
         kv.ViTMSNClassifier.from_preset(preset, class_names=["x", "y"])
     # A backbone preset: the names say how many classes the new head has.
     kv.ViTMSNBackbone(**TINY).save_to_preset(str(tmp_path / "backbone"))
@@ -77,20 +85,27 @@ def test_class_names_in_presets(tmp_path):
 def test_id2label_becomes_class_names(tmp_path):
     pytest.importorskip("torch", reason="the transformers reference needs torch")
     pytest.importorskip("transformers", reason="checkpoints are written by transformers")
-    from hf_reference import TINY as HF_TINY, make_hf_model
+    from hf_reference import TINY as HF_TINY
+    from hf_reference import make_hf_model
 
     labels = {"0": "tench", "1": "goldfish", "2": "shark"}
-    make_hf_model(tmp_path / "named", dict(HF_TINY, num_labels=3, id2label=labels),
-                  cls_name="ViTMSNForImageClassification")
+    make_hf_model(
+        tmp_path / "named",
+        dict(HF_TINY, num_labels=3, id2label=labels),
+        cls_name="ViTMSNForImageClassification",
+    )
     clf = kv.ViTMSNClassifier.from_preset(str(tmp_path / "named"))
     assert clf.class_names == ["tench", "goldfish", "shark"]
     kv.convert_to_preset(str(tmp_path / "named"), str(tmp_path / "converted"))
     task = json.loads((tmp_path / "converted" / "task.json").read_text())
     assert task["config"]["class_names"] == ["tench", "goldfish", "shark"]
-    assert kv.ViTMSNClassifier.from_preset(str(tmp_path / "converted")).class_names == clf.class_names
+    assert (
+        kv.ViTMSNClassifier.from_preset(str(tmp_path / "converted")).class_names == clf.class_names
+    )
     # transformers writes LABEL_0, LABEL_1, ... when no labels were given: unknown.
-    make_hf_model(tmp_path / "unnamed", dict(HF_TINY, num_labels=2),
-                  cls_name="ViTMSNForImageClassification")
+    make_hf_model(
+        tmp_path / "unnamed", dict(HF_TINY, num_labels=2), cls_name="ViTMSNForImageClassification"
+    )
     assert kv.ViTMSNClassifier.from_preset(str(tmp_path / "unnamed")).class_names is None
 
 
@@ -98,8 +113,10 @@ def test_decode_predictions():
     logits = np.array([[0.0, 3.0, 1.0], [2.0, 2.0, -5.0]], "float32")
     top = kv.decode_predictions(logits, NAMES, top_k=2)
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    assert [[(i, n) for i, n, _ in row] for row in top] == [[(1, "dog"), (2, "emu")],
-                                                             [(0, "cat"), (1, "dog")]]
+    assert [[(i, n) for i, n, _ in row] for row in top] == [
+        [(1, "dog"), (2, "emu")],
+        [(0, "cat"), (1, "dog")],
+    ]
     np.testing.assert_allclose([p for _, _, p in top[0]], probs[0, [1, 2]], rtol=1e-6)
     # Probabilities are taken as they are; top_k beyond the classes shows them all.
     from_probs = kv.decode_predictions(keras.ops.convert_to_tensor(probs), top_k=10)

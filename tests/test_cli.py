@@ -1,18 +1,17 @@
 """The keras-vitmsn command line end to end, on a tiny preset and image folders made here."""
 
-import json
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from helpers import max_abs_diff
+from helpers import to_numpy
 from PIL import Image
 
 import keras_vitmsn as kv
 from keras_vitmsn.cli import main
-
-from helpers import max_abs_diff, to_numpy
 
 SIZE = 32
 
@@ -33,8 +32,12 @@ def write_folder(root, classes=("cat", "dog"), per_class=4, seed=0):
 def preset(tmp_path_factory):
     path = tmp_path_factory.mktemp("preset")
     backbone = kv.ViTMSNBackbone(
-        image_shape=(SIZE, SIZE, 3), patch_size=8, hidden_dim=32, num_layers=2,
-        num_heads=4, intermediate_dim=64,
+        image_shape=(SIZE, SIZE, 3),
+        patch_size=8,
+        hidden_dim=32,
+        num_layers=2,
+        num_heads=4,
+        intermediate_dim=64,
     )
     backbone.save_to_preset(str(path))
     kv.ViTMSNImageConverter(image_size=(SIZE, SIZE)).save_to_preset(str(path))
@@ -44,13 +47,21 @@ def preset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("images")
-    return write_folder(root / "train", per_class=4), write_folder(root / "test", per_class=3, seed=1)
+    return write_folder(root / "train", per_class=4), write_folder(
+        root / "test", per_class=3, seed=1
+    )
 
 
 def test_presets_lists_every_release(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
-    for name in ("vit_msn_small", "vit_msn_base", "vit_msn_large", "vit_msn_base_4", "vit_msn_large_7"):
+    for name in (
+        "vit_msn_small",
+        "vit_msn_base",
+        "vit_msn_large",
+        "vit_msn_base_4",
+        "vit_msn_large_7",
+    ):
         assert name in out
     assert "hf://facebook/vit-msn-base-4" in out
 
@@ -58,8 +69,25 @@ def test_presets_lists_every_release(capsys):
 def test_finetune_then_predict(tmp_path, preset, folders, capsys):
     train, test = folders
     output = str(tmp_path / "model.keras")
-    code = main(["finetune", "--preset", preset, "--train", train, "--val", test,
-                 "--epochs", "2", "--batch-size", "4", "--learning-rate", "1e-3", "--output", output])
+    code = main(
+        [
+            "finetune",
+            "--preset",
+            preset,
+            "--train",
+            train,
+            "--val",
+            test,
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--learning-rate",
+            "1e-3",
+            "--output",
+            output,
+        ]
+    )
     assert code == 0
     assert os.path.isfile(output)
     import keras
@@ -81,8 +109,27 @@ def test_finetune_then_predict(tmp_path, preset, folders, capsys):
 def test_finetune_linear_probe_at_another_size(tmp_path, preset, folders):
     train, _ = folders
     output = str(tmp_path / "probe.keras")
-    assert main(["finetune", "--preset", preset, "--train", train, "--epochs", "1",
-                 "--batch-size", "8", "--image-size", "48", "--linear-probe", "--output", output]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--preset",
+                preset,
+                "--train",
+                train,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--image-size",
+                "48",
+                "--linear-probe",
+                "--output",
+                output,
+            ]
+        )
+        == 0
+    )
     import keras
 
     model = keras.saving.load_model(output)
@@ -92,11 +139,27 @@ def test_finetune_linear_probe_at_another_size(tmp_path, preset, folders):
 
 def test_lowshot_prints_a_table(preset, folders, capsys):
     train, test = folders
-    assert main(["lowshot", "--preset", preset, "--train", train, "--test", test,
-                 "--shots", "1,2", "--splits", "2"]) == 0
+    assert (
+        main(
+            [
+                "lowshot",
+                "--preset",
+                preset,
+                "--train",
+                train,
+                "--test",
+                test,
+                "--shots",
+                "1,2",
+                "--splits",
+                "2",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Low-shot top-1" in out
-    table = out[out.index("Low-shot top-1"):].splitlines()
+    table = out[out.index("Low-shot top-1") :].splitlines()
     assert table[1].split()[:2] == ["shots", "splits"]
     rows = [line.split() for line in table[2:] if line.strip()]
     assert [r[0] for r in rows] == ["1/class", "2/class"]
@@ -106,8 +169,14 @@ def test_lowshot_prints_a_table(preset, folders, capsys):
 
 def test_convert_transformers_checkpoint(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
-    config = transformers.ViTMSNConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                       intermediate_size=64, image_size=32, patch_size=8)
+    config = transformers.ViTMSNConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
     transformers.ViTMSNModel(config).save_pretrained(tmp_path / "hf")
     out_dir = str(tmp_path / "preset")
     assert main(["convert", "--source", str(tmp_path / "hf"), "--output", out_dir]) == 0
@@ -124,7 +193,7 @@ def expect_user_error(capsys, argv, pattern):
 
 
 def test_lowshot_paper_preprocessing_loads_centre_crops(preset, folders, capsys, monkeypatch):
-    from keras_vitmsn.images.data import ImageFolder
+    from keras_vitmsn.images.folders import ImageFolder
 
     modes = []
     load = ImageFolder.load
@@ -135,8 +204,26 @@ def test_lowshot_paper_preprocessing_loads_centre_crops(preset, folders, capsys,
 
     monkeypatch.setattr(ImageFolder, "load", spy)
     train, test = folders
-    assert main(["lowshot", "--preset", preset, "--train", train, "--test", test,
-                 "--shots", "1", "--splits", "1", "--preprocess", "paper"]) == 0
+    assert (
+        main(
+            [
+                "lowshot",
+                "--preset",
+                preset,
+                "--train",
+                train,
+                "--test",
+                test,
+                "--shots",
+                "1",
+                "--splits",
+                "1",
+                "--preprocess",
+                "paper",
+            ]
+        )
+        == 0
+    )
     assert modes == ["paper", "paper"]
     assert "Low-shot top-1" in capsys.readouterr().out
 
@@ -146,9 +233,29 @@ def test_pretrain_then_lowshot_on_the_result(tmp_path, preset, folders, capsys):
     # from a preset, then the exported preset goes straight into lowshot.
     train, test = folders
     output = str(tmp_path / "pretrained")
-    code = main(["pretrain", "--data", train, "--preset", preset, "--epochs", "2",
-                 "--warmup-epochs", "1", "--batch-size", "4", "--focal-size", "16",
-                 "--num-focal-views", "2", "--num-prototypes", "8", "--output", output])
+    code = main(
+        [
+            "pretrain",
+            "--data",
+            train,
+            "--preset",
+            preset,
+            "--epochs",
+            "2",
+            "--warmup-epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--focal-size",
+            "16",
+            "--num-focal-views",
+            "2",
+            "--num-prototypes",
+            "8",
+            "--output",
+            output,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert "Wrote the pretrained target encoder" in capsys.readouterr().out
     pretrained = kv.ViTMSNBackbone.from_preset(output)
@@ -163,24 +270,80 @@ def test_pretrain_then_lowshot_on_the_result(tmp_path, preset, folders, capsys):
     assert resumed.projection_head.hidden_dim == 2048 and resumed.total_steps == 4
     # Continue that run to 3 epochs: optimizer, schedules and masks where they stopped.
     more = str(tmp_path / "more")
-    code = main(["pretrain", "--data", train, "--preset", output, "--restore-optimizer",
-                 "--epochs", "3", "--warmup-epochs", "1", "--batch-size", "4",
-                 "--focal-size", "16", "--num-focal-views", "2", "--output", more])
+    code = main(
+        [
+            "pretrain",
+            "--data",
+            train,
+            "--preset",
+            output,
+            "--restore-optimizer",
+            "--epochs",
+            "3",
+            "--warmup-epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--focal-size",
+            "16",
+            "--num-focal-views",
+            "2",
+            "--output",
+            more,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     continued = kv.msn.MSNPretrainer.from_preset(more, restore_optimizer=True)
     assert int(to_numpy(continued.optimizer.iterations)) == 4 + 2
     assert continued.total_steps == 6
-    assert main(["lowshot", "--preset", output, "--train", train, "--test", test,
-                 "--shots", "1", "--splits", "2"]) == 0
+    assert (
+        main(
+            [
+                "lowshot",
+                "--preset",
+                output,
+                "--train",
+                train,
+                "--test",
+                test,
+                "--shots",
+                "1",
+                "--splits",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "1/class" in capsys.readouterr().out
 
 
 def test_pretrain_from_scratch_at_another_size(tmp_path, preset, folders, capsys):
     train, _ = folders
     output = str(tmp_path / "scratch")
-    code = main(["pretrain", "--data", train, "--preset", preset, "--from-scratch",
-                 "--image-size", "16", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "8",
-                 "--num-focal-views", "0", "--num-prototypes", "4", "--output", output])
+    code = main(
+        [
+            "pretrain",
+            "--data",
+            train,
+            "--preset",
+            preset,
+            "--from-scratch",
+            "--image-size",
+            "16",
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "0",
+            "--batch-size",
+            "8",
+            "--num-focal-views",
+            "0",
+            "--num-prototypes",
+            "4",
+            "--output",
+            output,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert kv.ViTMSNBackbone.from_preset(output).image_shape == (16, 16, 3)
 
@@ -196,8 +359,14 @@ def test_pretrain_from_scratch_at_another_size(tmp_path, preset, folders, capsys
 )
 def test_pretrain_errors(capsys, preset, folders, tmp_path, args, message):
     train, _ = folders
-    base = {"--data": train, "--preset": preset, "--output": str(tmp_path / "out"),
-            "--num-focal-views": "1", "--epochs": "1", "--warmup-epochs": "0"}
+    base = {
+        "--data": train,
+        "--preset": preset,
+        "--output": str(tmp_path / "out"),
+        "--num-focal-views": "1",
+        "--epochs": "1",
+        "--warmup-epochs": "0",
+    }
     for key, value in zip(args[::2], args[1::2]):
         base[key] = str(tmp_path / value) if value == "MISSING" else value
     argv = ["pretrain"] + [x for kv_pair in base.items() for x in kv_pair]
@@ -214,46 +383,94 @@ def test_pretrain_from_scratch_needs_a_preset(capsys, folders, tmp_path):
 
 
 def test_missing_folder(capsys, preset, tmp_path):
-    expect_user_error(capsys, ["lowshot", "--preset", preset, "--train", str(tmp_path / "nope"),
-                               "--test", str(tmp_path)], "does not exist")
+    expect_user_error(
+        capsys,
+        ["lowshot", "--preset", preset, "--train", str(tmp_path / "nope"), "--test", str(tmp_path)],
+        "does not exist",
+    )
 
 
 def test_single_class_folder(capsys, preset, tmp_path):
     root = write_folder(tmp_path / "one", classes=("only",))
-    expect_user_error(capsys, ["finetune", "--preset", preset, "--train", root, "--output",
-                               str(tmp_path / "m.keras")], "at least 2 are needed")
+    expect_user_error(
+        capsys,
+        ["finetune", "--preset", preset, "--train", root, "--output", str(tmp_path / "m.keras")],
+        "at least 2 are needed",
+    )
 
 
 def test_unreadable_image(capsys, preset, tmp_path):
     root = write_folder(tmp_path / "bad")
     (tmp_path / "bad" / "cat" / "broken.png").write_bytes(b"not a png")
-    expect_user_error(capsys, ["finetune", "--preset", preset, "--train", root, "--epochs", "1",
-                               "--output", str(tmp_path / "m.keras")], "broken.png")
+    expect_user_error(
+        capsys,
+        [
+            "finetune",
+            "--preset",
+            preset,
+            "--train",
+            root,
+            "--epochs",
+            "1",
+            "--output",
+            str(tmp_path / "m.keras"),
+        ],
+        "broken.png",
+    )
 
 
 def test_unknown_preset(capsys, folders, tmp_path):
     train, _ = folders
-    expect_user_error(capsys, ["finetune", "--preset", "vit_msn_tiny", "--train", train,
-                               "--output", str(tmp_path / "m.keras")], "vit_msn_small")
+    expect_user_error(
+        capsys,
+        [
+            "finetune",
+            "--preset",
+            "vit_msn_tiny",
+            "--train",
+            train,
+            "--output",
+            str(tmp_path / "m.keras"),
+        ],
+        "vit_msn_small",
+    )
 
 
 def test_too_many_shots(capsys, preset, folders):
     train, test = folders
-    expect_user_error(capsys, ["lowshot", "--preset", preset, "--train", train, "--test", test,
-                               "--shots", "1,5"], "class 'cat'")
+    expect_user_error(
+        capsys,
+        ["lowshot", "--preset", preset, "--train", train, "--test", test, "--shots", "1,5"],
+        "class 'cat'",
+    )
 
 
 def test_bad_shots_syntax(capsys, preset, folders):
     train, test = folders
-    expect_user_error(capsys, ["lowshot", "--preset", preset, "--train", train, "--test", test,
-                               "--shots", "one"], "--shots takes")
+    expect_user_error(
+        capsys,
+        ["lowshot", "--preset", preset, "--train", train, "--test", test, "--shots", "one"],
+        "--shots takes",
+    )
 
 
 def test_error_in_a_real_process_has_no_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "keras_vitmsn", "lowshot", "--preset", "x", "--train",
-         str(tmp_path / "missing"), "--test", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "keras_vitmsn",
+            "lowshot",
+            "--preset",
+            "x",
+            "--train",
+            str(tmp_path / "missing"),
+            "--test",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -264,7 +481,8 @@ def write_bad_images(root):
     """A PNG of random bytes and a JPEG cut in half, in two class folders."""
     (root / "cat" / "corrupt.png").write_bytes(np.random.default_rng(0).bytes(300))
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 64, 3)).astype("uint8")).save(
-        root / "dog" / "truncated.jpg", quality=95)
+        root / "dog" / "truncated.jpg", quality=95
+    )
     data = (root / "dog" / "truncated.jpg").read_bytes()
     (root / "dog" / "truncated.jpg").write_bytes(data[: len(data) // 2])
     return [str(root / "cat" / "corrupt.png"), str(root / "dog" / "truncated.jpg")]
@@ -276,8 +494,22 @@ def test_bad_images_end_in_one_error_naming_them_all(capsys, preset, tmp_path, c
     bad = write_bad_images(tmp_path / "bad")
     output = str(tmp_path / "out")
     argv = {
-        "pretrain": ["--data", root, "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4", "--num-focal-views",
-                     "0", "--num-prototypes", "4", "--output", output],
+        "pretrain": [
+            "--data",
+            root,
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "0",
+            "--batch-size",
+            "4",
+            "--num-focal-views",
+            "0",
+            "--num-prototypes",
+            "4",
+            "--output",
+            output,
+        ],
         "finetune": ["--train", root, "--epochs", "1", "--output", output + ".keras"],
         "lowshot": ["--train", root, "--test", root, "--shots", "1", "--splits", "1"],
     }[command]
@@ -296,9 +528,28 @@ def test_pretrain_skip_bad_images(capsys, preset, tmp_path):
     bad = write_bad_images(tmp_path / "bad")
     output = str(tmp_path / "out")
     with pytest.warns(UserWarning, match="Skipping 2 of 10") as caught:
-        code = main(["pretrain", "--data", root, "--preset", preset, "--epochs", "1",
-                     "--warmup-epochs", "0", "--batch-size", "8", "--num-focal-views", "0", "--num-prototypes", "4",
-                     "--skip-bad-images", "--output", output])
+        code = main(
+            [
+                "pretrain",
+                "--data",
+                root,
+                "--preset",
+                preset,
+                "--epochs",
+                "1",
+                "--warmup-epochs",
+                "0",
+                "--batch-size",
+                "8",
+                "--num-focal-views",
+                "0",
+                "--num-prototypes",
+                "4",
+                "--skip-bad-images",
+                "--output",
+                output,
+            ]
+        )
     assert code == 0, capsys.readouterr().err
     assert "8 images from" in capsys.readouterr().err
     assert any(all(path in str(w.message) for path in bad) for w in caught)
@@ -310,10 +561,42 @@ def test_no_progress_bar_redraws_when_output_is_not_a_terminal(tmp_path, preset,
     # runs on POSIX, terminal or not: in a log file they are garbage. capsys is no
     # terminal, as a redirected log is not.
     train, test = folders
-    assert main(["finetune", "--preset", preset, "--train", train, "--epochs", "1",
-                 "--batch-size", "4", "--output", str(tmp_path / "m.keras")]) == 0
-    assert main(["lowshot", "--preset", preset, "--train", train, "--test", test,
-                 "--shots", "1", "--splits", "1"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--preset",
+                preset,
+                "--train",
+                train,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--output",
+                str(tmp_path / "m.keras"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "lowshot",
+                "--preset",
+                preset,
+                "--train",
+                train,
+                "--test",
+                test,
+                "--shots",
+                "1",
+                "--splits",
+                "1",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     for stream in (captured.out, captured.err):
         assert not any(code in stream for code in ("\r", "\b", "\x1b[")), repr(stream[-500:])

@@ -11,21 +11,27 @@ import sys
 import keras
 import numpy as np
 import pytest
+
 torch = pytest.importorskip("torch", reason="the transformers reference needs torch")
+from checkpoint_helpers import hub_state_to_msn_encoder
+from checkpoint_helpers import write_msn_checkpoint
+from helpers import BACKEND
+from helpers import max_abs_diff
+from helpers import nchw_to_nhwc
+from helpers import to_numpy
+from hf_reference import TINY
+from hf_reference import make_hf_model
 from safetensors.numpy import save_file
 
 import keras_vitmsn as kv
-from checkpoint_helpers import hub_state_to_msn_encoder, write_msn_checkpoint
-from helpers import BACKEND, max_abs_diff, nchw_to_nhwc, to_numpy
-from hf_reference import TINY, make_hf_model
-from keras_vitmsn.conversion import CheckpointError, load_safetensors, load_torch_file
-from keras_vitmsn.conversion.transformers_weights import (
-    backbone_kwargs_from_hf_config,
-    canonicalize_transformers_state,
-)
+from keras_vitmsn.conversion import CheckpointError
+from keras_vitmsn.conversion import load_safetensors
+from keras_vitmsn.conversion import load_torch_file
+from keras_vitmsn.conversion.transformers_weights import backbone_kwargs_from_hf_config
+from keras_vitmsn.conversion.transformers_weights import canonicalize_transformers_state
 
 TOL = 1e-4
-CONVERSION_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "conversion")
+TOOLS_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "tools")
 
 
 def reference_hidden(model, pixels, **kwargs):
@@ -156,7 +162,11 @@ def test_every_key_spelling_gives_the_same_state(tmp_path):
     assert any(k.startswith("encoder.layer.") for k in clf_state)
     in_memory = {k: v.numpy() for k, v in clf_model.state_dict().items()}
     assert any(".q_proj." in k for k in in_memory)
-    hub_prefixed = {("vit." + k if not k.startswith("classifier.") else k): v for k, v in clf_state.items() if not k.startswith("vit.")}
+    hub_prefixed = {
+        ("vit." + k if not k.startswith("classifier.") else k): v
+        for k, v in clf_state.items()
+        if not k.startswith("vit.")
+    }
     hub_prefixed.update({k: v for k, v in clf_state.items() if k.startswith("vit.")})
 
     expected_backbone, expected_head, _ = canonicalize_transformers_state(clf_state)
@@ -212,7 +222,9 @@ def test_hf_config_maps_every_field(tmp_path, rng):
     backbone = kv.ViTMSNBackbone.from_preset(str(tmp_path))
     assert backbone.attention_dropout == 0.2 and backbone.layer_norm_epsilon == 1e-5
     pixels = pixels_for(config, rng)
-    diff = max_abs_diff(backbone(nchw_to_nhwc(pixels))["last_hidden_state"], reference_hidden(ref_model, pixels))
+    diff = max_abs_diff(
+        backbone(nchw_to_nhwc(pixels))["last_hidden_state"], reference_hidden(ref_model, pixels)
+    )
     assert diff <= TOL
 
 
@@ -225,7 +237,10 @@ def test_unsupported_hf_config_is_rejected(tmp_path):
         kv.ViTMSNBackbone.from_preset(str(tmp_path))
     config["model_type"] = "vit"
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="has model_type 'vit': keras-vitmsn reads transformers checkpoints of ViT-MSN only"):
+    with pytest.raises(
+        ValueError,
+        match="has model_type 'vit': keras-vitmsn reads transformers checkpoints of ViT-MSN only",
+    ):
         kv.ViTMSNBackbone.from_preset(str(tmp_path))
 
 
@@ -236,7 +251,9 @@ def test_transformers_directory_parity(tmp_path, rng):
     ref_model, _, _ = make_hf_model(tmp_path, TINY)
     backbone = kv.ViTMSNBackbone.from_preset(str(tmp_path))
     pixels = pixels_for(TINY, rng)
-    diff = max_abs_diff(backbone(nchw_to_nhwc(pixels))["last_hidden_state"], reference_hidden(ref_model, pixels))
+    diff = max_abs_diff(
+        backbone(nchw_to_nhwc(pixels))["last_hidden_state"], reference_hidden(ref_model, pixels)
+    )
     print(f"\n[conversion {BACKEND} tiny dir] {diff:.2e}")
     assert diff <= TOL
 
@@ -252,7 +269,9 @@ def test_pytorch_model_bin_parity(tmp_path, rng, spelling):
     torch.save(state, tmp_path / "pytorch_model.bin")
     backbone = kv.ViTMSNBackbone.from_preset(str(tmp_path))
     pixels = pixels_for(TINY, rng)
-    diff = max_abs_diff(backbone(nchw_to_nhwc(pixels))["last_hidden_state"], reference_hidden(ref_model, pixels))
+    diff = max_abs_diff(
+        backbone(nchw_to_nhwc(pixels))["last_hidden_state"], reference_hidden(ref_model, pixels)
+    )
     assert diff <= TOL
 
 
@@ -330,9 +349,15 @@ def test_shape_mismatch_names_the_key_and_both_shapes(tmp_path):
     make_hf_model(tmp_path, TINY)
     _rewrite_state(
         tmp_path,
-        lambda s: s.__setitem__("encoder.layer.0.intermediate.dense.weight", np.zeros((48, 32), "float32")),
+        lambda s: s.__setitem__(
+            "encoder.layer.0.intermediate.dense.weight", np.zeros((48, 32), "float32")
+        ),
     )
-    with pytest.raises(ValueError, match=r"encoder.layer.0.intermediate.dense.weight: checkpoint \(48, 32\).*vs model \(32, 64\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"encoder.layer.0.intermediate.dense.weight: checkpoint \(48, 32\)"
+        r".*vs model \(32, 64\)",
+    ):
         kv.ViTMSNBackbone.from_preset(str(tmp_path))
 
 
@@ -342,7 +367,10 @@ def test_in_memory_names_appear_in_errors_as_written(tmp_path):
     state = dict(ref_model.state_dict())
     state["layers.0.mlp.fc1.weight"] = torch.zeros(48, 32)
     torch.save(state, tmp_path / "pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"layers.0.mlp.fc1.weight \(as encoder.layer.0.intermediate.dense.weight\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"layers.0.mlp.fc1.weight \(as encoder.layer.0.intermediate.dense.weight\)",
+    ):
         kv.ViTMSNBackbone.from_preset(str(tmp_path))
 
 
@@ -352,14 +380,18 @@ def test_absent_mask_token_is_fine(tmp_path, rng):
     backbone = kv.ViTMSNBackbone.from_preset(str(tmp_path), use_mask_token=True)
     assert backbone.embeddings.mask_token is not None
     pixels = pixels_for(TINY, rng)
-    diff = max_abs_diff(backbone(nchw_to_nhwc(pixels))["last_hidden_state"], reference_hidden(ref_model, pixels))
+    diff = max_abs_diff(
+        backbone(nchw_to_nhwc(pixels))["last_hidden_state"], reference_hidden(ref_model, pixels)
+    )
     assert diff <= TOL
 
 
 def test_mask_token_is_loaded_when_present(tmp_path):
     ref_model, state, _ = make_hf_model(tmp_path, TINY, use_mask_token=True)
     backbone = kv.ViTMSNBackbone.from_preset(str(tmp_path), use_mask_token=True)
-    np.testing.assert_array_equal(to_numpy(backbone.embeddings.mask_token), state["embeddings.mask_token"])
+    np.testing.assert_array_equal(
+        to_numpy(backbone.embeddings.mask_token), state["embeddings.mask_token"]
+    )
     # Without a mask token in the model, the checkpoint's one has nowhere to go.
     with pytest.raises(ValueError, match="unexpected keys.*embeddings.mask_token"):
         kv.ViTMSNBackbone.from_preset(str(tmp_path))
@@ -384,13 +416,14 @@ def msn_checkpoint(tmp_path, rng):
     return _write_msn(tmp_path, rng, MSN_TINY)
 
 
-
 def test_msn_checkpoint_parity(msn_checkpoint, rng):
     ref_model, _, _, path = msn_checkpoint
     backbone = kv.ViTMSNBackbone.from_preset(path, num_heads=2)  # 128 wide: not a released width
     assert (backbone.num_heads, backbone.intermediate_dim, backbone.num_layers) == (2, 256, 2)
     pixels = pixels_for(MSN_TINY, rng)
-    diff = max_abs_diff(backbone(nchw_to_nhwc(pixels))["last_hidden_state"], reference_hidden(ref_model, pixels))
+    diff = max_abs_diff(
+        backbone(nchw_to_nhwc(pixels))["last_hidden_state"], reference_hidden(ref_model, pixels)
+    )
     print(f"\n[conversion {BACKEND} msn .pth.tar] {diff:.2e}")
     assert diff <= TOL
 
@@ -401,12 +434,22 @@ def test_msn_checkpoint_with_other_head_width_needs_num_heads(tmp_path, rng):
         kv.ViTMSNBackbone.from_preset(path)
     backbone = kv.ViTMSNBackbone.from_preset(path, num_heads=4)
     pixels = pixels_for(TINY, rng)
-    diff = max_abs_diff(backbone(nchw_to_nhwc(pixels))["last_hidden_state"], reference_hidden(ref_model, pixels))
+    diff = max_abs_diff(
+        backbone(nchw_to_nhwc(pixels))["last_hidden_state"], reference_hidden(ref_model, pixels)
+    )
     assert diff <= TOL
 
 
 def _torch_head(head):
-    layers = [("fc1", "linear"), ("bn1", "bn"), ("g1", "gelu"), ("fc2", "linear"), ("bn2", "bn"), ("g2", "gelu"), ("fc3", "linear")]
+    layers = [
+        ("fc1", "linear"),
+        ("bn1", "bn"),
+        ("g1", "gelu"),
+        ("fc2", "linear"),
+        ("bn2", "bn"),
+        ("g2", "gelu"),
+        ("fc3", "linear"),
+    ]
     modules = []
     for name, kind in layers:
         if kind == "linear":
@@ -438,10 +481,14 @@ def test_msn_head_and_prototypes_are_kept(msn_checkpoint, tmp_path, rng):
     # The documented layout drives Keras layers to the same outputs as torch's head.
     layers = [
         keras.layers.Dense(head["fc1/kernel"].shape[1]),
-        keras.layers.BatchNormalization(epsilon=state["batchnorm_epsilon"], momentum=state["batchnorm_momentum"]),
+        keras.layers.BatchNormalization(
+            epsilon=state["batchnorm_epsilon"], momentum=state["batchnorm_momentum"]
+        ),
         keras.layers.Activation(lambda x: keras.activations.gelu(x, approximate=False)),
         keras.layers.Dense(head["fc2/kernel"].shape[1]),
-        keras.layers.BatchNormalization(epsilon=state["batchnorm_epsilon"], momentum=state["batchnorm_momentum"]),
+        keras.layers.BatchNormalization(
+            epsilon=state["batchnorm_epsilon"], momentum=state["batchnorm_momentum"]
+        ),
         keras.layers.Activation(lambda x: keras.activations.gelu(x, approximate=False)),
         keras.layers.Dense(head["fc3/kernel"].shape[1]),
     ]
@@ -450,7 +497,9 @@ def test_msn_head_and_prototypes_are_kept(msn_checkpoint, tmp_path, rng):
         if name and name.startswith("fc"):
             layer.set_weights([head[f"{name}/kernel"], head[f"{name}/bias"]])
         elif name:
-            layer.set_weights([head[f"{name}/{p}"] for p in ("gamma", "beta", "moving_mean", "moving_variance")])
+            layer.set_weights(
+                [head[f"{name}/{p}"] for p in ("gamma", "beta", "moving_mean", "moving_variance")]
+            )
     features = rng.standard_normal((4, MSN_TINY["hidden_size"])).astype("float32")
     with torch.no_grad():
         expected = _torch_head(head)(torch.from_numpy(features)).numpy()
@@ -490,7 +539,11 @@ def test_msn_checkpoint_errors(tmp_path, rng, msn_checkpoint):
     shape["module.blocks.0.attn.proj.weight"] = np.zeros((128, 16), "float32")
     path = str(tmp_path / "shape.pth.tar")
     write_msn_checkpoint(path, shape, rng)
-    with pytest.raises(ValueError, match=r"module.blocks.0.attn.proj.weight \(as encoder.layer.0.attention.output.dense.weight\): checkpoint \(128, 16\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"module.blocks.0.attn.proj.weight "
+        r"\(as encoder.layer.0.attention.output.dense.weight\): checkpoint \(128, 16\)",
+    ):
         kv.ViTMSNBackbone.from_preset(path, num_heads=2)
 
     evil = str(tmp_path / "evil.pth.tar")
@@ -510,35 +563,59 @@ def test_msn_checkpoint_errors(tmp_path, rng, msn_checkpoint):
 
 @pytest.fixture
 def convert_script(monkeypatch):
-    monkeypatch.syspath_prepend(os.path.abspath(CONVERSION_DIR))
+    monkeypatch.syspath_prepend(os.path.abspath(TOOLS_DIR))
     import convert_checkpoint
 
     return convert_checkpoint
 
 
 def test_convert_script_verifies_a_transformers_directory(tmp_path, convert_script, capsys):
-    make_hf_model(tmp_path / "hf", dict(TINY, num_labels=4), cls_name="ViTMSNForImageClassification")
+    make_hf_model(
+        tmp_path / "hf", dict(TINY, num_labels=4), cls_name="ViTMSNForImageClassification"
+    )
     out = tmp_path / "preset"
-    assert convert_script.main(["--source", str(tmp_path / "hf"), "--output", str(out), "--verify"]) == 0
+    assert (
+        convert_script.main(["--source", str(tmp_path / "hf"), "--output", str(out), "--verify"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "verify OK" in printed
     diffs = json.loads(printed.split("max abs diff vs transformers: ")[1].splitlines()[0])
     print(f"\n[convert_checkpoint {BACKEND} tiny classifier] {diffs}")
     assert set(diffs) == {"last_hidden_state", "logits"} and max(diffs.values()) <= TOL
-    assert {"config.json", "model.weights.h5", "metadata.json", "task.json", "task.weights.h5", "image_converter.json"} <= set(os.listdir(out))
+    assert {
+        "config.json",
+        "model.weights.h5",
+        "metadata.json",
+        "task.json",
+        "task.weights.h5",
+        "image_converter.json",
+    } <= set(os.listdir(out))
 
 
 def test_convert_script_verifies_an_msn_checkpoint(tmp_path, rng, convert_script, capsys):
     _, _, _, path = _write_msn(tmp_path, rng, MSN_TINY)
     out = tmp_path / "preset"
-    assert convert_script.main(["--source", path, "--output", str(out), "--num-heads", "2", "--verify"]) == 0
+    assert (
+        convert_script.main(
+            ["--source", path, "--output", str(out), "--num-heads", "2", "--verify"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "verify OK" in printed
     assert "msn_head.weights.h5" in os.listdir(out)
 
 
-def test_convert_script_fails_when_verification_fails(tmp_path, convert_script, monkeypatch, capsys):
+def test_convert_script_fails_when_verification_fails(
+    tmp_path, convert_script, monkeypatch, capsys
+):
     make_hf_model(tmp_path / "hf", TINY)
     monkeypatch.setattr(convert_script, "verify", lambda *a, **k: {"last_hidden_state": 0.5})
-    assert convert_script.main(["--source", str(tmp_path / "hf"), "--output", str(tmp_path / "out"), "--verify"]) == 1
+    assert (
+        convert_script.main(
+            ["--source", str(tmp_path / "hf"), "--output", str(tmp_path / "out"), "--verify"]
+        )
+        == 1
+    )
     assert "verify FAILED" in capsys.readouterr().err

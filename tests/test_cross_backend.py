@@ -24,7 +24,8 @@ clf = kv.ViTMSNClassifier(backbone, num_classes=3,
                           preprocessor=kv.ViTMSNImageConverter(image_size=(32, 32)))
 images = np.load(folder + "/images.npy")
 clf.fit(images, np.array([0, 1, 2]), epochs=1, verbose=0)  # compiled, trained, saved
-np.save(folder + "/out_" + keras.backend.backend() + ".npy", np.asarray(clf.predict(images, verbose=0)))
+out = np.asarray(clf.predict(images, verbose=0))
+np.save(folder + "/out_" + keras.backend.backend() + ".npy", out)
 clf.save(folder + "/" + keras.backend.backend() + ".keras")
 """
 

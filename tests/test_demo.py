@@ -42,7 +42,8 @@ def test_msn_demo_end_to_end_reduced(tmp_path, capsys):
 def _check_raw_pixel_row(summary):
     """The raw-pixel row is kv.lowshot.evaluate (the splits, centring, L2 norm and
     regression of the encoders' rows) on the flattened images the encoders see."""
-    from keras_vitmsn.demos.msn_digits import load_digits_images, split_pool_test
+    from keras_vitmsn.demos.msn_digits import load_digits_images
+    from keras_vitmsn.demos.msn_digits import split_pool_test
 
     size = summary["config"]["global_size"]
     images, labels = load_digits_images(size)
@@ -55,8 +56,11 @@ def _check_raw_pixel_row(summary):
     for seed in (0, 1):
         expected = kv.lowshot.evaluate(pool_x, labels[pool], test_x, labels[test], seed=seed)
         same = all(
-            np.allclose(summary["top1"]["raw pixels"][r.label]["splits"],
-                        [100 * a for a in r.accuracies], atol=1e-6)
+            np.allclose(
+                summary["top1"]["raw pixels"][r.label]["splits"],
+                [100 * a for a in r.accuracies],
+                atol=1e-6,
+            )
             for r in expected.values()
         )
         # The demo's seed (0) gives its splits; another seed draws other labelled images.
@@ -64,13 +68,12 @@ def _check_raw_pixel_row(summary):
 
 
 def test_comparison_table_has_one_row_per_method_and_the_margin():
-    from keras_vitmsn.lowshot import ShotResult
     from keras_vitmsn.demos.msn_digits import format_comparison
+    from keras_vitmsn.lowshot import ShotResult
 
     results = {
         name: {1: ShotResult(1, (a, a), (10, 10)), 5: ShotResult(5, (b, b), (50, 50))}
-        for name, a, b in (("random init", 0.1, 0.2), ("raw pixels", 0.5, 0.8),
-                           ("MSN", 0.6, 0.7))
+        for name, a, b in (("random init", 0.1, 0.2), ("raw pixels", 0.5, 0.8), ("MSN", 0.6, 0.7))
     }
     lines = format_comparison(results).splitlines()
     assert lines[0] == "| top-1 (%), mean +- std over splits | 1/class | 5/class |"
@@ -84,7 +87,8 @@ def test_comparison_table_has_one_row_per_method_and_the_margin():
 
 def test_digits_split_is_stratified_and_disjoint():
     pytest.importorskip("sklearn")
-    from keras_vitmsn.demos.msn_digits import load_digits_images, split_pool_test
+    from keras_vitmsn.demos.msn_digits import load_digits_images
+    from keras_vitmsn.demos.msn_digits import split_pool_test
 
     images, labels = load_digits_images(16)
     assert images.shape == (1797, 16, 16, 3) and images.dtype == np.uint8
@@ -108,7 +112,10 @@ def test_supervised_demo_learns_and_saves(tmp_path):
 
 def test_module_entry_point_help():
     result = subprocess.run(
-        [sys.executable, "-m", "keras_vitmsn", "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "keras_vitmsn", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0
     assert "demo" in result.stdout

@@ -12,10 +12,14 @@ import os
 import keras
 import numpy as np
 import pytest
+from helpers import BACKEND
+from helpers import tiny_backbone
+from helpers import to_numpy
 
 import keras_vitmsn as kv
-from keras_vitmsn.models.export import EXPORT_FORMATS, supported_export_formats
-from helpers import BACKEND, tiny_backbone, to_numpy
+from keras_vitmsn import backend
+from keras_vitmsn.models.export import EXPORT_FORMATS
+from keras_vitmsn.models.export import supported_export_formats
 
 TOL = 1e-5
 FORMATS = ("tf_saved_model", "onnx", "torch")
@@ -101,7 +105,10 @@ def runner(fmt, path):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_reloads_with_its_runtime(tmp_path, fmt, kind):
     if fmt not in supported_export_formats():
-        pytest.skip(f"format={fmt!r} is not supported on the {BACKEND} backend (see test_unsupported_format_raises)")
+        pytest.skip(
+            f"format={fmt!r} is not supported on the {BACKEND} backend "
+            "(see test_unsupported_format_raises)"
+        )
     pytest.importorskip(RUNTIMES[fmt], reason=f"reloading {fmt} needs {RUNTIMES[fmt]}")
     model = make_model(kind)
     path = artefact_path(tmp_path, fmt)
@@ -135,7 +142,9 @@ def test_int8_model_exports(tmp_path, fmt):
     assert diff <= TOL, f"int8 {fmt}: max abs diff {diff:.2e}"
 
 
-@pytest.mark.parametrize("fmt", sorted(set(FORMATS + ("openvino", "litert")) - set(supported_export_formats())))
+@pytest.mark.parametrize(
+    "fmt", sorted(set(FORMATS + ("openvino", "litert")) - set(supported_export_formats()))
+)
 def test_unsupported_format_raises(tmp_path, fmt):
     model = make_model("classifier")
     path = artefact_path(tmp_path, fmt)
@@ -175,3 +184,4 @@ def test_onnx_needs_float32(tmp_path):
 def test_formats_table_covers_every_backend():
     assert set(EXPORT_FORMATS) == {"jax", "tensorflow", "torch"}
     assert supported_export_formats() == EXPORT_FORMATS[keras.backend.backend()]
+    assert EXPORT_FORMATS is backend.EXPORT_FORMATS

@@ -1,12 +1,16 @@
-"""The backend fast paths compute what their keras.ops formulation computes."""
+"""The backend seam's fast paths compute what their keras.ops formulation
+(``keras_vitmsn.backend.portable``) computes."""
 
 import keras
 import numpy as np
 import pytest
+from helpers import BACKEND
+from helpers import keras_gradients
+from helpers import max_abs_diff
+from helpers import to_numpy
 
-from helpers import BACKEND, keras_gradients, max_abs_diff, to_numpy
-from keras_vitmsn.backend import fast_paths
-from keras_vitmsn.backend import fast_updates
+from keras_vitmsn import backend
+from keras_vitmsn.backend import portable
 from keras_vitmsn.layers.dense import ViTMSNDense
 
 
@@ -27,10 +31,12 @@ def test_matmul_add_is_matmul_plus_bias(rng, shape):
     x = rng.standard_normal(shape).astype("float32")
     kernel = rng.standard_normal((4, 6)).astype("float32")
     bias = rng.standard_normal((6,)).astype("float32")
-    out = fast_paths.matmul_add(x, kernel, bias)
-    assert tuple(out.shape) == shape[:-1] + (6,)
+    out = backend.matmul_add(x, kernel, bias)
+    reference = portable.matmul_add(x, kernel, bias)
+    assert tuple(out.shape) == tuple(reference.shape) == shape[:-1] + (6,)
     if x.size:
         assert max_abs_diff(out, x @ kernel + bias) <= 1e-5
+        assert max_abs_diff(out, to_numpy(reference)) <= 1e-5
 
 
 def test_fused_dense_outputs_and_gradients_are_dense_ones(rng):
@@ -99,13 +105,15 @@ def test_ema_update_is_the_formula(rng, momentum):
     else:
         m = momentum
     shapes = [(3,), (2, 4), (5, 1, 2)]
-    targets = [keras.Variable(rng.standard_normal(s).astype("float32"), trainable=False) for s in shapes]
+    targets = [
+        keras.Variable(rng.standard_normal(s).astype("float32"), trainable=False) for s in shapes
+    ]
     sources = [keras.Variable(rng.standard_normal(s).astype("float32")) for s in shapes]
     expected = []
     for t, s in zip(targets, sources):
         mm = np.float32(m)
         expected.append(mm * to_numpy(t) + (np.float32(1) - mm) * to_numpy(s))
-    fast_updates.ema_update(targets, sources, momentum)
+    backend.ema_update(targets, sources, momentum)
     for t, e in zip(targets, expected):
         assert max_abs_diff(t, e) <= 1e-7
 
@@ -125,7 +133,7 @@ def test_ema_update_is_two_multi_tensor_kernels_on_torch(rng, monkeypatch):
         monkeypatch.setattr(torch, name, counting)
     targets = [keras.Variable(np.ones((2, 2), "float32"), trainable=False) for _ in range(3)]
     sources = [keras.Variable(np.zeros((2, 2), "float32")) for _ in range(3)]
-    fast_updates.ema_update(targets, sources, 0.5)
+    backend.ema_update(targets, sources, 0.5)
     assert calls == [("_foreach_mul_", 3), ("_foreach_add_", 3)]
     assert all(to_numpy(t).tolist() == [[0.5, 0.5], [0.5, 0.5]] for t in targets)
 
@@ -133,18 +141,18 @@ def test_ema_update_is_two_multi_tensor_kernels_on_torch(rng, monkeypatch):
 def test_ema_update_casts_sources_of_another_dtype(rng):
     target = keras.Variable(np.ones(3, "float32"))
     source = keras.ops.convert_to_tensor(np.full(3, 3.0), "float16")
-    fast_updates.ema_update([target], [source], 0.5)
+    backend.ema_update([target], [source], 0.5)
     assert to_numpy(target).tolist() == [2.0, 2.0, 2.0]
 
 
 def test_ema_update_refuses_unpaired_lists():
     with pytest.raises(ValueError, match="one source per target"):
-        fast_updates.ema_update([keras.Variable(1.0)], [], 0.5)
+        backend.ema_update([keras.Variable(1.0)], [], 0.5)
 
 
 def run_scheduled_adamw(rng_seed, batched, amsgrad=False, steps=3):
-    from keras_vitmsn.msn import CosineSchedule
     from keras_vitmsn.models.optimizer import ScheduledAdamW
+    from keras_vitmsn.msn import CosineSchedule
 
     rng = np.random.default_rng(rng_seed)
     shapes = [(4, 3), (3,), (2, 2, 2)]
@@ -193,7 +201,7 @@ def test_ema_update_inside_a_stateless_scope_records_new_values():
     source = keras.Variable(np.full(3, 3.0, "float32"))
     given = keras.ops.convert_to_tensor(np.ones(3, "float32"))
     with keras.StatelessScope(state_mapping=[(target, given)]) as scope:
-        fast_updates.ema_update([target], [source], 0.5)
+        backend.ema_update([target], [source], 0.5)
         new = scope.get_current_value(target)
     assert to_numpy(new).tolist() == [2.0, 2.0, 2.0]
     # Neither the variable nor the caller's tensor was written in place.
@@ -202,7 +210,8 @@ def test_ema_update_inside_a_stateless_scope_records_new_values():
 
 
 def test_stateless_scope_probe_and_its_fallback(monkeypatch):
-    from keras_vitmsn.backend.keras_internals import STATELESS_SCOPE_IS_PRIVATE, scopes
+    from keras_vitmsn.backend.keras_internals import STATELESS_SCOPE_IS_PRIVATE
+    from keras_vitmsn.backend.keras_internals import scopes
 
     assert STATELESS_SCOPE_IS_PRIVATE
     assert scopes.in_stateless_scope() is False
@@ -211,9 +220,9 @@ def test_stateless_scope_probe_and_its_fallback(monkeypatch):
     # Without Keras' answer every caller takes its assign path, which is still right.
     monkeypatch.setattr(scopes, "_IN_STATELESS_SCOPE", None)
     assert scopes.in_stateless_scope() is True
-    assert not fast_updates.batched_updates_available()
+    assert not backend.batched_updates_available()
     target, source = keras.Variable([1.0, 2.0]), keras.Variable([3.0, 4.0])
-    fast_updates.ema_update([target], [source], 0.5)
+    backend.ema_update([target], [source], 0.5)
     assert to_numpy(target).tolist() == [2.0, 3.0]
 
 
@@ -238,11 +247,11 @@ def test_in_place_paths_refuse_values_that_are_not_the_storage():
     params = [AutocastVariable(keras.Variable(np.ones((2,), "float32"))) for _ in range(2)]
     moments = [AutocastVariable(keras.Variable(np.zeros((2,), "float32"))) for _ in range(4)]
     grads = [keras.ops.ones((2,)) for _ in range(2)]
-    assert not fast_updates.adam_update(
+    assert not backend.adam_update(
         params, grads, moments[:2], moments[2:], None, 0.1, 1, 0.9, 0.999, 1e-8
     )
     sources = [keras.Variable(np.zeros((2,), "float32")) for _ in range(2)]
-    fast_updates.ema_update(params, sources, 0.5)
+    backend.ema_update(params, sources, 0.5)
     assert all(to_numpy(p.variable).tolist() == [0.5, 0.5] for p in params)
 
 
@@ -258,9 +267,7 @@ def attention_with_weights(rng, **kwargs):
 
 def attention_outputs(layer, x, monkeypatch, head_major, **call_kwargs):
     """Outputs, probabilities and gradients of ``layer`` with the layout forced."""
-    import keras_vitmsn.layers.attention as attention_module
-
-    monkeypatch.setattr(attention_module, "head_major_attention", lambda: head_major)
+    monkeypatch.setattr(backend, "head_major_attention", lambda: head_major)
     out, probs = layer(x, **call_kwargs)
     weights = keras.ops.arange(out.shape[-1], dtype="float32")
 
@@ -349,7 +356,7 @@ def test_power_of_two_attention_scale_is_applied_to_q_not_the_scores():
 
 
 def test_head_major_attention_is_the_jax_layout():
-    assert fast_paths.head_major_attention() == (BACKEND == "jax")
+    assert backend.head_major_attention() == (BACKEND == "jax")
 
 
 def test_docstring_examples_run():
@@ -357,6 +364,86 @@ def test_docstring_examples_run():
 
     from keras_vitmsn.layers import attention
 
-    for module in (fast_paths, fast_updates, attention):
+    for module in (portable, attention):
         result = doctest.testmod(module)
         assert result.attempted and not result.failed, module.__name__
+
+
+def clipping_case(rng, dtype="float32"):
+    shapes = [(4, 3), (3,), (2, 2, 2)]
+    return [keras.ops.convert_to_tensor(rng.standard_normal(s) * 3.0, dtype) for s in shapes]
+
+
+@pytest.mark.parametrize("clip_norm", [0.5, 1e6])
+def test_clip_by_global_norm_is_the_portable_formula(rng, clip_norm):
+    tensors = clipping_case(rng)
+    got = backend.clip_by_global_norm(tensors, clip_norm, 1e-6)
+    want = portable.clip_by_global_norm(tensors, clip_norm, 1e-6)
+    for a, b in zip(got, want):
+        assert max_abs_diff(a, to_numpy(b)) <= 1e-6
+
+
+def test_ema_update_is_the_portable_update(rng):
+    shapes = [(3,), (2, 4)]
+    values = [rng.standard_normal(s).astype("float32") for s in shapes]
+    sources = [keras.Variable(rng.standard_normal(s).astype("float32")) for s in shapes]
+    results = []
+    for update in (backend.ema_update, portable.ema_update):
+        targets = [keras.Variable(v, trainable=False) for v in values]
+        update(targets, sources, 0.9)
+        results.append([to_numpy(t) for t in targets])
+    for a, b in zip(*results):
+        assert max_abs_diff(a, b) <= 1e-7
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's multi-tensor kernels")
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_updates_without_torch_foreach_equal_the_multi_tensor_ones(rng, monkeypatch, amsgrad):
+    """torch._foreach_* is private torch: where the probe fails, the per-tensor
+    fallback runs the same updates (forced here, against the multi-tensor kernels)."""
+    from keras_vitmsn.backend import torch as torch_backend
+
+    assert torch_backend.FOREACH
+    tensors = clipping_case(rng)
+    results = {}
+    for foreach in (True, False):
+        monkeypatch.setattr(torch_backend, "FOREACH", foreach)
+        clipped = backend.clip_by_global_norm(tensors, 0.5, 1e-6)
+        in_place = [t.clone() for t in tensors]
+        backend.clip_by_global_norm(in_place, 0.5, 1e-6, in_place=True)
+        targets = [keras.Variable(to_numpy(t), trainable=False) for t in tensors]
+        backend.ema_update(targets, [keras.Variable(to_numpy(t) * 2) for t in tensors], 0.75)
+        params, moments, calls = run_scheduled_adamw(0, batched=True, amsgrad=amsgrad)
+        assert calls == [3, 3, 3]
+        results[foreach] = [to_numpy(t) for t in clipped + in_place + targets] + params + moments
+    for a, b in zip(results[True], results[False]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's multi-tensor kernels")
+def test_the_foreach_probe_fails_where_torch_lacks_a_kernel(monkeypatch):
+    import torch
+
+    from keras_vitmsn.backend import torch as torch_backend
+
+    monkeypatch.delattr(torch, "_foreach_lerp_")
+    assert not torch_backend._probe_foreach()
+
+
+def test_the_seam_takes_each_operation_from_the_running_backend():
+    import sys
+
+    fast = sys.modules.get(f"keras_vitmsn.backend.{BACKEND}", portable)
+    assert backend.NAME == BACKEND
+    for name in (
+        "matmul_add",
+        "einsum",
+        "layer_norm",
+        "dot_product_attention",
+        "ema_update",
+        "clip_by_global_norm",
+        "adam_update",
+        "export",
+        "exact_gelu",
+    ):
+        assert getattr(backend, name) is getattr(fast, name, getattr(portable, name)), name

@@ -1,13 +1,17 @@
-"""The half-precision fast paths (fast_paths.einsum / matmul_add on XLA:CPU, layer_norm
-and dot_product_attention on torch) compute what Keras' formulation computes."""
+"""The half-precision fast paths (backend.einsum / matmul_add on XLA:CPU, layer_norm
+and dot_product_attention on torch) compute what the portable formulation computes."""
 
 import keras
 import ml_dtypes
 import numpy as np
 import pytest
+from helpers import BACKEND
+from helpers import keras_gradients
+from helpers import max_abs_diff
+from helpers import to_numpy
 
-from helpers import BACKEND, keras_gradients, max_abs_diff, to_numpy
-from keras_vitmsn.backend import fast_paths
+from keras_vitmsn import backend
+from keras_vitmsn.backend import portable
 from keras_vitmsn.layers.layer_norm import ViTMSNLayerNorm
 
 BF16_ULP = 2.0**-8  # relative spacing of bfloat16 (8 significand bits)
@@ -32,7 +36,7 @@ def test_half_matmul_add_is_within_bf16_rounding_of_the_exact_result(rng):
     x, kernel, bias = (
         rounded(rng.standard_normal(shape)) for shape in ((2, 7, 16), (16, 12), (12,))
     )
-    out = fast_paths.matmul_add(bf16(x), bf16(kernel), bf16(bias))
+    out = backend.matmul_add(bf16(x), bf16(kernel), bf16(bias))
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     product = x @ kernel
     # matmul then add: two roundings, and oneDNN's bf16 GEMM (TensorFlow) rounds more
@@ -46,14 +50,16 @@ def test_half_matmul_add_is_within_bf16_rounding_of_the_exact_result(rng):
 def test_half_einsum_accumulates_in_float32(rng):
     q, k = rounded(rng.standard_normal((2, 3, 5, 8))), rounded(rng.standard_normal((2, 3, 6, 8)))
     exact = np.einsum("bhqd,bhkd->bhqk", q, k)
-    out = fast_paths.einsum("bhqd,bhkd->bhqk", bf16(q), bf16(k))
+    out = backend.einsum("bhqd,bhkd->bhqk", bf16(q), bf16(k))
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     assert_within_bf16(out, exact, ulps=2.0)
-    wide = fast_paths.einsum("bhqd,bhkd->bhqk", bf16(q), bf16(k), dtype="float32")
+    wide = backend.einsum("bhqd,bhkd->bhqk", bf16(q), bf16(k), dtype="float32")
     assert keras.backend.standardize_dtype(wide.dtype) == "float32"
     if BACKEND == "jax":  # float32 accumulation, not a bfloat16 result cast up
         assert max_abs_diff(wide, exact) <= 1e-4
-    assert max_abs_diff(fast_paths.einsum("ij,jk->ik", q[0, 0], k[0, 0].T), q[0, 0] @ k[0, 0].T) <= 1e-5
+    assert (
+        max_abs_diff(backend.einsum("ij,jk->ik", q[0, 0], k[0, 0].T), q[0, 0] @ k[0, 0].T) <= 1e-5
+    )
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="XLA:CPU's half-precision dots: JAX only")
@@ -64,8 +70,8 @@ def test_half_dots_ask_xla_for_a_float32_result(rng):
 
     x, kernel, bias = bf16(np.ones((4, 8))), bf16(np.ones((8, 3))), bf16(np.ones((3,)))
     for fn in (
-        lambda: fast_paths.matmul_add(x, kernel, bias),
-        lambda: fast_paths.einsum("ij,jk->ik", x, kernel),
+        lambda: backend.matmul_add(x, kernel, bias),
+        lambda: backend.einsum("ij,jk->ik", x, kernel),
     ):
         dots = [e for e in jax.make_jaxpr(fn)().eqns if e.primitive.name == "dot_general"]
         assert [str(e.params["preferred_element_type"]) for e in dots] == ["float32"]
@@ -73,13 +79,16 @@ def test_half_dots_ask_xla_for_a_float32_result(rng):
 
 def test_layer_norm_matches_keras_in_float32_bfloat16_and_mixed(rng):
     x = rng.standard_normal((2, 5, 16)).astype("float32") * 3 + 1
-    gamma, beta = rng.standard_normal(16).astype("float32"), rng.standard_normal(16).astype("float32")
-    reference = keras.ops.layer_normalization(x, gamma, beta, epsilon=1e-6)
-    assert max_abs_diff(fast_paths.layer_norm(x, gamma, beta, 1e-6), to_numpy(reference)) <= 1e-5
+    gamma, beta = (
+        rng.standard_normal(16).astype("float32"),
+        rng.standard_normal(16).astype("float32"),
+    )
+    reference = portable.layer_norm(x, gamma, beta, 1e-6)
+    assert max_abs_diff(backend.layer_norm(x, gamma, beta, 1e-6), to_numpy(reference)) <= 1e-5
     xb = rounded(x)
     exact = to_numpy(keras.ops.layer_normalization(xb, rounded(gamma), rounded(beta), epsilon=1e-6))
     for g, b in ((bf16(gamma), bf16(beta)), (rounded(gamma), rounded(beta))):  # bf16, mixed
-        out = fast_paths.layer_norm(bf16(xb), g, b, 1e-6)
+        out = backend.layer_norm(bf16(xb), g, b, 1e-6)
         assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
         assert_within_bf16(out, exact, ulps=2.0)
 
@@ -92,7 +101,7 @@ def test_layer_norm_is_one_torch_kernel_without_float32_copies(monkeypatch):
         raise AssertionError("Keras' formulation ran")
 
     monkeypatch.setattr(keras.ops, "layer_normalization", refuse)
-    out = fast_paths.layer_norm(bf16(np.ones((2, 4))), torch.ones(4), torch.zeros(4), 1e-6)
+    out = backend.layer_norm(bf16(np.ones((2, 4))), torch.ones(4), torch.zeros(4), 1e-6)
     assert out.dtype == torch.bfloat16
 
 
@@ -106,13 +115,16 @@ def test_layer_norm_layer_is_keras_layer_normalization(rng, policy):
         value = rng.standard_normal(tuple(a.shape)).astype("float32")
         a.assign(value)
         b.assign(value)
-    assert [w.path for w in fast.weights] == [w.path for w in plain.weights] == ["ln/gamma", "ln/beta"]
+    assert (
+        [w.path for w in fast.weights] == [w.path for w in plain.weights] == ["ln/gamma", "ln/beta"]
+    )
     x = rng.standard_normal((2, 3, 8)).astype("float32")
     out = fast(x)
     assert keras.backend.standardize_dtype(out.dtype) == fast.compute_dtype
     tolerance = 1e-5 if policy == "float32" else 2 * BF16_ULP * 4
     assert max_abs_diff(out, to_numpy(plain(x))) <= tolerance
     if policy == "float32":
+
         def loss(y):
             return keras.ops.sum(y * keras.ops.arange(8, dtype="float32"))
 
@@ -137,8 +149,10 @@ def test_dot_product_attention_on_strided_views_is_keras_attention(rng, dtype):
     qkv = rounded(rng.standard_normal((2, 7, 3, 4, 8)))
     qkv_t = keras.ops.convert_to_tensor(qkv, dtype=dtype)
     q, k, v = keras.ops.unstack(qkv_t, num=3, axis=2)
-    out = fast_paths.dot_product_attention(q, k, v)
-    reference = keras.ops.dot_product_attention(*[keras.ops.convert_to_tensor(t) for t in np.moveaxis(qkv, 2, 0)])
+    out = backend.dot_product_attention(q, k, v)
+    reference = portable.dot_product_attention(
+        *[keras.ops.convert_to_tensor(t) for t in np.moveaxis(qkv, 2, 0)]
+    )
     assert tuple(out.shape) == (2, 7, 4, 8)
     assert keras.backend.standardize_dtype(out.dtype) == dtype
     assert max_abs_diff(out, to_numpy(reference)) <= (1e-5 if dtype == "float32" else 0.05)
@@ -153,7 +167,7 @@ def test_dot_product_attention_calls_sdpa_without_keras_copies(monkeypatch):
 
     monkeypatch.setattr(keras.ops, "dot_product_attention", refuse)
     qkv = torch.randn(2, 7, 3, 4, 8, requires_grad=True)
-    out = fast_paths.dot_product_attention(*qkv.unbind(2))
+    out = backend.dot_product_attention(*qkv.unbind(2))
     out.sum().backward()
     assert qkv.grad.shape == qkv.shape
 
@@ -162,7 +176,9 @@ def test_bfloat16_block_outputs_match_float32_within_bf16_error(rng):
     # The whole block in bfloat16 through every fast path above, against float32.
     from keras_vitmsn.layers.transformer_block import ViTMSNTransformerBlock
 
-    blocks = {p: ViTMSNTransformerBlock(32, 4, 64, dtype=p, name="b") for p in ("float32", "bfloat16")}
+    blocks = {
+        p: ViTMSNTransformerBlock(32, 4, 64, dtype=p, name="b") for p in ("float32", "bfloat16")
+    }
     for block in blocks.values():
         block.build((None, 5, 32))
     for a, b in zip(blocks["float32"].weights, blocks["bfloat16"].weights):

@@ -7,10 +7,13 @@ backend, the rows layout forced both ways), and on TensorFlow the graph optimize
 import keras
 import numpy as np
 import pytest
+from helpers import BACKEND
+from helpers import keras_gradients
+from helpers import max_abs_diff
+from helpers import to_numpy
 
-from helpers import BACKEND, keras_gradients, max_abs_diff, to_numpy
-from keras_vitmsn.backend import fast_paths
-from keras_vitmsn.layers import transformer_block
+from keras_vitmsn import backend
+from keras_vitmsn.backend import portable
 from keras_vitmsn.layers.transformer_block import ViTMSNTransformerBlock
 
 tf_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's graph optimizer")
@@ -34,7 +37,7 @@ class Output(keras.layers.Layer):
 
 
 def block_outputs(block, x, monkeypatch, rows):
-    monkeypatch.setattr(transformer_block, "mlp_on_token_rows", lambda: rows)
+    monkeypatch.setattr(backend, "mlp_on_token_rows", lambda: rows)
     out = to_numpy(block(x)[0])
     weights = keras.ops.arange(32, dtype="float32")
     wrapper = Output(block)
@@ -54,14 +57,14 @@ def test_mlp_on_token_rows_equals_the_token_layout(rng, monkeypatch):
 
 
 def test_mlp_on_token_rows_keeps_an_unknown_batch_symbolic(monkeypatch):
-    monkeypatch.setattr(transformer_block, "mlp_on_token_rows", lambda: True)
+    monkeypatch.setattr(backend, "mlp_on_token_rows", lambda: True)
     # Traced on a placeholder whose batch size is unknown.
     out = Output(ViTMSNTransformerBlock(32, 4, 64))(keras.Input((5, 32)))
     assert tuple(out.shape) == (None, 5, 32)
 
 
 def test_mlp_on_token_rows_is_the_tensorflow_layout():
-    assert fast_paths.mlp_on_token_rows() == (BACKEND == "tensorflow")
+    assert backend.mlp_on_token_rows() == (BACKEND == "tensorflow")
 
 
 @pytest.mark.parametrize("head_dim", [8, 6])
@@ -85,10 +88,12 @@ def test_dot_product_attention_gradients_are_keras_ones(rng, head_dim):
             return self.fn(*self.qkv)
 
     results = []
-    for fn in (fast_paths.dot_product_attention, keras.ops.dot_product_attention):
+    for fn in (backend.dot_product_attention, portable.dot_product_attention):
         layer = Attend(fn)
         out = to_numpy(keras.ops.stop_gradient(layer(q)))
-        grads = keras_gradients(layer, q, lambda y: keras.ops.sum(y * keras.ops.convert_to_tensor(weights)))
+        grads = keras_gradients(
+            layer, q, lambda y: keras.ops.sum(y * keras.ops.convert_to_tensor(weights))
+        )
         results.append((out, [grads[w.path] for w in layer.qkv]))
     assert max_abs_diff(results[0][0], results[1][0]) <= 1e-5
     for fast, plain in zip(results[0][1], results[1][1]):
@@ -133,7 +138,7 @@ def test_matmul_add_of_3d_input_is_one_fused_matmul():
     import tensorflow as tf
 
     x, kernel, bias = tf.zeros((2, 5, 4)), tf.ones((4, 6)), tf.ones((6,))
-    ops_ = optimized_graph_ops(fast_paths.matmul_add, x, kernel, bias)
+    ops_ = optimized_graph_ops(backend.matmul_add, x, kernel, bias)
     assert ("_FusedMatMul", ["BiasAdd"]) in ops_
     assert not {"MatMul", "BiasAdd", "AddV2"} & {op for op, _ in ops_}
 
@@ -142,7 +147,7 @@ def test_matmul_add_of_3d_input_is_one_fused_matmul():
 def test_dot_product_attention_keeps_float64(rng):
     q, k, v = (rng.standard_normal((2, 7, 3, 6)) for _ in range(3))
     args = [keras.ops.convert_to_tensor(t, dtype="float64") for t in (q, k, v)]
-    out = fast_paths.dot_product_attention(*args)
+    out = backend.dot_product_attention(*args)
     assert keras.backend.standardize_dtype(out.dtype) == "float64"
     # Exact float64 attention (Keras' own rounds its scale to float32 on some backends).
     scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(6.0)
@@ -164,23 +169,23 @@ def test_bfloat16_inference_fuses_the_gelu_and_training_keeps_it_in_float32(poli
     assert "Erf" not in {op for op, _ in inference}
     # In training the GELU's input is kept for its gradient, so grappler cannot fuse a
     # bfloat16 GELU: it stays the float32 formulation (Erf on a float32 copy).
-    assert not tensorflow_graphs_gelu_ran(block, x, training=True)
+    assert not half_precision_gelu_ran(block, x, training=True)
 
 
-def tensorflow_graphs_gelu_ran(block, x, training, jit_compile=False):
+def half_precision_gelu_ran(block, x, training, jit_compile=False):
     import tensorflow as tf
 
-    from keras_vitmsn.backend import tensorflow_graphs
+    from keras_vitmsn.backend import tensorflow as tensorflow_backend
 
     calls = []
-    original = tensorflow_graphs.half_precision_exact_gelu
+    original = tensorflow_backend.half_precision_exact_gelu
 
     def spy(h):
         calls.append(h)
         return original(h)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tensorflow_graphs, "half_precision_exact_gelu", spy)
+        patch.setattr(tensorflow_backend, "half_precision_exact_gelu", spy)
         fn = tf.function(lambda x: block(x, training=training)[0], jit_compile=jit_compile)
         fn.get_concrete_function(x)
     return bool(calls)
@@ -190,30 +195,34 @@ def tensorflow_graphs_gelu_ran(block, x, training, jit_compile=False):
 def test_half_precision_gelu_only_where_grappler_fuses_it(monkeypatch):
     import tensorflow as tf
 
-    from keras_vitmsn.backend import tensorflow_graphs
+    from keras_vitmsn.backend import tensorflow as tensorflow_backend
 
     block = ViTMSNTransformerBlock(32, 4, 64, dtype="bfloat16")
     half = tf.zeros((2, 5, 32), dtype="bfloat16")
-    assert tensorflow_graphs_gelu_ran(block, half, training=False)
-    assert not tensorflow_graphs_gelu_ran(ViTMSNTransformerBlock(32, 4, 64), tf.zeros((2, 5, 32)), False)
-    assert not tensorflow_graphs.fuses_half_precision_gelu(half)  # eager: no grappler
+    assert half_precision_gelu_ran(block, half, training=False)
+    assert not half_precision_gelu_ran(
+        ViTMSNTransformerBlock(32, 4, 64), tf.zeros((2, 5, 32)), False
+    )
+    assert not tensorflow_backend.fuses_half_precision_gelu(half)  # eager: no grappler
     # XLA does not fuse into oneDNN: the bfloat16 ops would each round.
-    assert not tensorflow_graphs_gelu_ran(block, half, training=False, jit_compile=True)
+    assert not half_precision_gelu_ran(block, half, training=False, jit_compile=True)
     # Without oneDNN's rewrites (or TensorFlow's private answer about them) the GELU
     # would run unfused op by op in bfloat16: keep the float32 formulation.
     from tensorflow.python.util import _pywrap_util_port
 
     monkeypatch.setattr(_pywrap_util_port, "IsMklEnabled", lambda: False)
-    assert not tensorflow_graphs_gelu_ran(block, half, training=False)
+    assert not half_precision_gelu_ran(block, half, training=False)
     monkeypatch.delattr(_pywrap_util_port, "IsMklEnabled")
-    assert not tensorflow_graphs_gelu_ran(block, half, training=False)
+    assert not half_precision_gelu_ran(block, half, training=False)
 
 
 @tf_only
 def test_fused_bfloat16_gelu_is_as_close_to_float32_as_the_float32_formulation(rng, monkeypatch):
     import tensorflow as tf
 
-    blocks = {p: ViTMSNTransformerBlock(32, 4, 64, dtype=p, name="b") for p in ("float32", "bfloat16")}
+    blocks = {
+        p: ViTMSNTransformerBlock(32, 4, 64, dtype=p, name="b") for p in ("float32", "bfloat16")
+    }
     for block in blocks.values():
         block.build((None, 5, 32))
     for a, b in zip(blocks["float32"].weights, blocks["bfloat16"].weights):
@@ -224,7 +233,7 @@ def test_fused_bfloat16_gelu_is_as_close_to_float32_as_the_float32_formulation(r
     exact = to_numpy(blocks["float32"](x)[0])
     half = tf.cast(x, "bfloat16")
     fused = to_numpy(tf.function(lambda x: blocks["bfloat16"](x)[0])(half)).astype("float32")
-    monkeypatch.setattr(transformer_block, "mlp_activation", lambda h, act, name, training: act(h))
+    monkeypatch.setattr(backend, "mlp_activation", portable.mlp_activation)
     plain = to_numpy(tf.function(lambda x: blocks["bfloat16"](x)[0])(half)).astype("float32")
     err_fused, err_plain = np.abs(fused - exact), np.abs(plain - exact)
     assert max_abs_diff(fused, plain) > 0  # the two graphs differ

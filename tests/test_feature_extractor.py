@@ -6,11 +6,18 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import BACKEND
+from helpers import randomize
+from helpers import tiny_backbone
+from helpers import to_numpy
+from test_export import FORMATS
+from test_export import RUNTIMES
+from test_export import TOL
+from test_export import artefact_path
+from test_export import runner
 
 import keras_vitmsn as kv
 from keras_vitmsn.models.export import supported_export_formats
-from helpers import BACKEND, randomize, tiny_backbone, to_numpy
-from test_export import FORMATS, RUNTIMES, TOL, artefact_path, runner
 
 POOLINGS = ("cls", "cls_pre_norm", "mean", "patch")
 
@@ -60,8 +67,9 @@ def test_poolings_differ_and_default_is_the_papers(backbone):
     for a, b in (("cls", "cls_pre_norm"), ("cls", "mean")):
         assert np.abs(pooled[a] - pooled[b]).max() > 1e-2, f"{a} and {b} coincide"
     # "cls" is the final LayerNorm of "cls_pre_norm".
-    np.testing.assert_allclose(to_numpy(backbone.layernorm(pooled["cls_pre_norm"])),
-                               pooled["cls"], atol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(backbone.layernorm(pooled["cls_pre_norm"])), pooled["cls"], atol=1e-5
+    )
 
 
 def test_patch_grid_is_row_major_at_the_input_size():
@@ -115,12 +123,17 @@ def test_preprocessor_takes_raw_images(backbone):
 
 
 def test_invalid_arguments_raise(backbone):
-    with pytest.raises(ValueError, match="`pooling` must be one of 'cls', 'cls_pre_norm', 'mean', 'patch'; got 'avg'"):
+    with pytest.raises(
+        ValueError,
+        match="`pooling` must be one of 'cls', 'cls_pre_norm', 'mean', 'patch'; got 'avg'",
+    ):
         kv.ViTMSNFeatureExtractor(backbone, pooling="avg")
     with pytest.raises(ValueError, match="must be a ViTMSNBackbone"):
         kv.ViTMSNFeatureExtractor(keras.layers.Dense(3))
     with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
-        kv.ViTMSNFeatureExtractor(backbone, preprocessor=kv.ViTMSNImageConverter(image_size=(48, 48)))
+        kv.ViTMSNFeatureExtractor(
+            backbone, preprocessor=kv.ViTMSNImageConverter(image_size=(48, 48))
+        )
 
 
 def test_config_round_trip_and_keras_file(backbone, tmp_path):
@@ -228,14 +241,15 @@ def test_lowshot_uses_the_extractor(backbone):
     np.testing.assert_array_equal(
         kv.lowshot.extract_features(extractor, x, batch_size=2, verbose=0), from_backbone
     )
-    np.testing.assert_allclose(from_backbone, expected_features(backbone, x, "cls_pre_norm"), atol=1e-5)
+    np.testing.assert_allclose(
+        from_backbone, expected_features(backbone, x, "cls_pre_norm"), atol=1e-5
+    )
     with pytest.raises(ValueError, match="pooling must be one of"):
-        kv.lowshot.extract_features(kv.ViTMSNFeatureExtractor(backbone, pooling="mean"), x, verbose=0)
+        kv.lowshot.extract_features(
+            kv.ViTMSNFeatureExtractor(backbone, pooling="mean"), x, verbose=0
+        )
     with_converter = kv.ViTMSNFeatureExtractor(
         backbone, preprocessor=kv.ViTMSNImageConverter(image_size=(32, 32))
     )
     with pytest.raises(ValueError, match="has its own preprocessor"):
         kv.lowshot.extract_features(with_converter, x, preprocessing="hub", verbose=0)
-    with pytest.warns(DeprecationWarning, match="ViTMSNFeatureExtractor"):
-        old = kv.lowshot.FeatureExtractor(backbone, feature="cls")
-    assert isinstance(old, kv.ViTMSNFeatureExtractor) and old.feature == "cls"

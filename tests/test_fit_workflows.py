@@ -1,7 +1,7 @@
 """Training ViTMSNClassifier with model.fit, under whichever backend KERAS_BACKEND selects.
 
 A tiny backbone (16x16 images, one block of width 16) learns a toy problem whose
-classes differ by mean colour; every workflow of issue 4 is exercised: tf.data (from an
+classes differ by mean colour; every fit workflow is exercised: tf.data (from an
 image folder and from tensors), numpy arrays, Python generators, mixed precision, linear
 probing, dropout, training at another resolution and checkpointing / saving.
 
@@ -40,8 +40,12 @@ def seeded_float32():
 
 def tiny_backbone(**overrides):
     config = dict(
-        image_shape=(SIZE, SIZE, 3), patch_size=8, hidden_dim=16, num_layers=1,
-        num_heads=2, intermediate_dim=32,
+        image_shape=(SIZE, SIZE, 3),
+        patch_size=8,
+        hidden_dim=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=32,
     )
     config.update(overrides)
     return kv.ViTMSNBackbone(**config)
@@ -302,7 +306,11 @@ def test_checkpoint_save_and_load_after_fit(tmp_path, shared):
     history = clf.fit(images, labels, batch_size=8, epochs=3, verbose=0, callbacks=callbacks)
     assert_learns(history, factor=1.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "best.keras", "epoch_1.keras", "epoch_2.keras", "epoch_3.keras", "last.weights.h5",
+        "best.keras",
+        "epoch_1.keras",
+        "epoch_2.keras",
+        "epoch_3.keras",
+        "last.weights.h5",
     ]
     expected = clf.predict(images, verbose=0)
     final_weights = clf.get_weights()

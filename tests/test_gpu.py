@@ -39,7 +39,8 @@ def test_flash_attention_kernel_is_used_for_long_sequences():
     images = keras.ops.convert_to_tensor(np.random.rand(2, 224, 224, 3).astype("float32"))
     if BACKEND == "torch":
         import torch
-        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile
 
         with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
             backbone(images)
@@ -55,7 +56,9 @@ def test_flash_attention_kernel_is_used_for_long_sequences():
             return backbone.stateless_call(tv, ntv, x)[0]["last_hidden_state"]
 
         hlo = jax.jit(forward).lower(trainable, non_trainable, images).compile().as_text()
-        assert "cudnn" in hlo.lower() and "fmha" in hlo.lower(), "no cuDNN flash attention in the HLO"
+        assert "cudnn" in hlo.lower() and "fmha" in hlo.lower(), (
+            "no cuDNN flash attention in the HLO"
+        )
     else:
         pytest.skip("TensorFlow has no fused attention kernel in keras.ops")
 

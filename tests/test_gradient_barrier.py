@@ -5,24 +5,29 @@ import re
 import keras
 import numpy as np
 import pytest
+from helpers import BACKEND
+from helpers import keras_gradients
+from helpers import to_numpy
 
 import keras_vitmsn as kv
-from helpers import BACKEND, keras_gradients, to_numpy
-from keras_vitmsn.layers import transformer_block
-from keras_vitmsn.layers.gradient_barrier import gradient_fusion_barrier
+from keras_vitmsn import backend
+from keras_vitmsn.backend import portable
 
 
-def test_forward_and_gradient_are_identity(rng):
+@pytest.mark.parametrize(
+    "barrier", [backend.gradient_fusion_barrier, portable.gradient_fusion_barrier]
+)
+def test_forward_and_gradient_are_identity(rng, barrier):
     x = rng.standard_normal((2, 5, 8)).astype("float32")
     weight = rng.standard_normal((2, 5, 8)).astype("float32")
-    np.testing.assert_array_equal(to_numpy(gradient_fusion_barrier(x)), x)
+    np.testing.assert_array_equal(to_numpy(barrier(x)), x)
 
     class Scale(keras.layers.Layer):
         def build(self, shape):
             self.w = self.add_weight(shape=shape[1:], initializer="ones")
 
         def call(self, inputs):
-            return gradient_fusion_barrier(inputs * self.w)
+            return barrier(inputs * self.w)
 
     layer = Scale()
     model = keras.Sequential([keras.Input((5, 8)), layer])
@@ -37,8 +42,12 @@ def _largest_fusion_operands(num_layers, monkeypatch=None):
     import jax.numpy as jnp
 
     backbone = kv.ViTMSNBackbone(
-        image_shape=(32, 32, 3), patch_size=8, hidden_dim=32, num_layers=num_layers,
-        num_heads=4, intermediate_dim=64,
+        image_shape=(32, 32, 3),
+        patch_size=8,
+        hidden_dim=32,
+        num_layers=num_layers,
+        num_heads=4,
+        intermediate_dim=64,
     )
     images = jnp.zeros((2, 32, 32, 3))
     frozen = [v.value for v in backbone.non_trainable_variables]
@@ -68,7 +77,7 @@ def test_jax_gradient_fusions_do_not_grow_with_depth(monkeypatch):
 
     # Without it, XLA:CPU chains the residual gradient of every block above into each
     # consumer: fusion inputs grow with depth (the quadratic backward this prevents).
-    monkeypatch.setattr(transformer_block, "gradient_fusion_barrier", lambda x: x)
+    monkeypatch.setattr(backend, "gradient_fusion_barrier", portable.gradient_fusion_barrier)
     unbarred_shallow, _ = _largest_fusion_operands(2)
     unbarred_deep, _ = _largest_fusion_operands(8)
     import jax

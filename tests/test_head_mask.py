@@ -2,17 +2,22 @@
 
 import numpy as np
 import pytest
+from helpers import max_abs_diff
+from helpers import to_numpy
 
 import keras_vitmsn as kv
-from helpers import max_abs_diff, to_numpy
 
 HEADS, LAYERS, HEAD_DIM = 4, 2, 8
 
 
 def tiny_backbone():
     backbone = kv.ViTMSNBackbone(
-        image_shape=(32, 32, 3), patch_size=8, hidden_dim=HEADS * HEAD_DIM,
-        num_layers=LAYERS, num_heads=HEADS, intermediate_dim=64,
+        image_shape=(32, 32, 3),
+        patch_size=8,
+        hidden_dim=HEADS * HEAD_DIM,
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        intermediate_dim=64,
     )
     rng = np.random.default_rng(1)
     for v in backbone.weights:

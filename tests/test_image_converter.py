@@ -6,11 +6,16 @@ import warnings
 import keras
 import numpy as np
 import pytest
+
 transformers = pytest.importorskip("transformers", reason="these tests compare with transformers")
 
+from helpers import BACKEND
+from helpers import to_numpy
+from hf_reference import TINY
+from hf_reference import make_hf_model
+
 import keras_vitmsn as kv
-from helpers import BACKEND, to_numpy
-from hf_reference import TINY, make_hf_model
+from keras_vitmsn.images.converter import paper_resize_geometry
 
 MEAN = np.array([0.485, 0.456, 0.406], "float32")
 STD = np.array([0.229, 0.224, 0.225], "float32")
@@ -89,7 +94,9 @@ def test_uint8_float_single_and_batched_inputs_agree(rng):
 
 def test_channels_first(rng):
     images = rng.integers(0, 256, (2, 50, 70, 3), dtype=np.uint8)
-    last = to_numpy(kv.ViTMSNImageConverter(image_size=(32, 40), data_format="channels_last")(images))
+    last = to_numpy(
+        kv.ViTMSNImageConverter(image_size=(32, 40), data_format="channels_last")(images)
+    )
     first = kv.ViTMSNImageConverter(image_size=(32, 40), data_format="channels_first")
     out = to_numpy(first(np.transpose(images, (0, 3, 1, 2))))
     assert out.shape == (2, 3, 32, 40)
@@ -138,7 +145,9 @@ def test_symbolic_use_in_a_functional_model(rng):
     assert tuple(outputs.shape) == (None, 32, 32, 3)
     model = keras.Model(inputs, outputs)
     images = rng.integers(0, 256, (2, 50, 40, 3), dtype=np.uint8)
-    np.testing.assert_allclose(model.predict(images, verbose=0), to_numpy(converter(images)), atol=1e-5)
+    np.testing.assert_allclose(
+        model.predict(images, verbose=0), to_numpy(converter(images)), atol=1e-5
+    )
 
 
 def paper_reference(image, crop=224, resize=256):
@@ -177,7 +186,7 @@ def test_paper_transform_matches_resize_then_center_crop(shape, rng):
 def test_paper_transform_scales_with_the_model_size(rng):
     image = smooth_image(rng, 150, 180)
     converter = kv.ViTMSNImageConverter(image_size=(112, 112), resize_mode="paper")
-    assert kv.image_converter.paper_resize_geometry(150, 180, (112, 112)) == (128, 153, 8, 20)
+    assert paper_resize_geometry(150, 180, (112, 112)) == (128, 153, 8, 20)
     diff = np.abs(to_numpy(converter(image)) - paper_reference(image, crop=112, resize=128))
     assert np.all(diff.max(axis=(0, 1)) <= ONE_UINT8_STEP + 1e-5)
 
@@ -196,11 +205,16 @@ def test_paper_transform_in_tf_data_and_in_a_model(rng):
     inputs = keras.Input((57, 40, 3), dtype="uint8")
     model = keras.Model(inputs, converter(inputs))
     batch = np.stack([images[3], images[3][::-1]])
-    np.testing.assert_allclose(model.predict(batch, verbose=0), to_numpy(converter(batch)), atol=1e-5)
-    first = kv.ViTMSNImageConverter(image_size=(48, 40), resize_mode="paper",
-                                    data_format="channels_first")
+    np.testing.assert_allclose(
+        model.predict(batch, verbose=0), to_numpy(converter(batch)), atol=1e-5
+    )
+    first = kv.ViTMSNImageConverter(
+        image_size=(48, 40), resize_mode="paper", data_format="channels_first"
+    )
     out = to_numpy(first(np.transpose(batch, (0, 3, 1, 2))))
-    np.testing.assert_allclose(np.transpose(out, (0, 2, 3, 1)), to_numpy(converter(batch)), atol=1e-5)
+    np.testing.assert_allclose(
+        np.transpose(out, (0, 2, 3, 1)), to_numpy(converter(batch)), atol=1e-5
+    )
 
 
 def test_input_range_comes_from_the_dtype_or_is_declared(rng):
@@ -214,13 +228,18 @@ def test_input_range_comes_from_the_dtype_or_is_declared(rng):
     unit = kv.ViTMSNImageConverter(image_size=(32, 32), input_range=(0, 1))
     np.testing.assert_allclose(to_numpy(unit(images / np.float32(255))), expected, atol=1e-5)
     signed = kv.ViTMSNImageConverter(image_size=(32, 32), input_range=(-1, 1))
-    np.testing.assert_allclose(to_numpy(signed(images / np.float32(127.5) - 1)), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(signed(images / np.float32(127.5) - 1)), expected, atol=1e-5
+    )
 
 
 def test_float_input_outside_the_declared_range_raises(rng):
     images = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
-    with pytest.raises(ValueError, match=r"values in \[0, 65535\], outside the converter's "
-                                         r"input_range \(0.0, 255.0\).*input_range=\(0, 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"values in \[0, 65535\], outside the converter's "
+        r"input_range \(0.0, 255.0\).*input_range=\(0, 1\)",
+    ):
         kv.ViTMSNImageConverter()(images.astype("float32") * 257)
     unit = kv.ViTMSNImageConverter(input_range=(0, 1))
     with pytest.raises(ValueError, match=r"outside the converter's input_range \(0.0, 1.0\)"):
@@ -241,7 +260,9 @@ def test_uint16_images_in_tf_data_keep_their_range(rng):
 
 @pytest.mark.parametrize("input_range", [(1, 0), (0, 0), (0,), "0-255", (0, float("inf")), None])
 def test_invalid_input_range(input_range):
-    with pytest.raises(ValueError, match="`input_range` must be \\(low, high\\) with finite low < high"):
+    with pytest.raises(
+        ValueError, match="`input_range` must be \\(low, high\\) with finite low < high"
+    ):
         kv.ViTMSNImageConverter(input_range=input_range)
 
 
@@ -249,8 +270,14 @@ def test_config_round_trip():
     paper = kv.ViTMSNImageConverter(image_size=(96, 96), resize_mode="paper")
     assert kv.ViTMSNImageConverter.from_config(paper.get_config()).resize_mode == "paper"
     converter = kv.ViTMSNImageConverter(
-        image_size=(96, 64), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic",
-        antialias=False, rescale_factor=1 / 127.5, data_format="channels_first", name="conv",
+        image_size=(96, 64),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        interpolation="bicubic",
+        antialias=False,
+        rescale_factor=1 / 127.5,
+        data_format="channels_first",
+        name="conv",
         input_range=(0, 1),
     )
     assert converter.get_config()["input_range"] == (0.0, 1.0)
@@ -306,19 +333,31 @@ def test_from_transformers_preprocessor_config(tmp_path):
     assert converter.mean == (0.1, 0.2, 0.3) and converter.std == (0.4, 0.5, 0.6)
 
     # The old feature-extractor format of the hub repositories (size as an int).
-    legacy = {"feature_extractor_type": "ViTFeatureExtractor", "size": 32, "resample": 2,
-              "do_normalize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    legacy = {
+        "feature_extractor_type": "ViTFeatureExtractor",
+        "size": 32,
+        "resample": 2,
+        "do_normalize": True,
+        "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225],
+    }
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(legacy))
     converter = kv.ViTMSNImageConverter.from_preset(str(tmp_path))
     assert converter.image_size == (32, 32) and converter.rescale_factor == pytest.approx(1 / 255)
 
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(dict(config, do_center_crop=True)))
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps(dict(config, do_center_crop=True))
+    )
     with pytest.raises(ValueError, match="center crop"):
         kv.ViTMSNImageConverter.from_preset(str(tmp_path))
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(dict(config, image_processor_type="CLIPImageProcessor")))
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps(dict(config, image_processor_type="CLIPImageProcessor"))
+    )
     with pytest.raises(ValueError, match="Unsupported image processor 'CLIPImageProcessor'"):
         kv.ViTMSNImageConverter.from_preset(str(tmp_path))
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(dict(config, size={"shortest_edge": 224})))
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps(dict(config, size={"shortest_edge": 224}))
+    )
     with pytest.raises(ValueError, match="Unsupported resize size"):
         kv.ViTMSNImageConverter.from_preset(str(tmp_path))
 

@@ -11,10 +11,13 @@ import pytest
 from PIL import Image
 
 import keras_vitmsn as kv
-from keras_vitmsn.images import files as image_files
-from keras_vitmsn.images.data import ImageFolder
-from keras_vitmsn.images.files import BadImageError, BadImageWarning, list_image_files
-from keras_vitmsn.msn import MSNAugmentation, msn_multiview_dataset
+from keras_vitmsn.images import image_files
+from keras_vitmsn.images.folders import ImageFolder
+from keras_vitmsn.images.image_files import BadImageError
+from keras_vitmsn.images.image_files import BadImageWarning
+from keras_vitmsn.images.image_files import list_image_files
+from keras_vitmsn.msn import MSNAugmentation
+from keras_vitmsn.msn import msn_multiview_dataset
 
 
 def noise(seed, shape=(24, 24, 3)):
@@ -44,8 +47,7 @@ def bad_folder(tmp_path):
 
 
 def tiny_augmentation(size=16):
-    return MSNAugmentation(global_size=size, focal_size=8, num_focal_views=0,
-                           blur_probability=0.0)
+    return MSNAugmentation(global_size=size, focal_size=8, num_focal_views=0, blur_probability=0.0)
 
 
 def read_labelled(root, **kwargs):
@@ -99,8 +101,10 @@ def test_a_class_left_empty_by_skipping_is_an_error(tmp_path):
         (tmp_path / name).mkdir()
     Image.fromarray(noise(0)).save(tmp_path / "cat" / "0.png")
     (tmp_path / "dog" / "0.png").write_bytes(b"not a png")
-    with pytest.warns(BadImageWarning), \
-            pytest.raises(ValueError, match=r"dog.* holds no readable images"):
+    with (
+        pytest.warns(BadImageWarning),
+        pytest.raises(ValueError, match=r"dog.* holds no readable images"),
+    ):
         ImageFolder(str(tmp_path), skip_bad_images=True)
 
 
@@ -108,8 +112,12 @@ def write_mixed_folder(root):
     """Classes with .webp, .tif, .JPG and .bmp images at several depths, plus files
     that are not images: hidden ones, a text file and a hidden folder."""
     layout = {
-        "cat/a.png": 0, "cat/b.webp": 1, "cat/deep/er/c.tif": 2, "cat/deep/d.JPG": 3,
-        "dog/e.bmp": 4, "dog/sub/f.webp": 5,
+        "cat/a.png": 0,
+        "cat/b.webp": 1,
+        "cat/deep/er/c.tif": 2,
+        "cat/deep/d.JPG": 3,
+        "dog/e.bmp": 4,
+        "dog/sub/f.webp": 5,
     }
     for rel, seed in layout.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -123,8 +131,14 @@ def write_mixed_folder(root):
 
 def test_both_readers_find_the_same_images_in_the_same_order(tmp_path):
     write_mixed_folder(tmp_path)
-    expected = ["cat/a.png", "cat/b.webp", "cat/deep/d.JPG", "cat/deep/er/c.tif",
-                "dog/e.bmp", "dog/sub/f.webp"]
+    expected = [
+        "cat/a.png",
+        "cat/b.webp",
+        "cat/deep/d.JPG",
+        "cat/deep/er/c.tif",
+        "dog/e.bmp",
+        "dog/sub/f.webp",
+    ]
     labelled = ImageFolder(str(tmp_path))
     assert [os.path.relpath(p, tmp_path) for p in labelled.paths] == expected
     assert labelled.labels.tolist() == [0, 0, 0, 0, 1, 1]
@@ -143,11 +157,17 @@ def test_tensorflow_and_pillow_decoding_give_the_same_pixels(tmp_path):
             (tmp_path / ext).mkdir(exist_ok=True)
             Image.fromarray(image).save(tmp_path / ext / f"{i}.{ext}", lossless=True)
     augmentation = MSNAugmentation(
-        global_size=16, num_focal_views=0, global_scale=(1.0, 1.0), ratio=(1.0, 1.0),
-        flip_probability=0.0, color_jitter=None, grayscale_probability=0.0,
+        global_size=16,
+        num_focal_views=0,
+        global_scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        flip_probability=0.0,
+        color_jitter=None,
+        grayscale_probability=0.0,
         blur_probability=0.0,
-        image_converter=kv.ViTMSNImageConverter(image_size=None, mean=None, std=None,
-                                                rescale_factor=None),
+        image_converter=kv.ViTMSNImageConverter(
+            image_size=None, mean=None, std=None, rescale_factor=None
+        ),
     )
     (batch,) = msn_multiview_dataset(str(tmp_path), 9, augmentation, shuffle=False)
     loaded = ImageFolder(str(tmp_path)).load(size=(16, 16))

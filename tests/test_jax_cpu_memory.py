@@ -12,6 +12,7 @@ import textwrap
 import keras
 import pytest
 
+from keras_vitmsn import backend
 from keras_vitmsn.backend import jax_cpu_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,13 +39,19 @@ for _ in range(5):
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print(json.dumps({{"faults": sorted(faults)[2], "result": {result}}}))
 """
-_ENABLE = "import keras_vitmsn\nfrom keras_vitmsn import jax_cpu_memory\nr = jax_cpu_memory.enable()"
+_ENABLE = (
+    "import keras_vitmsn\nfrom keras_vitmsn import backend\nr = backend.enable_jax_cpu_memory()"
+)
 
 
 def _run(code, **env):
     out = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=ROOT,
-        env=dict(os.environ, KERAS_BACKEND="jax", **env), timeout=300,
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, KERAS_BACKEND="jax", **env),
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -66,11 +73,13 @@ def test_importing_the_package_creates_no_jax_client():
 @on_linux
 def test_enable_removes_the_per_call_page_faults():
     default = _run(_FAULTS.format(rows=16384, setup="import keras_vitmsn", result="None"))
-    enabled = _run(_FAULTS.format(
-        rows=16384,
-        setup=_ENABLE,
-        result="[bool(r), r.reason]",
-    ))
+    enabled = _run(
+        _FAULTS.format(
+            rows=16384,
+            setup=_ENABLE,
+            result="[bool(r), r.reason]",
+        )
+    )
     # The premise: by default every call faults its 128 MiB intermediate in again
     # (about 65k pages of 4 KiB measured; fewer with huge pages, never none).
     assert default["faults"] > 5000, default
@@ -85,11 +94,13 @@ def test_enable_keeps_scratch_beyond_what_mallopt_can_count():
     # up to 2**31 - 1 bytes (the largest count mallopt takes), glibc handed the rest
     # back after every step and the next step faulted all 660k pages in again.
     rows = 2**31 // (2048 * 4) + 16384  # 2.125 GiB of scratch
-    enabled = _run(_FAULTS.format(
-        rows=rows,
-        setup=_ENABLE,
-        result="bool(r)",
-    ))
+    enabled = _run(
+        _FAULTS.format(
+            rows=rows,
+            setup=_ENABLE,
+            result="bool(r)",
+        )
+    )
     assert enabled["result"] is True, enabled
     assert enabled["faults"] < 500, enabled
 
@@ -101,9 +112,9 @@ def test_enable_without_jax_private_check_still_applies_and_says_so():
         import json, keras_vitmsn
         from jax._src import xla_bridge
         del xla_bridge.backends_are_initialized
-        from keras_vitmsn.backend import jax_cpu_memory
+        from keras_vitmsn import backend
         import jax
-        r = jax_cpu_memory.enable()
+        r = backend.enable_jax_cpu_memory()
         print(json.dumps([bool(r), r.reason, jax.config.read("jax_cpu_enable_async_dispatch")]))
     """)
     assert got[0] is True and "not verified" in got[1] and got[2] is False
@@ -115,13 +126,13 @@ def test_enable_after_a_computation_refuses_and_changes_nothing():
 
     keras.ops.convert_to_numpy(keras.ops.ones((2,)))  # this process's client exists
     with pytest.raises(RuntimeError, match="before the first JAX computation"):
-        jax_cpu_memory.enable()
+        backend.enable_jax_cpu_memory()
     assert jax.config.read("jax_cpu_enable_async_dispatch") is True
 
 
 @pytest.mark.skipif(keras.backend.backend() == "jax", reason="the other backends")
 def test_enable_on_other_backends_changes_nothing_and_says_why():
-    result = jax_cpu_memory.enable()
+    result = backend.enable_jax_cpu_memory()
     assert not result and not result.inline_dispatch and not result.glibc_keeps_freed_memory
     assert keras.backend.backend() in result.reason
 
@@ -129,7 +140,7 @@ def test_enable_on_other_backends_changes_nothing_and_says_why():
 @on_jax
 def test_enable_without_glibc_changes_nothing_and_says_why(monkeypatch):
     monkeypatch.setattr(jax_cpu_memory.sys, "platform", "darwin")
-    result = jax_cpu_memory.enable()  # before the client check: no error here
+    result = backend.enable_jax_cpu_memory()  # before the client check: no error here
     assert not result and "darwin" in result.reason
 
 
@@ -143,21 +154,30 @@ def test_glibc_is_found_on_linux():
 @pytest.mark.parametrize("switch, expected_async", [(None, True), ("0", True), ("1", False)])
 def test_the_command_line_enables_it_when_asked(switch, expected_async):
     env = {} if switch is None else {"KERAS_VITMSN_JAX_CPU_MEMORY": switch}
-    got = _run("""
+    got = _run(
+        """
         import json, sys
         from keras_vitmsn import cli
         sys.argv = ["keras-vitmsn", "presets"]
         cli.main()
         import jax
         print(json.dumps(jax.config.read("jax_cpu_enable_async_dispatch")))
-    """, **env)
+    """,
+        **env,
+    )
     assert got is expected_async
 
 
 def test_the_command_line_refuses_a_bad_switch():
     out = subprocess.run(
-        [sys.executable, "-m", "keras_vitmsn", "presets"], capture_output=True, text=True, cwd=ROOT,
-        env=dict(os.environ, KERAS_VITMSN_JAX_CPU_MEMORY="yes"), timeout=300,
+        [sys.executable, "-m", "keras_vitmsn", "presets"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, KERAS_VITMSN_JAX_CPU_MEMORY="yes"),
+        timeout=300,
     )
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1].startswith("error: KERAS_VITMSN_JAX_CPU_MEMORY='yes'")
+    assert (
+        out.stderr.strip().splitlines()[-1].startswith("error: KERAS_VITMSN_JAX_CPU_MEMORY='yes'")
+    )

@@ -8,15 +8,23 @@ import sys
 import keras
 import numpy as np
 import pytest
+from helpers import max_abs_diff
+from helpers import to_numpy
 
 import keras_vitmsn as kv
-from helpers import max_abs_diff, to_numpy
 from keras_vitmsn.backend import keras_internals
-from keras_vitmsn.msn import CosineSchedule, ScheduledAdamW
+from keras_vitmsn.msn import CosineSchedule
+from keras_vitmsn.msn import ScheduledAdamW
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(image_shape=(32, 32, 3), patch_size=8, hidden_dim=32, num_layers=2, num_heads=4,
-            intermediate_dim=64)
+TINY = dict(
+    image_shape=(32, 32, 3),
+    patch_size=8,
+    hidden_dim=32,
+    num_layers=2,
+    num_heads=4,
+    intermediate_dim=64,
+)
 
 
 def test_this_keras_takes_the_fast_paths():
@@ -39,7 +47,10 @@ def test_build_with_values_fast_and_public_paths_agree(fast):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), value)
     assert keras_internals.pending_variables() == []
     x = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype("float32")
-    assert max_abs_diff(model(x)["last_hidden_state"], to_numpy(reference(x)["last_hidden_state"])) == 0
+    assert (
+        max_abs_diff(model(x)["last_hidden_state"], to_numpy(reference(x)["last_hidden_state"]))
+        == 0
+    )
 
 
 def test_presets_load_identically_without_fast_init(tmp_path, monkeypatch):
@@ -52,7 +63,9 @@ def test_presets_load_identically_without_fast_init(tmp_path, monkeypatch):
     same = kv.ViTMSNBackbone.from_preset(str(tmp_path / "p"))
     y = np.random.default_rng(2).standard_normal((2, 40, 40, 3)).astype("float32")
     assert max_abs_diff(fast(y)["last_hidden_state"], to_numpy(slow(y)["last_hidden_state"])) == 0
-    assert max_abs_diff(same(x)["last_hidden_state"], to_numpy(backbone(x)["last_hidden_state"])) == 0
+    assert (
+        max_abs_diff(same(x)["last_hidden_state"], to_numpy(backbone(x)["last_hidden_state"])) == 0
+    )
 
 
 def test_converter_base_falls_back_to_a_public_layer():
@@ -81,8 +94,9 @@ def test_this_keras_takes_the_private_variable_index():
 
 def test_public_layer_walk_finds_what_keras_finds():
     backbone = kv.ViTMSNBackbone(**TINY)
-    clf = kv.ViTMSNClassifier(backbone, num_classes=3,
-                              preprocessor=kv.ViTMSNImageConverter(image_size=(32, 32)))
+    clf = kv.ViTMSNClassifier(
+        backbone, num_classes=3, preprocessor=kv.ViTMSNImageConverter(image_size=(32, 32))
+    )
     for model in (backbone, clf, kv.ViTMSNFeatureExtractor(backbone, pooling="mean")):
         for include_self in (True, False):
             private = keras_internals.all_layers(model, include_self, private=True)
@@ -92,7 +106,10 @@ def test_public_layer_walk_finds_what_keras_finds():
             assert (public[0] is model) == include_self
             # parents first: a layer comes after the layer holding it
             order = {id(x): i for i, x in enumerate(public)}
-            assert order[id(backbone.encoder_layers[0])] < order[id(backbone.encoder_layers[0].attention.qkv)]
+            assert (
+                order[id(backbone.encoder_layers[0])]
+                < order[id(backbone.encoder_layers[0].attention.qkv)]
+            )
 
 
 def test_quantised_rebuild_refuses_without_the_private_policy_slot(monkeypatch, tmp_path):
@@ -116,8 +133,9 @@ def test_quantised_rebuild_refuses_without_the_private_policy_slot(monkeypatch, 
 def _train_with_scheduled_adamw():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(2)])
-    optimizer = ScheduledAdamW(learning_rate=0.1, weight_decay=CosineSchedule(0.1, 0.2, 4),
-                               global_clipnorm=0.5)
+    optimizer = ScheduledAdamW(
+        learning_rate=0.1, weight_decay=CosineSchedule(0.1, 0.2, 4), global_clipnorm=0.5
+    )
     model.compile(optimizer=optimizer, loss="mse")
     x = np.arange(12, dtype="float32").reshape(4, 3) / 10
     model.fit(x, np.ones((4, 2), "float32"), batch_size=2, epochs=1, verbose=0, shuffle=False)
@@ -131,44 +149,22 @@ def test_variable_index_public_path_trains_as_the_private_one(monkeypatch):
     expected = _train_with_scheduled_adamw()
     monkeypatch.setattr(keras_internals.optimizer, "VARIABLE_INDEX_IS_PRIVATE", False)
     # The identity index must be what answers: Keras' own lookup would fail now.
-    monkeypatch.setattr(keras.optimizers.Optimizer, "_get_variable_index",
-                        lambda self, v: 1 / 0, raising=False)
+    monkeypatch.setattr(
+        keras.optimizers.Optimizer, "_get_variable_index", lambda self, v: 1 / 0, raising=False
+    )
     got = _train_with_scheduled_adamw()
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert max(float(np.abs(m).max()) for m in got[-4:]) > 0  # the moments moved
 
 
-def _run_graph(root):
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "import_graph.py"), "--root", str(root)],
-        capture_output=True, text=True,
-    )
-
-
-def test_package_import_graph_has_no_cycle_and_no_long_module():
-    result = _run_graph(ROOT)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "0 cycles, 0 modules over 400 lines" in result.stdout
-
-
-def test_import_graph_finds_a_cycle_hidden_in_a_function(tmp_path):
-    package = tmp_path / "keras_vitmsn"
-    (package / "sub").mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "sub" / "__init__.py").write_text("")
-    (package / "a.py").write_text("from keras_vitmsn.sub import b\n")
-    (package / "sub" / "b.py").write_text("def f():\n    from keras_vitmsn import a\n")
-    result = _run_graph(tmp_path)
-    assert result.returncode == 1
-    assert "cycle: keras_vitmsn.a <-> keras_vitmsn.sub.b" in result.stdout
-
-
 def test_a_process_on_public_keras_only_loads_and_runs_models(tmp_path):
     """Every public fallback at once, in a fresh process: presets load with equal
     outputs, the image converter runs eagerly and inside a classifier."""
     backbone = kv.ViTMSNBackbone(**TINY)
-    clf = kv.ViTMSNClassifier(backbone, num_classes=3, preprocessor=kv.ViTMSNImageConverter(image_size=(32, 32)))
+    clf = kv.ViTMSNClassifier(
+        backbone, num_classes=3, preprocessor=kv.ViTMSNImageConverter(image_size=(32, 32))
+    )
     clf.save_to_preset(str(tmp_path / "p"))
     images = np.random.default_rng(3).integers(0, 256, (2, 37, 45, 3)).astype("uint8")
     np.save(tmp_path / "images.npy", images)
@@ -176,13 +172,17 @@ def test_a_process_on_public_keras_only_loads_and_runs_models(tmp_path):
     script = f"""
 import numpy as np, keras_vitmsn as kv
 from keras_vitmsn.backend import keras_internals as k
-assert not (k.FAST_INIT or k.DATA_LAYER_IS_PRIVATE or k.VARIABLE_INDEX_IS_PRIVATE\n            or k.FLATTEN_LAYERS_IS_PRIVATE or k.DTYPE_POLICY_IS_PRIVATE\n            or k.BACKEND_UPDATE_STEP_IS_PRIVATE or k.STATELESS_SCOPE_IS_PRIVATE)
+assert not (k.FAST_INIT or k.DATA_LAYER_IS_PRIVATE or k.VARIABLE_INDEX_IS_PRIVATE
+            or k.FLATTEN_LAYERS_IS_PRIVATE or k.DTYPE_POLICY_IS_PRIVATE
+            or k.BACKEND_UPDATE_STEP_IS_PRIVATE or k.STATELESS_SCOPE_IS_PRIVATE)
 clf = kv.ViTMSNClassifier.from_preset({str(tmp_path / "p")!r})
 out = clf.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0)
 diff = np.max(np.abs(np.asarray(out) - np.load({str(tmp_path / "expected.npy")!r})))
 assert diff <= 1e-5, diff
 print("ok", diff)
 """
-    env = dict(os.environ, KERAS_VITMSN_PUBLIC_KERAS_ONLY="1", KERAS_BACKEND=keras.backend.backend())
+    env = dict(
+        os.environ, KERAS_VITMSN_PUBLIC_KERAS_ONLY="1", KERAS_BACKEND=keras.backend.backend()
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0 and "ok" in result.stdout, result.stdout + result.stderr[-3000:]

@@ -3,12 +3,17 @@
 import keras
 import numpy as np
 import pytest
+from helpers import max_abs_diff
+from helpers import to_numpy
 
 import keras_vitmsn as kv
-from helpers import max_abs_diff, to_numpy
 
 TINY_KWARGS = dict(
-    image_shape=(32, 32, 3), patch_size=8, hidden_dim=32, num_layers=2, num_heads=4,
+    image_shape=(32, 32, 3),
+    patch_size=8,
+    hidden_dim=32,
+    num_layers=2,
+    num_heads=4,
     intermediate_dim=64,
 )
 
@@ -31,12 +36,22 @@ def images(rng):
 
 # --- configuration and serialisation ---------------------------------------------------
 
+
 def test_defaults_are_vit_msn_base():
     config = kv.ViTMSNBackbone().get_config()
     expected = dict(
-        image_shape=(224, 224, 3), patch_size=16, hidden_dim=768, num_layers=12, num_heads=12,
-        intermediate_dim=3072, layer_norm_epsilon=1e-6, dropout_rate=0.0, attention_dropout=0.0,
-        qkv_bias=True, hidden_act="gelu", use_mask_token=False,
+        image_shape=(224, 224, 3),
+        patch_size=16,
+        hidden_dim=768,
+        num_layers=12,
+        num_heads=12,
+        intermediate_dim=3072,
+        layer_norm_epsilon=1e-6,
+        dropout_rate=0.0,
+        attention_dropout=0.0,
+        qkv_bias=True,
+        hidden_act="gelu",
+        use_mask_token=False,
     )
     assert {k: config[k] for k in expected} == expected
 
@@ -47,8 +62,18 @@ def test_parameter_count_matches_vit_msn_small():
     assert backbone.count_params() == 21_665_664
 
 
-@pytest.mark.parametrize("overrides", [{}, {"use_mask_token": True, "hidden_act": "gelu_new",
-                                            "data_format": "channels_first", "qkv_bias": False}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {
+            "use_mask_token": True,
+            "hidden_act": "gelu_new",
+            "data_format": "channels_first",
+            "qkv_bias": False,
+        },
+    ],
+)
 def test_backbone_config_round_trip(overrides):
     backbone = tiny_backbone(**overrides)
     config = backbone.get_config()
@@ -82,10 +107,14 @@ def test_classifier_save_and_load(tmp_path, images):
     clf.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, kv.ViTMSNClassifier)
-    assert max_abs_diff(loaded.predict(images, verbose=0), to_numpy(clf.predict(images, verbose=0))) == 0.0
+    assert (
+        max_abs_diff(loaded.predict(images, verbose=0), to_numpy(clf.predict(images, verbose=0)))
+        == 0.0
+    )
 
 
 # --- dtype policies ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("policy", ["float32", "bfloat16", "mixed_bfloat16", "mixed_float16"])
 def test_dtype_policies(images, policy):
@@ -97,15 +126,23 @@ def test_dtype_policies(images, policy):
     for var in backbone.weights:
         assert var.dtype == policy_obj.variable_dtype, var.path
     out = backbone(images, output_attentions=True)
-    assert keras.backend.standardize_dtype(out["last_hidden_state"].dtype) == policy_obj.compute_dtype
+    assert (
+        keras.backend.standardize_dtype(out["last_hidden_state"].dtype) == policy_obj.compute_dtype
+    )
     assert np.isfinite(to_numpy(out["last_hidden_state"])).all()
     logits = clf(images)
     assert keras.backend.standardize_dtype(logits.dtype) == "float32"
     assert np.isfinite(to_numpy(logits)).all()
     # Outputs stay close to float32 ones computed with the same weights.
     reference = tiny_backbone()
-    reference.set_weights([np.asarray(w, "float32") for w in
-                           [keras.ops.convert_to_numpy(keras.ops.cast(v, "float32")) for v in backbone.weights]])
+    reference.set_weights(
+        [
+            np.asarray(w, "float32")
+            for w in [
+                keras.ops.convert_to_numpy(keras.ops.cast(v, "float32")) for v in backbone.weights
+            ]
+        ]
+    )
     expected = to_numpy(reference(images)["last_hidden_state"])
     tol = 1e-5 if policy == "float32" else 0.15
     assert max_abs_diff(out["last_hidden_state"], expected) < tol
@@ -122,6 +159,7 @@ def test_global_mixed_policy_is_followed(images):
 
 
 # --- training ---------------------------------------------------------------------------
+
 
 def test_one_fit_step_updates_weights(images):
     clf = kv.ViTMSNClassifier(tiny_backbone(), num_classes=3)
@@ -141,7 +179,9 @@ def test_default_optimizer_is_torchs_adamw_and_survives_saving(images, tmp_path)
     opt = clf.optimizer
     assert type(opt) is ScheduledAdamW
     assert (float(opt.learning_rate), float(opt.weight_decay), opt.epsilon) == (
-        pytest.approx(5e-5), pytest.approx(0.01), 1e-8
+        pytest.approx(5e-5),
+        pytest.approx(0.01),
+        1e-8,
     )
     clf.fit(images, np.array([0, 2]), epochs=1, batch_size=2, verbose=0)
     moments = [to_numpy(t) for v in clf.trainable_variables for t in opt.moments(v)]
@@ -149,7 +189,9 @@ def test_default_optimizer_is_torchs_adamw_and_survives_saving(images, tmp_path)
     clf.save(tmp_path / "clf.keras")
     loaded = keras.saving.load_model(tmp_path / "clf.keras")
     assert type(loaded.optimizer) is ScheduledAdamW and int(loaded.optimizer.iterations) == 1
-    restored = [to_numpy(t) for v in loaded.trainable_variables for t in loaded.optimizer.moments(v)]
+    restored = [
+        to_numpy(t) for v in loaded.trainable_variables for t in loaded.optimizer.moments(v)
+    ]
     for a, b in zip(moments, restored):
         np.testing.assert_array_equal(a, b)
 
@@ -172,19 +214,25 @@ def test_dropout_only_in_training(images):
 
 # --- errors -----------------------------------------------------------------------------
 
+
 def test_wrong_channel_count(rng):
     with pytest.raises(ValueError, match=r"4 channels but the model expects 3"):
         tiny_backbone()(rng.standard_normal((1, 32, 32, 4)).astype("float32"))
 
 
 def test_wrong_size_without_interpolation(rng):
-    with pytest.raises(ValueError, match=r"\(48x40\) doesn't match the model \(32x32\).*interpolate_pos_encoding=True"):
+    with pytest.raises(
+        ValueError,
+        match=r"\(48x40\) doesn't match the model \(32x32\).*interpolate_pos_encoding=True",
+    ):
         tiny_backbone()(rng.standard_normal((1, 48, 40, 3)).astype("float32"))
 
 
 def test_size_not_divisible_by_patch(rng):
     with pytest.raises(ValueError, match=r"\(36x32\) must be divisible by the patch size \(8\)"):
-        tiny_backbone()(rng.standard_normal((1, 36, 32, 3)).astype("float32"), interpolate_pos_encoding=True)
+        tiny_backbone()(
+            rng.standard_normal((1, 36, 32, 3)).astype("float32"), interpolate_pos_encoding=True
+        )
 
 
 def test_wrong_rank(rng):
@@ -198,7 +246,9 @@ def test_mask_without_mask_token(images):
 
 
 def test_mask_of_wrong_shape(images):
-    with pytest.raises(ValueError, match=r"\(batch, 16\) for a 4x4 patch grid; got shape \(2, 15\)"):
+    with pytest.raises(
+        ValueError, match=r"\(batch, 16\) for a 4x4 patch grid; got shape \(2, 15\)"
+    ):
         tiny_backbone(use_mask_token=True)(images, bool_masked_pos=np.zeros((2, 15), bool))
 
 
@@ -216,7 +266,10 @@ def test_mask_of_wrong_shape(images):
         ({"num_heads": 0}, r"`num_heads` must be a positive int; got 0"),
         ({"num_layers": -1}, r"`num_layers` must be an int >= 0; got -1"),
         ({"intermediate_dim": True}, r"`intermediate_dim` must be a positive int; got True"),
-        ({"image_shape": (0, 32, 3)}, r"`image_shape` must be \(height, width, channels\) of positive ints"),
+        (
+            {"image_shape": (0, 32, 3)},
+            r"`image_shape` must be \(height, width, channels\) of positive ints",
+        ),
         ({"image_shape": (32.5, 32, 3)}, r"of positive ints, got \(32.5, 32, 3\)"),
     ],
 )
@@ -235,7 +288,9 @@ def test_classifier_argument_errors():
 @pytest.mark.parametrize("num_classes", [2.5, 2.0, True, "2", None, -1])
 def test_num_classes_must_be_a_positive_int(num_classes):
     # 2.5 used to become a 2-class head silently, and True a 1-output regressor.
-    with pytest.raises(ValueError, match=f"`num_classes` must be a positive int; got {num_classes!r}"):
+    with pytest.raises(
+        ValueError, match=f"`num_classes` must be a positive int; got {num_classes!r}"
+    ):
         kv.ViTMSNClassifier(tiny_backbone(), num_classes)
     assert kv.ViTMSNClassifier(tiny_backbone(), np.int64(3)).num_classes == 3
 
@@ -314,83 +369,14 @@ def test_symbolic_call_in_a_functional_model(rng):
     np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-5)
 
 
-# --- TensorFlow's oneDNN switch ----------------------------------------------------------
-
-
-@pytest.mark.parametrize("preset,expected", [(None, "True"), ("0", "False")])
-def test_importing_first_turns_tensorflow_onednn_on_unless_set(preset, expected):
-    """keras_vitmsn sets TF_ENABLE_ONEDNN_OPTS=1 before keras imports TensorFlow."""
-    import os
-    import subprocess
-    import sys
-
-    pytest.importorskip("tensorflow")
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    env.update(KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
-    if preset is not None:
-        env["TF_ENABLE_ONEDNN_OPTS"] = preset
-    code = (
-        "import keras_vitmsn\n"
-        "from tensorflow.python.util import _pywrap_util_port as port\n"
-        "print(port.IsMklEnabled())\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == expected
-
-
-# What TensorFlow's C++ runtime writes to stderr at import on a CPU machine.
-TF_STARTUP_NOISE = (
-    "oneDNN custom operations",
-    "failed call to cuInit",
-    "Could not find cuda drivers",
-    "absl::InitializeLog",
-)
-
-
-# Backend-independent (each case is a fresh process): run in one pass of the suite.
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="runs in the torch pass only")
-@pytest.mark.parametrize("first,user_level,level", [
-    ("", None, "3"),  # keras_vitmsn's default hides all of TensorFlow's C++ lines
-    ("", "0", "0"),  # a user's level wins: TensorFlow prints everything
-    ("import jax\n", None, "1"),  # JAX's default (INFO hidden) wins when JAX came first
-])
-def test_tensorflow_startup_lines_obey_tf_cpp_min_log_level(first, user_level, level):
-    """keras_vitmsn defaults TF_CPP_MIN_LOG_LEVEL to 3 and applies the level to the
-    lines TensorFlow logs at import, which absl would otherwise always print."""
-    import os
-    import subprocess
-    import sys
-
-    pytest.importorskip("tensorflow")
-    if first:
-        pytest.importorskip("jax")
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    # oneDNN on makes TensorFlow print its banner (INFO) at import: a line to look for.
-    env["TF_ENABLE_ONEDNN_OPTS"] = "1"
-    if user_level is not None:
-        env["TF_CPP_MIN_LOG_LEVEL"] = user_level
-    code = first + (
-        "import os, keras_vitmsn, tensorflow as tf\n"
-        "tf.constant(1.0) + 1.0\n"  # the first op: where a CPU machine fails cuInit
-        "print(os.environ['TF_CPP_MIN_LOG_LEVEL'])\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == level
-    if level == "0":
-        assert "oneDNN custom operations" in out.stderr, out.stderr[-2000:]
-    else:
-        shown = [line for line in TF_STARTUP_NOISE if line in out.stderr]
-        if level == "1":  # errors still show at level 1
-            shown = [line for line in shown if line != "failed call to cuInit"]
-        assert not shown, out.stderr[-2000:]
-
-
 @pytest.mark.parametrize(
     "shape,data_format",
-    [((8, 224, 160, 3), "channels_last"), ((8, 3, 224, 160), "channels_first"),
-     ((224, 160, 3), "channels_last"), ((3, 224, 160), "channels_first")],
+    [
+        ((8, 224, 160, 3), "channels_last"),
+        ((8, 3, 224, 160), "channels_first"),
+        ((224, 160, 3), "channels_last"),
+        ((3, 224, 160), "channels_first"),
+    ],
 )
 def test_spatial_shape_reads_height_and_width(shape, data_format):
     from keras_vitmsn.layers.layout import spatial_shape

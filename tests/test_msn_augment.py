@@ -11,9 +11,11 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_vitmsn as kv
-from keras_vitmsn.images.data import write_toy_image_folder
+from keras_vitmsn.images.folders import write_toy_image_folder
 from keras_vitmsn.msn import augment
-from keras_vitmsn.msn.augment import MSNAugmentation, msn_multiview_dataset, random_resized_crop_box
+from keras_vitmsn.msn.augment import MSNAugmentation
+from keras_vitmsn.msn.augment import msn_multiview_dataset
+from keras_vitmsn.msn.augment import random_resized_crop_box
 
 LUMA = np.array([0.299, 0.587, 0.114], "float32")
 TINY = dict(global_size=16, focal_size=8, num_focal_views=3)
@@ -24,9 +26,16 @@ RAW = dict(image_size=None, mean=None, std=None, rescale_factor=None)
 def plain(**overrides):
     """Whole-image crops, every random transform off, no normalisation."""
     kwargs = dict(
-        global_size=16, focal_size=8, num_focal_views=0, global_scale=(1.0, 1.0),
-        ratio=(1.0, 1.0), flip_probability=0.0, color_jitter=None, grayscale_probability=0.0,
-        blur_probability=0.0, image_converter=kv.ViTMSNImageConverter(**RAW),
+        global_size=16,
+        focal_size=8,
+        num_focal_views=0,
+        global_scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        flip_probability=0.0,
+        color_jitter=None,
+        grayscale_probability=0.0,
+        blur_probability=0.0,
+        image_converter=kv.ViTMSNImageConverter(**RAW),
     )
     kwargs.update(overrides)
     return MSNAugmentation(**kwargs)
@@ -43,8 +52,14 @@ def batches(dataset):
 def colour_image(seed=0, size=16):
     """Saturated random colours, so every pixel has a well-defined hue."""
     rng = np.random.default_rng(seed)
-    hsv = np.stack([rng.random((size, size)), rng.uniform(0.5, 1.0, (size, size)),
-                    rng.uniform(0.4, 0.9, (size, size))], -1)
+    hsv = np.stack(
+        [
+            rng.random((size, size)),
+            rng.uniform(0.5, 1.0, (size, size)),
+            rng.uniform(0.4, 0.9, (size, size)),
+        ],
+        -1,
+    )
     rgb = np.array([colorsys.hsv_to_rgb(*p) for p in hsv.reshape(-1, 3)]).reshape(hsv.shape)
     return (rgb * 255).astype("float32")
 
@@ -62,6 +77,7 @@ def recipe():
 
 # -- the examples in the docstrings --------------------------------------------------------
 
+
 @pytest.mark.parametrize("module", [augment.recipe, augment.ops, augment.dataset, augment.batched])
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
@@ -69,6 +85,7 @@ def test_docstring_examples_run(module):
 
 
 # -- one image: the recipe --------------------------------------------------------------
+
 
 def test_views_keys_shapes_dtypes_and_seeding(recipe, images):
     views = np_views(recipe, images[0], [3, 4])
@@ -90,8 +107,9 @@ def test_views_keys_shapes_dtypes_and_seeding(recipe, images):
 
 
 def test_channels_first_converter_transposes_the_same_views(recipe, images):
-    first = MSNAugmentation(**TINY, image_converter=kv.ViTMSNImageConverter(
-        data_format="channels_first"))
+    first = MSNAugmentation(
+        **TINY, image_converter=kv.ViTMSNImageConverter(data_format="channels_first")
+    )
     assert first.data_format == "channels_first" and recipe.data_format == "channels_last"
     a, b = np_views(recipe, images[1], [0, 7]), np_views(first, images[1], [0, 7])
     assert b["target"].shape == b["anchor"].shape == (3, 16, 16)
@@ -113,15 +131,20 @@ def test_normalisation_is_the_converters(images):
     expected = np.asarray(kv.ViTMSNImageConverter(image_size=None)(image))  # backend's ops
     np.testing.assert_allclose(views["target"], expected, atol=1e-5)
     np.testing.assert_allclose(views["anchor"], expected, atol=1e-5)
-    mean, std = np.array(kv.image_converter.IMAGENET_MEAN), np.array(kv.image_converter.IMAGENET_STD)
+    mean, std = np.array(kv.utils.IMAGENET_MEAN), np.array(kv.utils.IMAGENET_STD)
     np.testing.assert_allclose(views["target"], (image / 255.0 - mean) / std, atol=1e-5)
 
 
 def test_config_round_trip_through_json():
     augmentation = MSNAugmentation(
-        global_size=(32, 24), focal_size=12, num_focal_views=2, color_jitter=None,
-        blur_sigma=(0.5, 1.5), image_converter=kv.ViTMSNImageConverter(
-            data_format="channels_first", mean=(0.5,) * 3, std=(0.25,) * 3),
+        global_size=(32, 24),
+        focal_size=12,
+        num_focal_views=2,
+        color_jitter=None,
+        blur_sigma=(0.5, 1.5),
+        image_converter=kv.ViTMSNImageConverter(
+            data_format="channels_first", mean=(0.5,) * 3, std=(0.25,) * 3
+        ),
     )
     config = json.loads(json.dumps(augmentation.get_config()))
     restored = MSNAugmentation.from_config(config)
@@ -131,17 +154,25 @@ def test_config_round_trip_through_json():
     assert restored.image_converter.mean == (0.5,) * 3
     default = MSNAugmentation.from_config(MSNAugmentation().get_config())
     assert default.get_config() == MSNAugmentation().get_config()
-    assert default.image_converter is None and default.data_format in ("channels_last", "channels_first")
+    assert default.image_converter is None and default.data_format in (
+        "channels_last",
+        "channels_first",
+    )
     assert default.global_size == (224, 224) and default.num_focal_views == 10
     assert "global_size=(224, 224)" in repr(default)
 
 
 # -- each transform alone -------------------------------------------------------------------
 
+
 def pil_resize(image, size):
     """PIL's antialiased bilinear resize of a float image, channel by channel."""
-    channels = [Image.fromarray(np.ascontiguousarray(image[..., c], "float32"), mode="F")
-                .resize((size[1], size[0]), Image.BILINEAR) for c in range(image.shape[-1])]
+    channels = [
+        Image.fromarray(np.ascontiguousarray(image[..., c], "float32"), mode="F").resize(
+            (size[1], size[0]), Image.BILINEAR
+        )
+        for c in range(image.shape[-1])
+    ]
     return np.stack([np.asarray(c) for c in channels], -1)
 
 
@@ -169,8 +200,10 @@ def test_flip_reverses_columns(images):
 def test_flip_probability_is_respected(images):
     augmentation = plain(flip_probability=0.5)
     image = images[5, :16, :16].astype("float32")
-    flipped = [np.allclose(np_views(augmentation, image, [i, 0])["target"], image[:, ::-1],
-                           atol=1e-4) for i in range(40)]
+    flipped = [
+        np.allclose(np_views(augmentation, image, [i, 0])["target"], image[:, ::-1], atol=1e-4)
+        for i in range(40)
+    ]
     assert 8 <= sum(flipped) <= 32
 
 
@@ -190,13 +223,19 @@ def recovered_factor(out, image, base):
 
 @pytest.mark.parametrize("part", ["brightness", "contrast", "saturation"])
 def test_brightness_contrast_saturation_blend_with_a_factor_in_range(part, images):
-    jitter = {"brightness": (0.4, 0, 0, 0), "contrast": (0, 0.4, 0, 0),
-              "saturation": (0, 0, 0.4, 0)}[part]
+    jitter = {
+        "brightness": (0.4, 0, 0, 0),
+        "contrast": (0, 0.4, 0, 0),
+        "saturation": (0, 0, 0.4, 0),
+    }[part]
     augmentation = plain(color_jitter=jitter, color_jitter_probability=1.0)
     image = images[7, :16, :16].astype("float32")
     luma = image @ LUMA
-    base = {"brightness": np.zeros_like(image), "contrast": np.full_like(image, luma.mean()),
-            "saturation": np.repeat(luma[..., None], 3, -1)}[part]
+    base = {
+        "brightness": np.zeros_like(image),
+        "contrast": np.full_like(image, luma.mean()),
+        "saturation": np.repeat(luma[..., None], 3, -1),
+    }[part]
     factors = []
     for i in range(12):
         out = np_views(augmentation, image, [i, 1])["target"]
@@ -289,9 +328,14 @@ def test_random_sigma_blur_keeps_the_mean_and_has_sigma_in_range():
 def test_crop_box_sampler_statistics():
     scale, ratio = (0.05, 0.3), (3 / 4, 4 / 3)
     seeds = tf.stack([tf.range(1000, dtype=tf.int64), tf.fill([1000], tf.constant(7, tf.int64))], 1)
-    draw = tf.function(lambda s: tf.map_fn(
-        lambda x: random_resized_crop_box(200, 300, scale, ratio, x), s,
-        fn_output_signature=tf.int32, parallel_iterations=100))
+    draw = tf.function(
+        lambda s: tf.map_fn(
+            lambda x: random_resized_crop_box(200, 300, scale, ratio, x),
+            s,
+            fn_output_signature=tf.int32,
+            parallel_iterations=100,
+        )
+    )
     top, left, h, w = np.asarray(draw(seeds)).T.astype("float64")
     assert top.min() >= 0 and left.min() >= 0 and (top + h).max() <= 200 and (left + w).max() <= 300
     area = h * w / (200 * 300)
@@ -313,6 +357,7 @@ def test_crop_box_fallback_and_whole_image():
 
 
 # -- the tf.data pipeline --------------------------------------------------------------------
+
 
 def test_dataset_batches_seeding_and_epochs(images):
     # Colour jitter off only to trace faster; views() is checked with it above.
@@ -342,11 +387,9 @@ def test_arrays_get_the_views_of_the_per_image_path(images, data_format):
     converter = kv.ViTMSNImageConverter(image_size=None, data_format=data_format)
     recipe = MSNAugmentation(**dict(TINY, image_converter=converter))
     source = np.concatenate([images, images[:3, ::-1]])  # 11 images: batches of 4, 4, 3
-    kwargs = dict(batch_size=4, augmentation=recipe, shuffle=False, seed=5,
-                  drop_remainder=False)
+    kwargs = dict(batch_size=4, augmentation=recipe, shuffle=False, seed=5, drop_remainder=False)
     by_batch = batches(msn_multiview_dataset(source, **kwargs))
-    per_image = batches(msn_multiview_dataset(tf.data.Dataset.from_tensor_slices(source),
-                                              **kwargs))
+    per_image = batches(msn_multiview_dataset(tf.data.Dataset.from_tensor_slices(source), **kwargs))
     assert [b["target"].shape[0] for b in by_batch] == [4, 4, 3]
     for got, want in zip(by_batch, per_image, strict=True):
         assert set(got) == set(want) == {"target", "anchor", "focal"}
@@ -358,18 +401,28 @@ def test_arrays_get_the_views_of_the_per_image_path(images, data_format):
 def test_batched_resize_is_tensorflows_antialiased_resize_of_the_crop():
     rng = np.random.default_rng(4)
     x = rng.random((6, 23, 17, 3)).astype("float32")
-    boxes = np.array([[0, 0, 23, 17], [3, 2, 5, 4], [1, 6, 20, 11], [10, 0, 1, 1],
-                      [2, 3, 14, 9], [0, 16, 23, 1]], "int32")
+    boxes = np.array(
+        [
+            [0, 0, 23, 17],
+            [3, 2, 5, 4],
+            [1, 6, 20, 11],
+            [10, 0, 1, 1],
+            [2, 3, 14, 9],
+            [0, 16, 23, 1],
+        ],
+        "int32",
+    )
     for size in [(8, 8), (32, 20), (5, 31)]:  # down, up, mixed
         got = augment.batched.resize_crops(x, boxes, size).numpy()
         for i, (t, l, h, w) in enumerate(boxes):
-            want = tf.image.resize(x[i, t:t + h, l:l + w], size, antialias=True).numpy()
+            want = tf.image.resize(x[i, t : t + h, l : l + w], size, antialias=True).numpy()
             np.testing.assert_allclose(got[i], want, atol=1e-5)
 
 
 def test_dataset_without_focal_views_and_remainder(images):
-    dataset = msn_multiview_dataset(images[:6], 4, plain(flip_probability=0.5),
-                                    drop_remainder=False, shuffle=False, seed=None)
+    dataset = msn_multiview_dataset(
+        images[:6], 4, plain(flip_probability=0.5), drop_remainder=False, shuffle=False, seed=None
+    )
     sizes = [(set(b), b["target"].shape[0]) for b in batches(dataset)]
     assert sizes == [({"target", "anchor"}, 4), ({"target", "anchor"}, 2)]
 
@@ -383,8 +436,9 @@ def test_dataset_from_a_folder(tmp_path):
     (nested / "notes.txt").write_text("not an image")
     paths = augment.list_image_files(root)
     assert len(paths) == 8 and all(not p.endswith(".txt") for p in paths)
-    dataset = msn_multiview_dataset(root, 8, plain(num_focal_views=1, focal_scale=(0.05, 0.3),
-                                                   ratio=(3 / 4, 4 / 3)), seed=0)
+    dataset = msn_multiview_dataset(
+        root, 8, plain(num_focal_views=1, focal_scale=(0.05, 0.3), ratio=(3 / 4, 4 / 3)), seed=0
+    )
     (batch,) = batches(dataset)
     assert batch["target"].shape == (8, 16, 16, 3) and batch["focal"].shape == (8, 1, 8, 8, 3)
     assert np.all(np.isfinite(batch["focal"]))
@@ -392,9 +446,15 @@ def test_dataset_from_a_folder(tmp_path):
 
 def test_dataset_from_a_one_channel_array(images):
     gray = images[:4, :, :, :1]
-    augmentation = plain(global_scale=(0.3, 1.0), ratio=(3 / 4, 4 / 3), flip_probability=0.5,
-                         blur_probability=0.5, num_focal_views=2, focal_scale=(0.05, 0.3),
-                         focal_size=12)
+    augmentation = plain(
+        global_scale=(0.3, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        flip_probability=0.5,
+        blur_probability=0.5,
+        num_focal_views=2,
+        focal_scale=(0.05, 0.3),
+        focal_size=12,
+    )
     (batch,) = batches(msn_multiview_dataset(gray, 4, augmentation, seed=0))
     assert batch["focal"].shape == (4, 2, 12, 12, 3)
     for views in batch.values():  # the channel is replicated
@@ -415,30 +475,52 @@ def test_dataset_from_tf_data_pairs_drops_labels(images):
 
 # -- errors ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(global_size=0), r"`global_size` must be a positive int or \(height, width\)"),
-    (dict(focal_size=(96, 96, 3)), r"`focal_size` must be a positive int"),
-    (dict(focal_size="96"), r"`focal_size` must be a positive int"),
-    (dict(num_focal_views=-1), r"`num_focal_views` must be an int >= 0"),
-    (dict(num_focal_views=2.5), r"`num_focal_views` must be an int >= 0"),
-    (dict(global_scale=(0.0, 1.0)), r"`global_scale` must be a pair \(low, high\) with 0 < low <= high <= 1"),
-    (dict(focal_scale=(0.3, 0.05)), r"`focal_scale` must be a pair .* 0 < low <= high <= 1"),
-    (dict(focal_scale=(0.5, 1.5)), r"`focal_scale` must be a pair"),
-    (dict(global_scale=0.5), r"`global_scale` must be a pair"),
-    (dict(ratio=(4 / 3, 3 / 4)), r"`ratio` must be a pair \(low, high\) with 0 < low <= high;"),
-    (dict(ratio=(-1, 1)), r"`ratio` must be a pair"),
-    (dict(flip_probability=1.5), r"`flip_probability` must be a probability in \[0, 1\]; got 1.5"),
-    (dict(color_jitter_probability=-0.1), r"`color_jitter_probability` must be a probability"),
-    (dict(grayscale_probability="0.2"), r"`grayscale_probability` must be a probability"),
-    (dict(blur_probability=2), r"`blur_probability` must be a probability"),
-    (dict(color_jitter=(0.4, 0.4, 0.4)), r"`color_jitter` must be None or \(brightness, contrast, saturation, hue\)"),
-    (dict(color_jitter=(0.4, -0.4, 0.4, 0.1)), r"each >= 0"),
-    (dict(color_jitter=(0.4, 0.4, 0.4, 0.6)), r"hue <= 0.5"),
-    (dict(blur_sigma=(0.0, 2.0)), r"`blur_sigma` must be a pair \(low, high\) with 0 < low <= high"),
-    (dict(blur_sigma=(2.0, 1.0)), r"`blur_sigma` must be a pair"),
-    (dict(focal_size=6), r"blur kernel radius of ceil\(3 \* 2.0\) = 6 pixels.*smallest view side is 6"),
-    (dict(image_converter="imagenet"), r"`image_converter` must be a keras_vitmsn.ViTMSNImageConverter"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(global_size=0), r"`global_size` must be a positive int or \(height, width\)"),
+        (dict(focal_size=(96, 96, 3)), r"`focal_size` must be a positive int"),
+        (dict(focal_size="96"), r"`focal_size` must be a positive int"),
+        (dict(num_focal_views=-1), r"`num_focal_views` must be an int >= 0"),
+        (dict(num_focal_views=2.5), r"`num_focal_views` must be an int >= 0"),
+        (
+            dict(global_scale=(0.0, 1.0)),
+            r"`global_scale` must be a pair \(low, high\) with 0 < low <= high <= 1",
+        ),
+        (dict(focal_scale=(0.3, 0.05)), r"`focal_scale` must be a pair .* 0 < low <= high <= 1"),
+        (dict(focal_scale=(0.5, 1.5)), r"`focal_scale` must be a pair"),
+        (dict(global_scale=0.5), r"`global_scale` must be a pair"),
+        (dict(ratio=(4 / 3, 3 / 4)), r"`ratio` must be a pair \(low, high\) with 0 < low <= high;"),
+        (dict(ratio=(-1, 1)), r"`ratio` must be a pair"),
+        (
+            dict(flip_probability=1.5),
+            r"`flip_probability` must be a probability in \[0, 1\]; got 1.5",
+        ),
+        (dict(color_jitter_probability=-0.1), r"`color_jitter_probability` must be a probability"),
+        (dict(grayscale_probability="0.2"), r"`grayscale_probability` must be a probability"),
+        (dict(blur_probability=2), r"`blur_probability` must be a probability"),
+        (
+            dict(color_jitter=(0.4, 0.4, 0.4)),
+            r"`color_jitter` must be None or \(brightness, contrast, saturation, hue\)",
+        ),
+        (dict(color_jitter=(0.4, -0.4, 0.4, 0.1)), r"each >= 0"),
+        (dict(color_jitter=(0.4, 0.4, 0.4, 0.6)), r"hue <= 0.5"),
+        (
+            dict(blur_sigma=(0.0, 2.0)),
+            r"`blur_sigma` must be a pair \(low, high\) with 0 < low <= high",
+        ),
+        (dict(blur_sigma=(2.0, 1.0)), r"`blur_sigma` must be a pair"),
+        (
+            dict(focal_size=6),
+            r"blur kernel radius of ceil\(3 \* 2.0\) = 6 pixels.*smallest view side is 6",
+        ),
+        (
+            dict(image_converter="imagenet"),
+            r"`image_converter` must be a keras_vitmsn.ViTMSNImageConverter",
+        ),
+    ],
+)
 def test_augmentation_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MSNAugmentation(**kwargs)
@@ -451,7 +533,9 @@ def test_small_views_are_fine_without_blur_or_focal_views():
 
 def test_views_errors():
     augmentation = plain(color_jitter=(0.4, 0.4, 0.4, 0.1), color_jitter_probability=0.8)
-    with pytest.raises(ValueError, match=r"one image \(height, width, channels\); got shape \(2, 16, 16, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"one image \(height, width, channels\); got shape \(2, 16, 16, 3\)"
+    ):
         augmentation.views(np.zeros((2, 16, 16, 3), "uint8"), [0, 0])
     with pytest.raises(ValueError, match=r"need RGB images \(3 channels\); got 1 channel"):
         augmentation.views(np.zeros((16, 16, 1), "uint8"), [0, 0])
@@ -468,37 +552,61 @@ def test_views_errors():
 
 
 def test_dataset_errors(tmp_path, images, recipe):
-    with pytest.raises(ValueError, match=r"Image folder .*missing.* does not exist or is not a directory"):
+    with pytest.raises(
+        ValueError, match=r"Image folder .*missing.* does not exist or is not a directory"
+    ):
         msn_multiview_dataset(str(tmp_path / "missing"), 2, recipe)
     (tmp_path / "empty" / "class_a").mkdir(parents=True)
     (tmp_path / "empty" / "class_a" / "readme.txt").write_text("x")
-    with pytest.raises(ValueError, match=r"holds no images \(looked at every depth for \.jpg, \.jpeg, \.png, \.webp, .* more"):
+    with pytest.raises(
+        ValueError,
+        match=r"holds no images \(looked at every depth for \.jpg, \.jpeg, \.png, \.webp, .* more",
+    ):
         msn_multiview_dataset(tmp_path / "empty", 2, recipe)
     with pytest.raises(ValueError, match=r"`batch_size` must be a positive int; got 0"):
         msn_multiview_dataset(images, 0, recipe)
-    with pytest.raises(ValueError, match=r"`augmentation` must be an MSNAugmentation or None; got dict"):
+    with pytest.raises(
+        ValueError, match=r"`augmentation` must be an MSNAugmentation or None; got dict"
+    ):
         msn_multiview_dataset(images, 2, {"global_size": 16})
     with pytest.raises(ValueError, match=r"`seed` must be None or an int; got 1.5"):
         msn_multiview_dataset(images, 2, recipe, seed=1.5)
-    with pytest.raises(ValueError, match=r"`num_parallel_calls` must be a positive int, tf.data.AUTOTUNE"):
+    with pytest.raises(
+        ValueError, match=r"`num_parallel_calls` must be a positive int, tf.data.AUTOTUNE"
+    ):
         msn_multiview_dataset(images, 2, recipe, num_parallel_calls=0)
     with pytest.raises(ValueError, match=r"`shuffle_buffer_size` must be None or a positive int"):
         msn_multiview_dataset(images, 2, recipe, shuffle_buffer_size=0)
-    with pytest.raises(ValueError, match=r"`source` must be a directory path, a NumPy array .* got list"):
+    with pytest.raises(
+        ValueError, match=r"`source` must be a directory path, a NumPy array .* got list"
+    ):
         msn_multiview_dataset([images[0]], 2, recipe)
-    with pytest.raises(ValueError, match=r"A NumPy `source` must be images \(N, height, width, "
-                                         r"channels\) with 1 or 3 channels; got shape \(32, 32, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"A NumPy `source` must be images \(N, height, width, "
+        r"channels\) with 1 or 3 channels; got shape \(32, 32, 3\)",
+    ):
         msn_multiview_dataset(images[0], 2, recipe)
     with pytest.raises(ValueError, match=r"with 1 or 3 channels; got shape \(8, 32, 32, 4\)"):
         msn_multiview_dataset(np.zeros((8, 32, 32, 4), "uint8"), 2, recipe)
-    with pytest.raises(ValueError, match=r"must be uint8 or float \(in \[0, 255\]\); got dtype bool"):
+    with pytest.raises(
+        ValueError, match=r"must be uint8 or float \(in \[0, 255\]\); got dtype bool"
+    ):
         msn_multiview_dataset(np.zeros((8, 32, 32, 3), bool), 2, recipe)
-    with pytest.raises(ValueError, match=r"the array has 8 image\(s\), fewer than batch_size=16.*drop_remainder=False"):
+    with pytest.raises(
+        ValueError,
+        match=r"the array has 8 image\(s\), fewer than batch_size=16.*drop_remainder=False",
+    ):
         msn_multiview_dataset(images, 16, recipe)
-    with pytest.raises(ValueError, match=r"Images must have 1 or 3 channels; the tf.data.Dataset yields 4"):
+    with pytest.raises(
+        ValueError, match=r"Images must have 1 or 3 channels; the tf.data.Dataset yields 4"
+    ):
         msn_multiview_dataset(tf.data.Dataset.from_tensor_slices(np.zeros((4, 8, 8, 4))), 2, recipe)
     with pytest.raises(ValueError, match=r"must yield images or \(image, label, ...\) tuples"):
         msn_multiview_dataset(tf.data.Dataset.from_tensor_slices({"image": images}), 2, recipe)
-    with pytest.raises(ValueError, match=r"must yield images \(height, width, channels\) or "
-                                         r"batches of them; got elements of shape \(32, 32\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"must yield images \(height, width, channels\) or "
+        r"batches of them; got elements of shape \(32, 32\)",
+    ):
         msn_multiview_dataset(tf.data.Dataset.from_tensor_slices(images[..., 0]), 2, recipe)

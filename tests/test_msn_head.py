@@ -5,11 +5,14 @@ import math
 import keras
 import numpy as np
 import pytest
+
 torch = pytest.importorskip("torch", reason="the transformers reference needs torch")
 
-import keras_vitmsn as kv
 from checkpoint_helpers import write_msn_checkpoint
-from helpers import max_abs_diff, to_numpy
+from helpers import max_abs_diff
+from helpers import to_numpy
+
+import keras_vitmsn as kv
 from keras_vitmsn import msn
 from keras_vitmsn.msn.head_state import save_msn_pretraining_state
 
@@ -21,7 +24,11 @@ def head_state(rng, input_dim=24, hidden=32, out=16, batch_norm=True):
         return (0.1 * rng.standard_normal(shape)).astype("float32")
 
     state = {}
-    for name, (fan_in, fan_out) in {"fc1": (input_dim, hidden), "fc2": (hidden, hidden), "fc3": (hidden, out)}.items():
+    for name, (fan_in, fan_out) in {
+        "fc1": (input_dim, hidden),
+        "fc2": (hidden, hidden),
+        "fc3": (hidden, out),
+    }.items():
         state[f"{name}/kernel"] = rand(fan_in, fan_out)
         state[f"{name}/bias"] = rand(fan_out)
     if batch_norm:
@@ -57,7 +64,9 @@ def numpy_head(state, x, eps=1e-5):
     def bn(v, name):
         if f"{name}/gamma" not in state:
             return v
-        return (v - state[f"{name}/moving_mean"]) / np.sqrt(state[f"{name}/moving_variance"] + eps) * state[f"{name}/gamma"] + state[f"{name}/beta"]
+        return (v - state[f"{name}/moving_mean"]) / np.sqrt(
+            state[f"{name}/moving_variance"] + eps
+        ) * state[f"{name}/gamma"] + state[f"{name}/beta"]
 
     x = np.asarray(x, np.float64)
     x = gelu(bn(x @ state["fc1/kernel"] + state["fc1/bias"], "bn1"))
@@ -90,9 +99,16 @@ def torch_head(state):
 
 # -- structure and config ------------------------------------------------------------------
 
+
 def test_defaults_are_the_papers_head():
     head = msn.MSNProjectionHead(input_dim=384)
-    assert [l.name for l in (head.fc1, head.bn1, head.fc2, head.bn2, head.fc3)] == ["fc1", "bn1", "fc2", "bn2", "fc3"]
+    assert [l.name for l in (head.fc1, head.bn1, head.fc2, head.bn2, head.fc3)] == [
+        "fc1",
+        "bn1",
+        "fc2",
+        "bn2",
+        "fc3",
+    ]
     assert (head.fc1.units, head.fc2.units, head.fc3.units) == (2048, 2048, 256)
     assert (head.bn1.epsilon, head.bn1.momentum) == (1e-5, 0.9)
     expected = (384 * 2048 + 2048) + (2048 * 2048 + 2048) + (2048 * 256 + 256) + 2 * 4 * 2048
@@ -119,8 +135,19 @@ def test_lazy_build_and_shapes(rng):
     assert tuple(scores.shape) == (5, 6) and np.abs(to_numpy(scores)).max() <= 1.0 + 1e-6
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"use_batch_norm": False, "input_dim": 12, "hidden_dim": 16,
-                                         "output_dim": 4, "batchnorm_epsilon": 1e-3}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {
+            "use_batch_norm": False,
+            "input_dim": 12,
+            "hidden_dim": 16,
+            "output_dim": 4,
+            "batchnorm_epsilon": 1e-3,
+        },
+    ],
+)
 def test_config_round_trip(kwargs):
     head = msn.MSNProjectionHead(name="h", **kwargs)
     clone = msn.MSNProjectionHead.from_config(head.get_config())
@@ -135,7 +162,10 @@ def test_dtype_policy_reaches_sublayers(rng):
     head = msn.MSNProjectionHead(hidden_dim=16, output_dim=4, input_dim=8, dtype="mixed_bfloat16")
     assert all(l.dtype_policy.name == "mixed_bfloat16" for l in (head.fc1, head.bn1, head.fc3))
     assert head.fc1.kernel.dtype == "float32"
-    assert keras.backend.standardize_dtype(head(rng.standard_normal((2, 8)).astype("float32")).dtype) == "bfloat16"
+    assert (
+        keras.backend.standardize_dtype(head(rng.standard_normal((2, 8)).astype("float32")).dtype)
+        == "bfloat16"
+    )
 
 
 def test_save_and_load_in_a_keras_file(tmp_path, rng):
@@ -154,17 +184,25 @@ def test_batch_norm_trains_on_batch_statistics(rng):
     before = to_numpy(head.bn1.moving_mean).copy()
     head(x, training=True)
     assert np.abs(to_numpy(head.bn1.moving_mean) - before).max() > 1e-4
-    head_no_bn = msn.MSNProjectionHead(hidden_dim=16, output_dim=4, input_dim=8, use_batch_norm=False)
+    head_no_bn = msn.MSNProjectionHead(
+        hidden_dim=16, output_dim=4, input_dim=8, use_batch_norm=False
+    )
     assert head_no_bn.bn1 is None and len(head_no_bn.weights) == 6
 
 
 # -- loading released state ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("batch_norm", [True, False])
 def test_from_state_matches_numpy_and_torch(rng, batch_norm):
     state = pretraining_state(rng, batch_norm=batch_norm)
     head, protos = msn.head_and_prototypes_from_state(state)
-    assert (head.input_dim, head.hidden_dim, head.output_dim, head.use_batch_norm) == (24, 32, 16, batch_norm)
+    assert (head.input_dim, head.hidden_dim, head.output_dim, head.use_batch_norm) == (
+        24,
+        32,
+        16,
+        batch_norm,
+    )
     np.testing.assert_array_equal(to_numpy(protos.prototypes), state["prototypes"])
     np.testing.assert_array_equal(to_numpy(head.fc2.kernel), state["head"]["fc2/kernel"])
     x = rng.standard_normal((6, 24)).astype("float32")
@@ -216,8 +254,14 @@ def test_from_files(tmp_path, rng):
     encoder = {}
     for key, value in state["head"].items():
         layer, param = key.split("/")
-        torch_param = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias",
-                       "moving_mean": "running_mean", "moving_variance": "running_var"}[param]
+        torch_param = {
+            "kernel": "weight",
+            "bias": "bias",
+            "gamma": "weight",
+            "beta": "bias",
+            "moving_mean": "running_mean",
+            "moving_variance": "running_var",
+        }[param]
         encoder[f"module.fc.{layer}.{torch_param}"] = value.T.copy() if param == "kernel" else value
     path = str(tmp_path / "msn.pth.tar")
     prototypes = write_msn_checkpoint(path, encoder, rng, num_prototypes=12, prototype_dim=16)
@@ -241,19 +285,27 @@ def test_loading_into_an_existing_head(rng):
 
 def test_loading_errors(rng):
     state = pretraining_state(rng)
-    with pytest.raises(ValueError, match=r"shape mismatches \['fc1/kernel: state \(24, 32\), head \(10, 32\)"):
-        msn.MSNProjectionHead(hidden_dim=32, output_dim=16, input_dim=10).set_msn_weights(state["head"])
+    with pytest.raises(
+        ValueError, match=r"shape mismatches \['fc1/kernel: state \(24, 32\), head \(10, 32\)"
+    ):
+        msn.MSNProjectionHead(hidden_dim=32, output_dim=16, input_dim=10).set_msn_weights(
+            state["head"]
+        )
     broken = dict(state["head"])
     del broken["fc2/bias"]
     with pytest.raises(ValueError, match=r"missing \['fc2/bias'\]"):
         msn.MSNProjectionHead.from_pretraining_state({"head": broken})
     with pytest.raises(ValueError, match="build with use_batch_norm=True"):
-        msn.MSNProjectionHead(hidden_dim=32, output_dim=16, use_batch_norm=False).set_msn_weights(state["head"])
+        msn.MSNProjectionHead(hidden_dim=32, output_dim=16, use_batch_norm=False).set_msn_weights(
+            state["head"]
+        )
     no_bn = head_state(rng, batch_norm=False)
     with pytest.raises(ValueError, match="build with use_batch_norm=False"):
         msn.MSNProjectionHead(hidden_dim=32, output_dim=16).set_msn_weights(no_bn)
     with pytest.raises(ValueError, match="no projection head"):
-        msn.MSNProjectionHead.from_pretraining_state({"head": None, "prototypes": state["prototypes"]})
+        msn.MSNProjectionHead.from_pretraining_state(
+            {"head": None, "prototypes": state["prototypes"]}
+        )
     with pytest.raises(ValueError, match="no prototypes"):
         msn.MSNPrototypes.from_pretraining_state({"head": state["head"], "prototypes": None})
     with pytest.raises(ValueError, match=r"\(20, 16\) do not fit this layer \(1024, 256\)"):

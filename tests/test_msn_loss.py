@@ -5,12 +5,13 @@ import math
 import keras
 import numpy as np
 import pytest
+from helpers import BACKEND
+from helpers import to_numpy
 
-from helpers import BACKEND, to_numpy
 from keras_vitmsn import msn
 
-
 # -- the reference: the paper's equations / the authors' code, literally, in float64 ----
+
 
 def np_normalize(x):
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -88,9 +89,14 @@ def test_loss_matches_numpy_transcription(rng, size, use_sinkhorn, lam):
     want = np_msn(z, h, q, lam=lam, use_sinkhorn=use_sinkhorn)
     assert set(got) == set(want)
     # Relative to max(1, |value|): the perplexity is up to K (~1000 here).
-    diffs = {name: abs(float(to_numpy(got[name])) - want[name]) / max(1.0, abs(want[name])) for name in want}
-    print(f"\n[msn loss {BACKEND} {size} sinkhorn={use_sinkhorn}] max diff {max(diffs.values()):.2e} "
-          f"(loss {abs(float(to_numpy(got['loss'])) - want['loss']):.2e})")
+    diffs = {
+        name: abs(float(to_numpy(got[name])) - want[name]) / max(1.0, abs(want[name]))
+        for name in want
+    }
+    print(
+        f"\n[msn loss {BACKEND} {size} sinkhorn={use_sinkhorn}] max diff {max(diffs.values()):.2e} "
+        f"(loss {abs(float(to_numpy(got['loss'])) - want['loss']):.2e})"
+    )
     for name, diff in diffs.items():
         assert diff <= 1e-5, f"{name}: {diff:.3e}"
 
@@ -121,7 +127,9 @@ def test_sharpened_target_is_softmax_at_tau_times_T(rng):
     # The original's formula in keras.ops gives the same.
     p = keras.ops.softmax(keras.ops.convert_to_tensor(logits.astype("float32")) / tau)
     sharp = p ** (1.0 / T)
-    np.testing.assert_allclose(got, to_numpy(sharp / keras.ops.sum(sharp, axis=1, keepdims=True)), atol=1e-6)
+    np.testing.assert_allclose(
+        got, to_numpy(sharp / keras.ops.sum(sharp, axis=1, keepdims=True)), atol=1e-6
+    )
 
 
 def test_me_max_is_nonnegative(rng):
@@ -142,7 +150,9 @@ def test_me_max_is_zero_iff_mean_prediction_is_uniform():
     partial = msn.msn_loss(q[:-1], q[:-1], q)
     me_max = float(to_numpy(partial["me_max"]))
     assert me_max > 1e-3
-    assert me_max == pytest.approx(math.log(k) - float(to_numpy(partial["prototype_entropy"])), abs=1e-6)
+    assert me_max == pytest.approx(
+        math.log(k) - float(to_numpy(partial["prototype_entropy"])), abs=1e-6
+    )
 
 
 def test_sinkhorn_rows_and_columns(rng):
@@ -176,7 +186,9 @@ def test_sinkhorn_with_fewer_samples_than_prototypes(rng):
 def test_num_views_and_shape_errors(rng):
     z, h, q = inputs(rng, batch=4, views=3)
     msn.msn_loss(z, h, q, num_anchor_views_per_target=3)
-    with pytest.raises(ValueError, match="num_anchor_views_per_target=2 but anchor_views has 12 rows"):
+    with pytest.raises(
+        ValueError, match="num_anchor_views_per_target=2 but anchor_views has 12 rows"
+    ):
         msn.msn_loss(z, h, q, num_anchor_views_per_target=2)
     with pytest.raises(ValueError, match="M whole views of the 4 targets"):
         msn.msn_loss(z[:10], h, q)
@@ -203,6 +215,7 @@ def test_anchor_views_are_matched_view_major(rng):
 
 # -- gradients, through each backend's own autodiff: one SGD step of a tiny model --------
 
+
 class ToyMSN(keras.Model):
     """Anchors and targets from two separate linear maps of the same inputs."""
 
@@ -218,10 +231,14 @@ class ToyMSN(keras.Model):
         z = self.anchor_map(keras.ops.tile(x, (self.views, 1)))
         h = self.target_map(x)
         if self.detach_targets:
-            loss = msn.msn_loss(z, h, self.protos.prototypes, num_anchor_views_per_target=self.views)["loss"]
+            loss = msn.msn_loss(
+                z, h, self.protos.prototypes, num_anchor_views_per_target=self.views
+            )["loss"]
         else:
             # Control: the same cross-entropy with targets that are NOT cut from the graph.
-            targets = keras.ops.tile(msn.sharpened_targets(h, self.protos.prototypes), (self.views, 1))
+            targets = keras.ops.tile(
+                msn.sharpened_targets(h, self.protos.prototypes), (self.views, 1)
+            )
             log_p = keras.ops.log_softmax(self.protos(z) / 0.1, axis=-1)
             loss = keras.ops.mean(-keras.ops.sum(targets * log_p, axis=-1))
         self.add_loss(loss)
@@ -243,7 +260,10 @@ def test_gradient_does_not_reach_the_target(rng, detach):
     anchor = next(d for p, d in moved.items() if "anchor_map" in p)
     target = next(d for p, d in moved.items() if "target_map" in p)
     protos = next(d for p, d in moved.items() if "protos" in p)
-    print(f"\n[msn grad {BACKEND} detach={detach}] anchor {anchor:.2e} target {target:.2e} protos {protos:.2e}")
+    print(
+        f"\n[msn grad {BACKEND} detach={detach}] anchor {anchor:.2e} target {target:.2e} "
+        f"protos {protos:.2e}"
+    )
     assert anchor > 1e-6 and protos > 1e-6
     if detach:
         assert target == 0.0

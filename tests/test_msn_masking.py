@@ -3,21 +3,37 @@
 import keras
 import numpy as np
 import pytest
+
 torch = pytest.importorskip("torch", reason="the transformers reference needs torch")
 
+from helpers import BACKEND
+from helpers import max_abs_diff
+from helpers import nchw_to_nhwc
+from helpers import to_numpy
+from hf_reference import keras_backbone_from
+from hf_reference import make_hf_model
+
 import keras_vitmsn as kv
-from helpers import BACKEND, max_abs_diff, nchw_to_nhwc, to_numpy
-from hf_reference import keras_backbone_from, make_hf_model
 from keras_vitmsn import msn
 
 TINY_KWARGS = dict(
-    image_shape=(32, 32, 3), patch_size=8, hidden_dim=32, num_layers=2, num_heads=4,
+    image_shape=(32, 32, 3),
+    patch_size=8,
+    hidden_dim=32,
+    num_layers=2,
+    num_heads=4,
     intermediate_dim=64,
 )
 # The paper's geometry scaled down: 14x14 patches for full views, 6x6 for focal views
 # (224 and 96 px at patch 16 there; 112 and 48 px at patch 8 here).
-FOCAL_HF = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                image_size=112, patch_size=8)
+FOCAL_HF = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    image_size=112,
+    patch_size=8,
+)
 
 
 def randomized_backbone(seed=0, **overrides):
@@ -37,8 +53,11 @@ def gather_tokens(tokens, keep):
 
 # -- the helper --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("n, r, keep", [(196, 0.3, 137), (196, 0.15, 166), (49, 0.7, 14),
-                                        (10, 0.9, 1), (36, 0.0, 36), (16, 0.5, 8)])
+
+@pytest.mark.parametrize(
+    "n, r, keep",
+    [(196, 0.3, 137), (196, 0.15, 166), (49, 0.7, 14), (10, 0.9, 1), (36, 0.0, 36), (16, 0.5, 8)],
+)
 def test_num_kept_patches_is_floor_n_times_one_minus_r(n, r, keep):
     assert msn.num_kept_patches(n, r) == keep
 
@@ -47,7 +66,10 @@ def test_num_kept_patches_is_floor_n_times_one_minus_r(n, r, keep):
 def test_random_keep_indices_shape_range_order(n, r):
     idx = to_numpy(msn.random_patch_keep_indices(8, n, r, seed=1)).astype(int)
     assert idx.shape == (8, msn.num_kept_patches(n, r))
-    assert keras.backend.standardize_dtype(msn.random_patch_keep_indices(2, n, r, seed=1).dtype) == "int32"
+    assert (
+        keras.backend.standardize_dtype(msn.random_patch_keep_indices(2, n, r, seed=1).dtype)
+        == "int32"
+    )
     assert idx.min() >= 0 and idx.max() < n
     assert np.all(np.diff(idx, axis=1) > 0)  # sorted, hence no repeats
     if r == 0.0:
@@ -70,21 +92,25 @@ def test_random_keep_indices_seeding():
     assert np.all(np.abs(freq - 0.5) < 0.06)
 
 
-@pytest.mark.parametrize("args, match", [
-    ((2, 16, 1.0), r"mask_ratio.*\[0, 1\)"),
-    ((2, 16, -0.1), r"mask_ratio.*\[0, 1\)"),
-    ((2, 16, "a"), "mask_ratio"),
-    ((2, 4, 0.8), "keeps floor"),
-    ((0, 16, 0.5), "batch_size"),
-    ((2, 0, 0.5), "num_patches"),
-    ((2, 3.5, 0.5), "num_patches"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((2, 16, 1.0), r"mask_ratio.*\[0, 1\)"),
+        ((2, 16, -0.1), r"mask_ratio.*\[0, 1\)"),
+        ((2, 16, "a"), "mask_ratio"),
+        ((2, 4, 0.8), "keeps floor"),
+        ((0, 16, 0.5), "batch_size"),
+        ((2, 0, 0.5), "num_patches"),
+        ((2, 3.5, 0.5), "num_patches"),
+    ],
+)
 def test_helper_errors(args, match):
     with pytest.raises(ValueError, match=match):
         msn.random_patch_keep_indices(*args, seed=0)
 
 
 # -- the backbone path --------------------------------------------------------------------
+
 
 def test_cls_kept_and_tokens_gathered_after_position_embeddings(rng):
     backbone = randomized_backbone()
@@ -99,9 +125,15 @@ def test_cls_kept_and_tokens_gathered_after_position_embeddings(rng):
     # gathered: CLS first, then the kept patches; nothing else is changed.
     expected = gather_tokens(to_numpy(full["hidden_states"][0]), to_numpy(keep).astype(int))
     assert max_abs_diff(dropped["hidden_states"][0], expected) <= 1e-6
-    assert max_abs_diff(dropped["hidden_states"][0][:, 0], to_numpy(full["hidden_states"][0])[:, 0]) == 0.0
+    assert (
+        max_abs_diff(dropped["hidden_states"][0][:, 0], to_numpy(full["hidden_states"][0])[:, 0])
+        == 0.0
+    )
     # ... and the blocks see fewer tokens, so the CLS output differs from the full view.
-    assert max_abs_diff(dropped["last_hidden_state"][:, 0], to_numpy(full["last_hidden_state"])[:, 0]) > 1e-4
+    assert (
+        max_abs_diff(dropped["last_hidden_state"][:, 0], to_numpy(full["last_hidden_state"])[:, 0])
+        > 1e-4
+    )
 
 
 def test_keep_everything_equals_the_plain_forward(rng):
@@ -109,12 +141,19 @@ def test_keep_everything_equals_the_plain_forward(rng):
     images = rng.standard_normal((2, 32, 32, 3)).astype("float32")
     plain = to_numpy(backbone(images)["last_hidden_state"])
     keep = msn.random_patch_keep_indices(2, backbone.num_patches, 0.0, seed=0)
-    assert max_abs_diff(backbone(images, patch_keep_indices=keep)["last_hidden_state"], plain) <= 1e-6
+    assert (
+        max_abs_diff(backbone(images, patch_keep_indices=keep)["last_hidden_state"], plain) <= 1e-6
+    )
     # With no blocks, dropping commutes with the (per-token) final LayerNorm.
     shallow = randomized_backbone(num_layers=0)
     keep = msn.random_patch_keep_indices(2, shallow.num_patches, 0.25, seed=2)
-    expected = gather_tokens(to_numpy(shallow(images)["last_hidden_state"]), to_numpy(keep).astype(int))
-    assert max_abs_diff(shallow(images, patch_keep_indices=keep)["last_hidden_state"], expected) <= 1e-6
+    expected = gather_tokens(
+        to_numpy(shallow(images)["last_hidden_state"]), to_numpy(keep).astype(int)
+    )
+    assert (
+        max_abs_diff(shallow(images, patch_keep_indices=keep)["last_hidden_state"], expected)
+        <= 1e-6
+    )
 
 
 def test_order_of_kept_patches_does_not_matter_for_cls(rng):
@@ -122,7 +161,9 @@ def test_order_of_kept_patches_does_not_matter_for_cls(rng):
     # transformer is permutation-equivariant on them: CLS is the same for any order.
     backbone = randomized_backbone()
     images = rng.standard_normal((2, 32, 32, 3)).astype("float32")
-    keep = to_numpy(msn.random_patch_keep_indices(2, backbone.num_patches, 0.5, seed=4)).astype("int32")
+    keep = to_numpy(msn.random_patch_keep_indices(2, backbone.num_patches, 0.5, seed=4)).astype(
+        "int32"
+    )
     shuffled = keep[:, ::-1].copy()
     a = backbone(images, patch_keep_indices=keep)["last_hidden_state"][:, 0]
     b = backbone(images, patch_keep_indices=shuffled)["last_hidden_state"][:, 0]
@@ -146,10 +187,14 @@ def test_dropped_forward_matches_transformers_with_dropped_embeddings(tmp_path, 
     handle = ref.embeddings.register_forward_hook(drop)
     try:
         with torch.no_grad():
-            expected = ref(torch.from_numpy(pixels), interpolate_pos_encoding=size != 112).last_hidden_state.numpy()
+            expected = ref(
+                torch.from_numpy(pixels), interpolate_pos_encoding=size != 112
+            ).last_hidden_state.numpy()
     finally:
         handle.remove()
-    got = backbone(nchw_to_nhwc(pixels), patch_keep_indices=keep, interpolate_pos_encoding=size != 112)
+    got = backbone(
+        nchw_to_nhwc(pixels), patch_keep_indices=keep, interpolate_pos_encoding=size != 112
+    )
     diff = max_abs_diff(got["last_hidden_state"], expected)
     print(f"\n[msn masking {BACKEND} {size}px keep {keep.shape[1]}/{num_patches}] {diff:.2e}")
     assert expected.shape == (3, 1 + keep.shape[1], 32)

@@ -9,14 +9,19 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+from helpers import BACKEND
+from helpers import max_abs_diff
+from helpers import to_numpy
 
 import keras_vitmsn as kv
 from keras_vitmsn import msn
 
-from helpers import BACKEND, max_abs_diff, to_numpy
-
 ENCODER = dict(
-    image_shape=(16, 16, 3), patch_size=4, hidden_dim=16, num_layers=2, num_heads=2,
+    image_shape=(16, 16, 3),
+    patch_size=4,
+    hidden_dim=16,
+    num_layers=2,
+    num_heads=2,
     intermediate_dim=32,
 )
 HEAD = dict(head_hidden_dim=32, head_output_dim=8, num_prototypes=10)
@@ -53,7 +58,9 @@ def test_target_starts_as_a_frozen_copy():
         np.testing.assert_array_equal(to_numpy(source), to_numpy(target))
     # The EMA averages parameters only: BatchNorm moving statistics are each head's own.
     averaged = {s.path for s, _ in pretrainer._ema_pairs()}
-    assert averaged == {s.path for s, _ in pairs if not s.path.endswith(("moving_mean", "moving_variance"))}
+    assert averaged == {
+        s.path for s, _ in pairs if not s.path.endswith(("moving_mean", "moving_variance"))
+    }
     assert len(averaged) == len(pairs) - 4
     assert pretrainer.target_encoder.trainable_weights == []
     assert pretrainer.target_projection_head.trainable_weights == []
@@ -70,8 +77,7 @@ def test_ema_update_is_exact_after_one_step():
     pretrainer.fit(make_views(), batch_size=4, epochs=1, verbose=0)
     # The first update uses the schedule's start value: m = 0.9.
     worst = max(
-        max_abs_diff(t, 0.9 * t0 + 0.1 * to_numpy(s))
-        for (s, t), t0 in zip(pairs, target_before)
+        max_abs_diff(t, 0.9 * t0 + 0.1 * to_numpy(s)) for (s, t), t0 in zip(pairs, target_before)
     )
     assert worst <= 1e-6
     assert int(to_numpy(pretrainer.ema_steps)) == 1
@@ -122,10 +128,14 @@ def test_forward_matches_the_parts_composed_by_hand():
     focal = views["focal"].transpose(1, 0, 2, 3, 4).reshape(12, 8, 8, 3)  # view-major
     head = pretrainer.projection_head
     # One head call per resolution group: BatchNorm statistics of each group alone.
-    anchors = np.concatenate([
-        to_numpy(head(cls(encoder, views["anchor"]), use_batch_statistics=True)),
-        to_numpy(head(cls(encoder, focal, interpolate_pos_encoding=True), use_batch_statistics=True)),
-    ])
+    anchors = np.concatenate(
+        [
+            to_numpy(head(cls(encoder, views["anchor"]), use_batch_statistics=True)),
+            to_numpy(
+                head(cls(encoder, focal, interpolate_pos_encoding=True), use_batch_statistics=True)
+            ),
+        ]
+    )
     targets = pretrainer.target_projection_head(
         cls(target_encoder, views["target"]), use_batch_statistics=True
     )
@@ -133,9 +143,12 @@ def test_forward_matches_the_parts_composed_by_hand():
     for key in ("loss", "ce", "me_max"):
         assert abs(float(to_numpy(parts[key])) - float(to_numpy(expected[key]))) <= 1e-5
     # One head call over all anchor views (the bug this replaced) gives another loss.
-    together = head(np.concatenate([cls(encoder, views["anchor"]),
-                                    cls(encoder, focal, interpolate_pos_encoding=True)]),
-                    use_batch_statistics=True)
+    together = head(
+        np.concatenate(
+            [cls(encoder, views["anchor"]), cls(encoder, focal, interpolate_pos_encoding=True)]
+        ),
+        use_batch_statistics=True,
+    )
     mixed = msn.msn_loss(together, targets, pretrainer.prototypes.prototypes, use_sinkhorn=True)
     assert abs(float(to_numpy(mixed["loss"])) - float(to_numpy(parts["loss"]))) > 1e-3
 
@@ -160,10 +173,13 @@ def test_target_head_uses_batch_statistics():
     pretrainer = make_pretrainer()
     head = pretrainer.target_projection_head
     x = np.random.default_rng(1).normal(3.0, 2.0, (6, 16)).astype("float32")
+
     # Independent computation: torch train-mode BatchNorm1d (biased variance).
     def bn(h, layer):
         mean, var = h.mean(0), h.var(0)
-        return (h - mean) / np.sqrt(var + layer.epsilon) * to_numpy(layer.gamma) + to_numpy(layer.beta)
+        return (h - mean) / np.sqrt(var + layer.epsilon) * to_numpy(layer.gamma) + to_numpy(
+            layer.beta
+        )
 
     gelu = lambda h: to_numpy(keras.ops.gelu(h, approximate=False))
     dense = lambda h, layer: h @ to_numpy(layer.kernel) + to_numpy(layer.bias)
@@ -188,6 +204,7 @@ def test_weight_decay_exclusions_and_scheduled_decay():
         assert path.endswith(("kernel", "cls_token", "position_embeddings")), path
     for path in excluded:
         assert path.endswith(("bias", "gamma", "beta", "prototypes")), path
+
     # As the original, update t uses the schedules at t + 1: with 1 warm-up step of 4
     # the first update is already at the peak lr, and the decay 0.04 -> 0.4 has moved.
     def cosine(position):
@@ -201,7 +218,8 @@ def test_weight_decay_exclusions_and_scheduled_decay():
     # encoder's parameters only).
     clipped = {v.path for v in pretrainer.trainable_variables if optimizer.is_clipped(v)}
     assert clipped == {v.path for v in pretrainer.trainable_variables} - {
-        pretrainer.prototypes.prototypes.path}
+        pretrainer.prototypes.prototypes.path
+    }
 
 
 def test_msn_optimizer_keeps_the_papers_ratios_for_any_peak():
@@ -239,27 +257,42 @@ def test_scheduled_adamw_decays_like_torch_adamw(schedule):
         expected *= 1 - 0.1 * factor
         assert abs(float(to_numpy(variable)[0]) - expected) <= 1e-6
     clone = msn.ScheduledAdamW.from_config(optimizer.get_config())
-    assert float(to_numpy(clone.weight_decay)) == pytest.approx(float(weight_decay(0)) if schedule else 0.5)
+    assert float(to_numpy(clone.weight_decay)) == pytest.approx(
+        float(weight_decay(0)) if schedule else 0.5
+    )
 
 
 def test_schedules():
     values_at = lambda s, steps: [float(to_numpy(s(t))) for t in steps]
     lr = msn.WarmupCosineSchedule(2e-4, 1e-3, 1e-6, warmup_steps=10, steps=100)
-    np.testing.assert_allclose(values_at(lr, [0, 5, 10, 55, 100, 150]),
-                               [2e-4, 6e-4, 1e-3, 1e-6 + (1e-3 - 1e-6) * 0.5, 1e-6, 1e-6], rtol=1e-5)
+    np.testing.assert_allclose(
+        values_at(lr, [0, 5, 10, 55, 100, 150]),
+        [2e-4, 6e-4, 1e-3, 1e-6 + (1e-3 - 1e-6) * 0.5, 1e-6, 1e-6],
+        rtol=1e-5,
+    )
     # msn_learning_rate: the same, one position ahead (the original's step convention).
     shifted = msn.msn_learning_rate(total_steps=100, warmup_steps=10)
-    np.testing.assert_allclose(values_at(shifted, [0, 4, 9, 54]), values_at(lr, [1, 5, 10, 55]),
-                               rtol=1e-6)
-    np.testing.assert_allclose(values_at(msn.LinearSchedule(0.996, 1.0, 4), [0, 1, 4, 9]),
-                               [0.996, 0.997, 1.0, 1.0], rtol=1e-7)
+    np.testing.assert_allclose(
+        values_at(shifted, [0, 4, 9, 54]), values_at(lr, [1, 5, 10, 55]), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        values_at(msn.LinearSchedule(0.996, 1.0, 4), [0, 1, 4, 9]),
+        [0.996, 0.997, 1.0, 1.0],
+        rtol=1e-7,
+    )
     # Fractional lengths: the original's momentum increment over 1.25 * steps.
-    np.testing.assert_allclose(values_at(msn.LinearSchedule(0.9, 1.0, 12.5), [1]), [0.908], rtol=1e-6)
+    np.testing.assert_allclose(
+        values_at(msn.LinearSchedule(0.9, 1.0, 12.5), [1]), [0.908], rtol=1e-6
+    )
     wd = msn.CosineSchedule(0.04, 0.4, 100)
-    np.testing.assert_allclose(values_at(wd, [0, 25, 100]),
-                               [0.04, 0.4 - 0.36 * (1 + np.cos(np.pi / 4)) / 2, 0.4], rtol=1e-6)
-    np.testing.assert_allclose(values_at(msn.msn_weight_decay(100), [24]), values_at(wd, [25]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        values_at(wd, [0, 25, 100]),
+        [0.04, 0.4 - 0.36 * (1 + np.cos(np.pi / 4)) / 2, 0.4],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        values_at(msn.msn_weight_decay(100), [24]), values_at(wd, [25]), rtol=1e-6
+    )
     with pytest.raises(ValueError, match="warmup_steps"):
         msn.msn_learning_rate(10, warmup_steps=10)
     with pytest.raises(ValueError, match="`steps` must be a positive"):
@@ -327,7 +360,7 @@ def test_global_clipping_scales_autograd_buffers_in_place_with_the_same_result()
     place (as clip_grad_norm_ does), with the moments of the copying path."""
     import torch
 
-    from keras_vitmsn.backend import fast_updates
+    from keras_vitmsn import backend as fast_updates
 
     grads, variables, optimizer = _clipping_case()
     for v, g in zip(variables, grads):
@@ -367,7 +400,9 @@ def test_errors():
         msn.MSNPretrainer(encoder, ema_momentum=0.999, final_ema_momentum=0.99)
     with pytest.raises(TypeError, match="must be a ViTMSNBackbone"):
         msn.MSNPretrainer(keras.layers.Dense(3))
-    with pytest.raises(ValueError, match="takes 24-dimensional features but the encoder outputs 16"):
+    with pytest.raises(
+        ValueError, match="takes 24-dimensional features but the encoder outputs 16"
+    ):
         msn.MSNPretrainer(encoder, projection_head=msn.MSNProjectionHead(32, 8, input_dim=24))
     with pytest.raises(ValueError, match="outputs 8 features but the prototypes have 4"):
         msn.MSNPretrainer(encoder, prototypes=msn.MSNPrototypes(10, 4), **HEAD)
@@ -402,8 +437,12 @@ def test_export_target_encoder_and_continue(tmp_path):
     preset = str(tmp_path / "msn_preset")
     pretrainer.save_to_preset(preset)
     assert sorted(os.listdir(preset)) == [
-        "config.json", "image_converter.json", "metadata.json", "model.weights.h5",
-        "msn_head.weights.h5", "msn_training_state.h5",
+        "config.json",
+        "image_converter.json",
+        "metadata.json",
+        "model.weights.h5",
+        "msn_head.weights.h5",
+        "msn_training_state.h5",
     ]
     with open(os.path.join(preset, "config.json")) as f:
         config = json.load(f)["config"]
@@ -441,11 +480,15 @@ def test_export_target_encoder_and_continue(tmp_path):
 
 
 def test_from_original_msn_checkpoint(tmp_path, rng):
-    from checkpoint_helpers import hub_state_to_msn_encoder, write_msn_checkpoint
-    from hf_reference import TINY, make_hf_model
+    from checkpoint_helpers import hub_state_to_msn_encoder
+    from checkpoint_helpers import write_msn_checkpoint
+    from hf_reference import TINY
+    from hf_reference import make_hf_model
 
     _, state, config = make_hf_model(tmp_path, TINY)
-    encoder_state = hub_state_to_msn_encoder(state, TINY["num_hidden_layers"], rng, hidden=64, out=32)
+    encoder_state = hub_state_to_msn_encoder(
+        state, TINY["num_hidden_layers"], rng, hidden=64, out=32
+    )
     path = str(tmp_path / "vit_tiny.pth.tar")
     prototypes = write_msn_checkpoint(path, encoder_state, rng, num_prototypes=16, prototype_dim=32)
     pretrainer = msn.MSNPretrainer.from_preset(
@@ -456,7 +499,8 @@ def test_from_original_msn_checkpoint(tmp_path, rng):
     # target from `target_encoder`.
     np.testing.assert_allclose(
         to_numpy(pretrainer.projection_head.fc1.kernel),
-        encoder_state["module.fc.fc1.weight"].T + 0.01, rtol=1e-6,
+        encoder_state["module.fc.fc1.weight"].T + 0.01,
+        rtol=1e-6,
     )
     np.testing.assert_allclose(
         to_numpy(pretrainer.target_projection_head.fc1.kernel),
@@ -464,10 +508,11 @@ def test_from_original_msn_checkpoint(tmp_path, rng):
     )
     np.testing.assert_allclose(
         to_numpy(pretrainer.encoder.layers[0].cls_token) - 0.01,
-        to_numpy(pretrainer.target_encoder.layers[0].cls_token), atol=1e-7,
+        to_numpy(pretrainer.target_encoder.layers[0].cls_token),
+        atol=1e-7,
     )
     # A file with the EMA encoder only: both branches start from it.
-    from keras_vitmsn.conversion.torch_io import save_torch_file
+    from checkpoint_helpers import save_torch_file
 
     target_only = str(tmp_path / "target_only.pth.tar")
     save_torch_file({"target_encoder": encoder_state, "prototypes": prototypes}, target_only)
@@ -475,14 +520,20 @@ def test_from_original_msn_checkpoint(tmp_path, rng):
     for a, b in zip(single.encoder.weights, pretrainer.target_encoder.weights):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     with pytest.raises(kv.conversion.CheckpointError, match="no 'opt' entry"):
-        msn.MSNPretrainer.from_preset(target_only, num_heads=TINY["num_attention_heads"],
-                                      total_steps=3, restore_optimizer=True)
+        msn.MSNPretrainer.from_preset(
+            target_only,
+            num_heads=TINY["num_attention_heads"],
+            total_steps=3,
+            restore_optimizer=True,
+        )
     # The width is not a released one (384, 768, 1024): no guessing of the heads.
     with pytest.raises(ValueError, match="none of the released MSN widths .* num_heads="):
         msn.MSNPretrainer.from_preset(path, total_steps=3)
     size = TINY["image_size"]
-    views = {k: np.random.default_rng(0).normal(size=(4, size, size, 3)).astype("float32")
-             for k in ("target", "anchor")}
+    views = {
+        k: np.random.default_rng(0).normal(size=(4, size, size, 3)).astype("float32")
+        for k in ("target", "anchor")
+    }
     pretrainer.compile()
     history = pretrainer.fit(views, batch_size=4, epochs=1, verbose=0).history
     assert np.isfinite(history["loss"][0])
@@ -540,13 +591,18 @@ def test_data_parallel_equals_single_device(tmp_path):
         print(json.dumps({
             "shards": shards,
             "loss_single": single["loss"], "loss_multi": multi["loss"],
-            "weight_diffs": sorted(((float(np.abs(a - b).max()), path)
-                                    for (path, a), (_, b) in zip(w_single, w_multi)), reverse=True)[:3],
+            "weight_diffs": sorted(
+                ((float(np.abs(a - b).max()), path)
+                 for (path, a), (_, b) in zip(w_single, w_multi)),
+                reverse=True,
+            )[:3],
         }))
         """
     )
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["shards"] == 8  # replicated weights: the run really used 8 devices
@@ -556,8 +612,18 @@ def test_data_parallel_equals_single_device(tmp_path):
 
 # -- from scratch: the original MSN's CLS / position-table start ------------------------
 
-SCRATCH = dict(steps_per_epoch=2, epochs=1, warmup_epochs=0, global_size=16, patch_size=4,
-               hidden_dim=16, num_layers=1, num_heads=2, intermediate_dim=32, **HEAD)
+SCRATCH = dict(
+    steps_per_epoch=2,
+    epochs=1,
+    warmup_epochs=0,
+    global_size=16,
+    patch_size=4,
+    hidden_dim=16,
+    num_layers=1,
+    num_heads=2,
+    intermediate_dim=32,
+    **HEAD,
+)
 
 
 def embedding_tables(backbone):
@@ -571,22 +637,31 @@ def test_pretraining_from_scratch_starts_embeddings_as_the_original(tmp_path):
     fresh = kv.ViTMSNBackbone(**ENCODER)
     assert all(not t.any() for t in embedding_tables(fresh))
     scratch = msn.MSNPretrainer.from_recipe("msn_vits16", seed=3, **SCRATCH)
-    kv.ViTMSNBackbone(image_shape=(16, 16, 3), patch_size=4, hidden_dim=16, num_layers=1,
-                      num_heads=2, intermediate_dim=32).save_to_preset(str(tmp_path / "p"))
+    kv.ViTMSNBackbone(
+        image_shape=(16, 16, 3),
+        patch_size=4,
+        hidden_dim=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=32,
+    ).save_to_preset(str(tmp_path / "p"))
     # keras-vitmsn pretrain --from-scratch --preset P: from_recipe(P, load_weights=False).
     from_preset = msn.MSNPretrainer.from_recipe(
-        "msn_vits16", str(tmp_path / "p"), load_weights=False, seed=3, **SCRATCH)
+        "msn_vits16", str(tmp_path / "p"), load_weights=False, seed=3, **SCRATCH
+    )
     for pretrainer in (scratch, from_preset):
         cls, table = embedding_tables(pretrainer.encoder)
         assert cls.shape == (1, 1, 16) and table.shape == (1, 17, 16)
         drawn = np.concatenate([cls.ravel(), table.ravel()])
         assert 0.015 < drawn.std() < 0.025 and abs(drawn.mean()) < 0.005
         # The EMA target starts as a copy of the online encoder.
-        for online, target in zip(embedding_tables(pretrainer.encoder),
-                                  embedding_tables(pretrainer.target_encoder)):
+        for online, target in zip(
+            embedding_tables(pretrainer.encoder), embedding_tables(pretrainer.target_encoder)
+        ):
             np.testing.assert_array_equal(online, target)
-    np.testing.assert_array_equal(embedding_tables(scratch.encoder)[1],
-                                  embedding_tables(from_preset.encoder)[1])  # seeded
+    np.testing.assert_array_equal(
+        embedding_tables(scratch.encoder)[1], embedding_tables(from_preset.encoder)[1]
+    )  # seeded
     # Weights that are loaded, or a backbone handed over, are left as they are.
     given = msn.MSNPretrainer.from_recipe("msn_vits16", fresh, **SCRATCH)
     assert all(not t.any() for t in embedding_tables(given.encoder))

@@ -5,23 +5,39 @@ import inspect
 
 import numpy as np
 import pytest
+from helpers import to_numpy
 
 import keras_vitmsn as kv
 from keras_vitmsn import msn
 from keras_vitmsn.cli.main import build_parser
 from keras_vitmsn.msn import recipes
 
-from helpers import to_numpy
-
 # configs/pretrain/msn_vits16.yaml of facebookresearch/msn (global batch: 64 per GPU on
 # the 16 GPUs of its README's launch command).
 VITS16_YAML = dict(
-    epochs=800, warmup_epochs=15, learning_rate=1e-3, start_learning_rate=2e-4,
-    final_learning_rate=1e-6, weight_decay=0.04, final_weight_decay=0.4,
-    gradient_clip_norm=3.0, mask_ratio=0.15, temperature=0.1, sharpen_temperature=0.25,
-    final_sharpen_temperature=0.25, me_max_weight=1.0, use_sinkhorn=True, entropy_weight=0.0,
-    num_prototypes=1024, head_hidden_dim=2048, head_output_dim=256, head_batch_norm=True,
-    global_size=224, focal_size=96, num_focal_views=10, color_jitter_strength=0.5,
+    epochs=800,
+    warmup_epochs=15,
+    learning_rate=1e-3,
+    start_learning_rate=2e-4,
+    final_learning_rate=1e-6,
+    weight_decay=0.04,
+    final_weight_decay=0.4,
+    gradient_clip_norm=3.0,
+    mask_ratio=0.15,
+    temperature=0.1,
+    sharpen_temperature=0.25,
+    final_sharpen_temperature=0.25,
+    me_max_weight=1.0,
+    use_sinkhorn=True,
+    entropy_weight=0.0,
+    num_prototypes=1024,
+    head_hidden_dim=2048,
+    head_output_dim=256,
+    head_batch_norm=True,
+    global_size=224,
+    focal_size=96,
+    num_focal_views=10,
+    color_jitter_strength=0.5,
     batch_size=64 * 16,
 )
 # The paper / README: epochs and masking ratio of each released model.
@@ -32,9 +48,18 @@ RELEASED = {
     "msn_vitb4": ("vit_msn_base_4", 300, 0.7),
     "msn_vitl7": ("vit_msn_large_7", 200, 0.7),
 }
-TINY = dict(global_size=16, focal_size=8, patch_size=4, hidden_dim=16, num_layers=1,
-            num_heads=2, intermediate_dim=32, head_hidden_dim=16, head_output_dim=8,
-            num_prototypes=6)
+TINY = dict(
+    global_size=16,
+    focal_size=8,
+    patch_size=4,
+    hidden_dim=16,
+    num_layers=1,
+    num_heads=2,
+    intermediate_dim=32,
+    head_hidden_dim=16,
+    head_output_dim=8,
+    num_prototypes=6,
+)
 
 
 def test_vits16_recipe_is_the_released_config():
@@ -121,14 +146,27 @@ def test_from_recipe_from_scratch_and_from_a_backbone():
 
 
 def test_build_msn_training_sizes_views_for_a_preset(tmp_path):
-    backbone = kv.ViTMSNBackbone(image_shape=(32, 32, 3), patch_size=8, hidden_dim=16,
-                                 num_layers=1, num_heads=2, intermediate_dim=32)
+    backbone = kv.ViTMSNBackbone(
+        image_shape=(32, 32, 3),
+        patch_size=8,
+        hidden_dim=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=32,
+    )
     preset = str(tmp_path / "preset")
     backbone.save_to_preset(preset)
     images = np.random.default_rng(0).integers(0, 256, (6, 40, 40, 3), dtype="uint8")
     small = {k: TINY[k] for k in ("head_hidden_dim", "head_output_dim", "num_prototypes")}
-    run = msn.build_msn_training(images, backbone_or_preset=preset, epochs=2, warmup_epochs=1,
-                                 batch_size=8, num_focal_views=1, **small)
+    run = msn.build_msn_training(
+        images,
+        backbone_or_preset=preset,
+        epochs=2,
+        warmup_epochs=1,
+        batch_size=8,
+        num_focal_views=1,
+        **small,
+    )
     # The preset's 32 px, focal views at the recipe's 96/224 of it on the 8-px grid.
     assert (run.config["global_size"], run.config["focal_size"]) == (32, 16)
     assert (run.batch_size, run.steps_per_epoch, run.total_steps) == (6, 1, 2)
@@ -138,7 +176,8 @@ def test_build_msn_training_sizes_views_for_a_preset(tmp_path):
     assert len(history.history["loss"]) == 2
     assert int(to_numpy(run.pretrainer.ema_steps)) == 2
     with pytest.raises(ValueError, match="focal_size 12 must be a multiple of the patch size 8"):
-        msn.build_msn_training(images, backbone_or_preset=preset, epochs=2, warmup_epochs=1,
-                               focal_size=12, **small)
+        msn.build_msn_training(
+            images, backbone_or_preset=preset, epochs=2, warmup_epochs=1, focal_size=12, **small
+        )
     with pytest.raises(ValueError, match="needs a preset or checkpoint"):
         msn.build_msn_training(images, restore_optimizer=True, epochs=2, warmup_epochs=1)

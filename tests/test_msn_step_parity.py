@@ -15,25 +15,53 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the reference step is written in PyTorch")
 
+import msn_torch_reference as ref  # noqa: E402
+from helpers import BACKEND  # noqa: E402
+from helpers import to_numpy  # noqa: E402
+
 from keras_vitmsn import msn  # noqa: E402
 from keras_vitmsn.msn.resume import weights_by_relative_path  # noqa: E402
 
-import msn_torch_reference as ref  # noqa: E402
-from helpers import BACKEND, to_numpy  # noqa: E402
-
 BATCH, FOCAL, IMAGE, FOCAL_IMAGE, PATCH = 4, 2, 16, 8, 4
 RECIPE = dict(
-    total_steps=10, warmup_steps=5, ipe_scale=1.25, lr=1e-3, start_lr=2e-4, final_lr=1e-6,
-    wd=0.04, final_wd=0.4, T=0.25, final_T=0.3, m=0.9, tau=0.1, me_max=1.0, sinkhorn=True,
-    entropy=0.5, clip=0.5,
+    total_steps=10,
+    warmup_steps=5,
+    ipe_scale=1.25,
+    lr=1e-3,
+    start_lr=2e-4,
+    final_lr=1e-6,
+    wd=0.04,
+    final_wd=0.4,
+    T=0.25,
+    final_T=0.3,
+    m=0.9,
+    tau=0.1,
+    me_max=1.0,
+    sinkhorn=True,
+    entropy=0.5,
+    clip=0.5,
 )
 SETTINGS = dict(
-    num_heads=2, mask_ratio=0.5, total_steps=10, warmup_steps=5, ipe_scale=1.25,
-    learning_rate=1e-3, start_learning_rate=2e-4, final_learning_rate=1e-6,
-    weight_decay=0.04, final_weight_decay=0.4, sharpen_temperature=0.25,
-    final_sharpen_temperature=0.3, ema_momentum=0.9, final_ema_momentum=1.0,
-    temperature=0.1, me_max_weight=1.0, use_sinkhorn=True, entropy_weight=0.5,
-    gradient_clip_norm=0.5, seed=0,
+    num_heads=2,
+    mask_ratio=0.5,
+    total_steps=10,
+    warmup_steps=5,
+    ipe_scale=1.25,
+    learning_rate=1e-3,
+    start_learning_rate=2e-4,
+    final_learning_rate=1e-6,
+    weight_decay=0.04,
+    final_weight_decay=0.4,
+    sharpen_temperature=0.25,
+    final_sharpen_temperature=0.3,
+    ema_momentum=0.9,
+    final_ema_momentum=1.0,
+    temperature=0.1,
+    me_max_weight=1.0,
+    use_sinkhorn=True,
+    entropy_weight=0.5,
+    gradient_clip_norm=0.5,
+    seed=0,
 )
 # Max abs differences measured per backend are printed (pytest -s) for the record.
 TOLERANCE = 1e-5
@@ -44,13 +72,18 @@ TOLERANCE = 1e-5
 # AdamW turns into steps of up to lr that differ from one implementation to another:
 # for them both sides must stay within one step of each other (2 lr), and their
 # moments within TOLERANCE. The test checks that they are these and only these.
-ZERO_GRADIENT = ("attention/key/bias", "projection_head/fc1/bias", "projection_head/fc2/bias",
-                 "encoder/layernorm/beta")
+ZERO_GRADIENT = (
+    "attention/key/bias",
+    "projection_head/fc1/bias",
+    "projection_head/fc2/bias",
+    "encoder/layernorm/beta",
+)
 
 
 def make_run(seed=0, target_noise=0.05):
-    encoder = ref.MSNEncoder(IMAGE, PATCH, dim=16, depth=2, heads=2, mlp_dim=32,
-                             head_hidden=32, head_out=8)
+    encoder = ref.MSNEncoder(
+        IMAGE, PATCH, dim=16, depth=2, heads=2, mlp_dim=32, head_hidden=32, head_out=8
+    )
     ref.randomize(encoder, seed)
     generator = torch.Generator().manual_seed(seed + 2)
     prototypes = (torch.rand(10, 8, generator=generator) - 0.5) * 0.5
@@ -71,8 +104,12 @@ def make_views(seed):
 
 def torch_step(run, views, keep):
     focal = views["focal"].transpose(1, 0, 2, 3, 4).reshape(-1, FOCAL_IMAGE, FOCAL_IMAGE, 3)
-    return run.train_step(ref.nchw(views["target"]), ref.nchw(views["anchor"]), ref.nchw(focal),
-                          torch.from_numpy(keep).long())
+    return run.train_step(
+        ref.nchw(views["target"]),
+        ref.nchw(views["anchor"]),
+        ref.nchw(focal),
+        torch.from_numpy(keep).long(),
+    )
 
 
 @pytest.fixture
@@ -172,12 +209,18 @@ def test_one_step_equals_the_authors_step(tmp_path, fixed_masks):
         msn.MSNPretrainer.from_preset(after, restore_optimizer=True, **SETTINGS)
     )
     check_zero_gradient_parameters(expected)
-    compare(named_values(pretrainer), expected, "one step from scratch",
-            zero_gradient_tolerance=2 * RECIPE["lr"])
+    compare(
+        named_values(pretrainer),
+        expected,
+        "one step from scratch",
+        zero_gradient_tolerance=2 * RECIPE["lr"],
+    )
 
 
 @pytest.mark.parametrize("prefix", ["module.", ""])
-def test_resuming_an_original_checkpoint_takes_the_original_next_step(tmp_path, fixed_masks, prefix):
+def test_resuming_an_original_checkpoint_takes_the_original_next_step(
+    tmp_path, fixed_masks, prefix
+):
     run = make_run(seed=3)
     for step in range(2):
         torch_step(run, *make_views(seed=10 + step))
@@ -201,8 +244,12 @@ def test_resuming_an_original_checkpoint_takes_the_original_next_step(tmp_path, 
         msn.MSNPretrainer.from_preset(after, restore_optimizer=True, **SETTINGS)
     )
     check_zero_gradient_parameters(expected)
-    compare(named_values(pretrainer), expected, "third step after resuming",
-            zero_gradient_tolerance=2 * RECIPE["lr"])
+    compare(
+        named_values(pretrainer),
+        expected,
+        "third step after resuming",
+        zero_gradient_tolerance=2 * RECIPE["lr"],
+    )
 
 
 @pytest.mark.parametrize("how", ["keras_file", "preset"])

@@ -10,7 +10,7 @@ import keras
 import pytest
 
 import keras_vitmsn as kv
-from keras_vitmsn.images.data import write_toy_image_folder
+from keras_vitmsn.images.folders import write_toy_image_folder
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -31,7 +31,11 @@ NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 def tiny_preset(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("preset"))
     kv.ViTMSNBackbone(
-        image_shape=(32, 32, 3), patch_size=8, hidden_dim=32, num_layers=2, num_heads=4,
+        image_shape=(32, 32, 3),
+        patch_size=8,
+        hidden_dim=32,
+        num_layers=2,
+        num_heads=4,
         intermediate_dim=64,
     ).save_to_preset(path)
     kv.ViTMSNImageConverter(image_size=(32, 32)).save_to_preset(path)
@@ -61,7 +65,11 @@ def test_notebook_runs(tmp_path, tiny_preset, name):
     if name.startswith("01"):
         for other in ("torch", "tensorflow"):
             assert f"{other}: max abs difference of CLS features" in text, text
-        diffs = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if "max abs difference" in line]
+        diffs = [
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if "max abs difference" in line
+        ]
         assert max(diffs) < 1e-4, diffs
     figures = [f for f in os.listdir(tmp_path) if f.endswith(".png")]
     assert figures, "the notebook should save its plot"

@@ -3,11 +3,23 @@
 import keras
 import numpy as np
 import pytest
+
 torch = pytest.importorskip("torch", reason="the transformers reference needs torch")
 
-from helpers import BACKEND, keras_gradients, max_abs_diff, nchw_to_nhwc
-from hf_reference import SMALL, TINY, hf_gradients, keras_backbone_from, keras_classifier_from, make_hf_model, strip_vit_prefix
-from keras_vitmsn.conversion.transformers_weights import FusedSlice, backbone_weight_map
+from helpers import BACKEND
+from helpers import keras_gradients
+from helpers import max_abs_diff
+from helpers import nchw_to_nhwc
+from hf_reference import SMALL
+from hf_reference import TINY
+from hf_reference import hf_gradients
+from hf_reference import keras_backbone_from
+from hf_reference import keras_classifier_from
+from hf_reference import make_hf_model
+from hf_reference import strip_vit_prefix
+
+from keras_vitmsn.conversion.transformers_weights import FusedSlice
+from keras_vitmsn.conversion.transformers_weights import backbone_weight_map
 
 TOL = 1e-4
 
@@ -23,7 +35,9 @@ def run_reference(model, pixels, **kwargs):
 
 
 def assert_full_parity(keras_out, ref, label):
-    diffs = {"last_hidden_state": max_abs_diff(keras_out["last_hidden_state"], ref.last_hidden_state)}
+    diffs = {
+        "last_hidden_state": max_abs_diff(keras_out["last_hidden_state"], ref.last_hidden_state)
+    }
     assert len(keras_out["hidden_states"]) == len(ref.hidden_states)
     assert len(keras_out["attentions"]) == len(ref.attentions)
     diffs["hidden_states"] = max(
@@ -68,7 +82,10 @@ def test_bool_masked_pos_parity(tmp_path, rng):
     mask = rng.random((2, 16)) < 0.5
     ref = run_reference(ref_model, pixels, bool_masked_pos=torch.from_numpy(mask))
     out = backbone(
-        nchw_to_nhwc(pixels), bool_masked_pos=mask, output_hidden_states=True, output_attentions=True
+        nchw_to_nhwc(pixels),
+        bool_masked_pos=mask,
+        output_hidden_states=True,
+        output_attentions=True,
     )
     assert_full_parity(out, ref, "tiny bool_masked_pos")
     unmasked = backbone(nchw_to_nhwc(pixels))["last_hidden_state"]
@@ -76,7 +93,9 @@ def test_bool_masked_pos_parity(tmp_path, rng):
 
 
 @pytest.mark.parametrize(
-    "height,width", [(48, 48), (48, 40), (24, 56), (16, 16)], ids=["up", "non-square", "mixed", "down"]
+    "height,width",
+    [(48, 48), (48, 40), (24, 56), (16, 16)],
+    ids=["up", "non-square", "mixed", "down"],
 )
 def test_interpolate_pos_encoding_parity(tmp_path, rng, height, width):
     ref_model, state, cfg = make_hf_model(tmp_path, TINY)
@@ -119,7 +138,9 @@ def test_gradient_parity(tmp_path, rng, config, label):
     backbone = keras_backbone_from(state, cfg)
     size = config["image_size"]
     pixels = rng.standard_normal((2, 3, size, size)).astype("float32")
-    weight = rng.standard_normal((2, (size // config["patch_size"]) ** 2 + 1, config["hidden_size"]))
+    weight = rng.standard_normal(
+        (2, (size // config["patch_size"]) ** 2 + 1, config["hidden_size"])
+    )
     weight = weight.astype("float32")
 
     def keras_loss(outputs):
@@ -189,7 +210,9 @@ def test_bfloat16_parity(tmp_path, rng, config, label):
     ours_err = max_abs_diff(ours, exact) / scale
     ref_err = float(np.abs(ref_bf16 - exact).max()) / scale
     vs_ref = max_abs_diff(ours, ref_bf16) / scale
-    print(f"\n[bf16 {BACKEND} {label}] relative max error vs float32: keras {ours_err:.2e}, "
-          f"transformers {ref_err:.2e}; keras vs transformers bf16 {vs_ref:.2e}")
+    print(
+        f"\n[bf16 {BACKEND} {label}] relative max error vs float32: keras {ours_err:.2e}, "
+        f"transformers {ref_err:.2e}; keras vs transformers bf16 {vs_ref:.2e}"
+    )
     assert ours_err <= 2.0 * ref_err + 1e-2
     assert vs_ref <= 5e-2

@@ -1,5 +1,5 @@
 """save_to_preset / convert_to_preset over an existing folder: atomic, whole, and never
-into someone else's folder (issue 15, item 1)."""
+into someone else's folder."""
 
 import os
 
@@ -8,8 +8,14 @@ import pytest
 
 import keras_vitmsn as kv
 
-TINY = dict(image_shape=(32, 32, 3), patch_size=8, hidden_dim=32, num_layers=1, num_heads=4,
-            intermediate_dim=64)
+TINY = dict(
+    image_shape=(32, 32, 3),
+    patch_size=8,
+    hidden_dim=32,
+    num_layers=1,
+    num_heads=4,
+    intermediate_dim=64,
+)
 
 
 def classifier(preprocessor):
@@ -77,5 +83,8 @@ def test_a_failed_write_leaves_the_old_preset_whole(tmp_path, monkeypatch):
         classifier(preprocessor=False).save_to_preset(folder)
     assert sorted(os.listdir(folder)) == before
     x = np.zeros((1, 32, 32, 3), "uint8")
-    np.testing.assert_allclose(kv.ViTMSNClassifier.from_preset(folder).predict(x, verbose=0),
-                               old.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        kv.ViTMSNClassifier.from_preset(folder).predict(x, verbose=0),
+        old.predict(x, verbose=0),
+        atol=1e-6,
+    )

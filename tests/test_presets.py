@@ -13,17 +13,27 @@ import sys
 import keras
 import numpy as np
 import pytest
+
 torch = pytest.importorskip("torch", reason="the transformers reference needs torch")
 transformers = pytest.importorskip("transformers", reason="these tests compare with transformers")
 
+from checkpoint_helpers import FAKE_REVISION
+from checkpoint_helpers import populate_hf_cache
+from helpers import BACKEND
+from helpers import max_abs_diff
+from helpers import nchw_to_nhwc
+from helpers import to_numpy
+from hf_reference import SMALL
+from hf_reference import TINY
+from hf_reference import make_hf_model
+
 import keras_vitmsn as kv
-from checkpoint_helpers import FAKE_REVISION, populate_hf_cache
-from helpers import BACKEND, max_abs_diff, nchw_to_nhwc, to_numpy
-from hf_reference import SMALL, TINY, make_hf_model
 from keras_vitmsn import presets
 from keras_vitmsn.backend import keras_internals
-from keras_vitmsn.conversion import checkpoints, hub
-from keras_vitmsn.errors import CheckpointError, PresetDownloadError
+from keras_vitmsn.conversion import checkpoints
+from keras_vitmsn.conversion import hub
+from keras_vitmsn.errors import CheckpointError
+from keras_vitmsn.errors import PresetDownloadError
 from keras_vitmsn.presets import file_format
 
 TOL = 1e-4
@@ -158,7 +168,11 @@ def test_backbone_preset_round_trip_is_exact(tmp_path, tiny_hf_dir, rng):
     _, hf_dir = tiny_hf_dir
     backbone = kv.ViTMSNBackbone.from_preset(hf_dir)
     backbone.save_to_preset(str(tmp_path / "keras"))
-    assert sorted(os.listdir(tmp_path / "keras")) == ["config.json", "metadata.json", "model.weights.h5"]
+    assert sorted(os.listdir(tmp_path / "keras")) == [
+        "config.json",
+        "metadata.json",
+        "model.weights.h5",
+    ]
     metadata = json.loads((tmp_path / "keras" / "metadata.json").read_text())
     assert metadata["parameter_count"] == backbone.count_params()
     assert metadata["keras_version"] == keras.__version__
@@ -167,7 +181,8 @@ def test_backbone_preset_round_trip_is_exact(tmp_path, tiny_hf_dir, rng):
     assert_same_weights(restored, backbone)
     images = rng.standard_normal((2, 32, 32, 3)).astype("float32")
     np.testing.assert_array_equal(
-        to_numpy(restored(images)["last_hidden_state"]), to_numpy(backbone(images)["last_hidden_state"])
+        to_numpy(restored(images)["last_hidden_state"]),
+        to_numpy(backbone(images)["last_hidden_state"]),
     )
 
 
@@ -189,7 +204,9 @@ def test_classifier_preset_round_trip_is_exact(tmp_path, tiny_hf_dir, rng):
     assert restored.preprocessor.get_config() == clf.preprocessor.get_config()
     assert_same_weights(restored, clf)
     images = rng.integers(0, 256, (2, 40, 48, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(restored.predict(images, verbose=0), clf.predict(images, verbose=0))
+    np.testing.assert_array_equal(
+        restored.predict(images, verbose=0), clf.predict(images, verbose=0)
+    )
 
     # num_classes asks for a new head on the same backbone.
     fresh = kv.ViTMSNClassifier.from_preset(str(tmp_path / "keras"), num_classes=3)
@@ -200,7 +217,9 @@ def test_classifier_preset_round_trip_is_exact(tmp_path, tiny_hf_dir, rng):
 
 
 def test_image_converter_preset_round_trip(tmp_path):
-    converter = kv.ViTMSNImageConverter(image_size=(64, 48), mean=(0.5,) * 3, std=(0.25,) * 3, interpolation="bicubic")
+    converter = kv.ViTMSNImageConverter(
+        image_size=(64, 48), mean=(0.5,) * 3, std=(0.25,) * 3, interpolation="bicubic"
+    )
     converter.save_to_preset(str(tmp_path))
     assert os.listdir(tmp_path) == ["image_converter.json"]
     restored = kv.ViTMSNImageConverter.from_preset(str(tmp_path))
@@ -218,7 +237,9 @@ def test_dtype_and_load_weights_overrides(tmp_path, tiny_hf_dir):
         for h, r in zip(half.weights, reference.weights):
             np.testing.assert_array_equal(
                 keras.ops.convert_to_numpy(keras.ops.cast(h, "float32")),
-                keras.ops.convert_to_numpy(keras.ops.cast(keras.ops.cast(r, "bfloat16"), "float32")),
+                keras.ops.convert_to_numpy(
+                    keras.ops.cast(keras.ops.cast(r, "bfloat16"), "float32")
+                ),
             )
         blank = kv.ViTMSNBackbone.from_preset(source, load_weights=False)
         assert {k: v for k, v in blank.get_config().items() if k != "name"} == {
@@ -234,7 +255,9 @@ def test_image_shape_override_resamples_positions_once(tmp_path, tiny_hf_dir, rn
     kv.ViTMSNBackbone.from_preset(hf_dir).save_to_preset(str(tmp_path / "keras"))
     pixels = rng.standard_normal((2, 3, 48, 40)).astype("float32")
     with torch.no_grad():
-        expected = ref_model(torch.from_numpy(pixels), interpolate_pos_encoding=True).last_hidden_state.numpy()
+        expected = ref_model(
+            torch.from_numpy(pixels), interpolate_pos_encoding=True
+        ).last_hidden_state.numpy()
     tables = []
     for source in (hf_dir, str(tmp_path / "keras")):
         backbone = kv.ViTMSNBackbone.from_preset(source, image_shape=(48, 40, 3))
@@ -245,19 +268,25 @@ def test_image_shape_override_resamples_positions_once(tmp_path, tiny_hf_dir, rn
     np.testing.assert_array_equal(tables[0], tables[1])
     clf = kv.ViTMSNClassifier.from_preset(hf_dir, num_classes=2, image_shape=(48, 40, 3))
     assert clf.preprocessor.image_size == (48, 40)
-    assert tuple(clf.predict(rng.integers(0, 256, (1, 20, 20, 3), dtype=np.uint8), verbose=0).shape) == (1, 2)
+    assert tuple(
+        clf.predict(rng.integers(0, 256, (1, 20, 20, 3), dtype=np.uint8), verbose=0).shape
+    ) == (1, 2)
 
 
 def test_unknown_override_is_rejected(tiny_hf_dir):
-    with pytest.raises(ValueError, match="Unknown from_preset argument.*hidden_size.*Accepted: image_shape"):
+    with pytest.raises(
+        ValueError, match="Unknown from_preset argument.*hidden_size.*Accepted: image_shape"
+    ):
         kv.ViTMSNBackbone.from_preset(tiny_hf_dir[1], hidden_size=64)
 
 
 @pytest.mark.parametrize(
     "override, stored",
-    [({"hidden_dim": 64}, "hidden_dim=64 (stored: 32)"),
-     ({"num_layers": 3}, "num_layers=3 (stored: 2)"),
-     ({"image_shape": (32, 32, 1)}, "1 channels (stored: 3)")],
+    [
+        ({"hidden_dim": 64}, "hidden_dim=64 (stored: 32)"),
+        ({"num_layers": 3}, "num_layers=3 (stored: 2)"),
+        ({"image_shape": (32, 32, 1)}, "1 channels (stored: 3)"),
+    ],
 )
 def test_overrides_that_contradict_the_weights_say_which_can_be_overridden(
     tmp_path, tiny_hf_dir, override, stored
@@ -323,7 +352,10 @@ def test_classifier_from_preset_preprocesses_uint8(tiny_hf_dir, rng):
     bare.classifier.set_weights(clf.classifier.get_weights())
     np.testing.assert_allclose(bare.predict(clf.preprocessor(images), verbose=0), logits, atol=1e-5)
     # Opting out, e.g. to preprocess in tf.data.
-    assert kv.ViTMSNClassifier.from_preset(hf_dir, num_classes=4, preprocessor=None).preprocessor is None
+    assert (
+        kv.ViTMSNClassifier.from_preset(hf_dir, num_classes=4, preprocessor=None).preprocessor
+        is None
+    )
     history = clf.fit(images, np.array([0, 1, 2]), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
 
@@ -348,17 +380,27 @@ def test_classifier_rejects_mismatched_preprocessors(tiny_hf_dir):
     with pytest.raises(ValueError, match="must be a keras_vitmsn.ViTMSNImageConverter or None"):
         kv.ViTMSNClassifier(backbone, 2, preprocessor=keras.layers.Rescaling(1 / 255))
     with pytest.raises(ValueError, match="data_format .'channels_first'. must match"):
-        kv.ViTMSNClassifier(backbone, 2, preprocessor=kv.ViTMSNImageConverter((32, 32), data_format="channels_first"))
-    with pytest.raises(ValueError, match=r"resizes to \(48, 48\) but the backbone expects \(32, 32\)"):
+        kv.ViTMSNClassifier(
+            backbone,
+            2,
+            preprocessor=kv.ViTMSNImageConverter((32, 32), data_format="channels_first"),
+        )
+    with pytest.raises(
+        ValueError, match=r"resizes to \(48, 48\) but the backbone expects \(32, 32\)"
+    ):
         kv.ViTMSNClassifier(backbone, 2, preprocessor=kv.ViTMSNImageConverter((48, 48)))
-    clf = kv.ViTMSNClassifier(backbone, 2, preprocessor=kv.ViTMSNImageConverter((48, 48)), interpolate_pos_encoding=True)
+    clf = kv.ViTMSNClassifier(
+        backbone, 2, preprocessor=kv.ViTMSNImageConverter((48, 48)), interpolate_pos_encoding=True
+    )
     assert clf.preprocessor.image_size == (48, 48)
 
 
 # -- hf:// -------------------------------------------------------------------------------------
 
 
-def test_hf_handle_converts_once_then_loads_from_the_keras_cache(tmp_path, offline_hub, monkeypatch, rng):
+def test_hf_handle_converts_once_then_loads_from_the_keras_cache(
+    tmp_path, offline_hub, monkeypatch, rng
+):
     ref_model = hf_checkpoint(tmp_path / "ck")
     offline_hub("org/tiny-msn", tmp_path / "ck")
     backbone = kv.ViTMSNBackbone.from_preset("hf://org/tiny-msn")
@@ -369,7 +411,12 @@ def test_hf_handle_converts_once_then_loads_from_the_keras_cache(tmp_path, offli
 
     entry = hub.cache_dir_for("org/tiny-msn")
     assert entry == str(offline_hub.keras_home / "keras_vitmsn" / "hf" / "org--tiny-msn")
-    assert sorted(os.listdir(entry)) == ["config.json", "image_converter.json", "metadata.json", "model.weights.h5"]
+    assert sorted(os.listdir(entry)) == [
+        "config.json",
+        "image_converter.json",
+        "metadata.json",
+        "model.weights.h5",
+    ]
     assert os.listdir(os.path.dirname(entry)) == ["org--tiny-msn"]  # no temporary leftovers
     metadata = json.loads(open(os.path.join(entry, "metadata.json")).read())
     assert metadata["source"] == "hf://org/tiny-msn"
@@ -386,12 +433,15 @@ def test_hf_handle_converts_once_then_loads_from_the_keras_cache(tmp_path, offli
     converter = kv.ViTMSNImageConverter.from_preset("hf://org/tiny-msn")
     assert converter.image_size == (32, 32) and converter.mean == (0.485, 0.456, 0.406)
     clf = kv.ViTMSNClassifier.from_preset("hf://org/tiny-msn", num_classes=3)
-    assert clf.predict(rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8), verbose=0).shape == (2, 3)
+    assert clf.predict(rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8), verbose=0).shape == (
+        2,
+        3,
+    )
 
 
 def test_cache_entry_of_an_older_weights_layout_is_converted_again(tmp_path, offline_hub):
-    """Entries written before query/key/value were fused (preset_format 1) cannot be
-    read by this version: they are converted again instead of failing."""
+    """Entries written in another weights layout (metadata.json's preset_format)
+    cannot be read by this version: they are converted again instead of failing."""
     hf_checkpoint(tmp_path / "ck")
     offline_hub("org/tiny-msn", tmp_path / "ck")
     first = kv.ViTMSNBackbone.from_preset("hf://org/tiny-msn")
@@ -399,19 +449,28 @@ def test_cache_entry_of_an_older_weights_layout_is_converted_again(tmp_path, off
     metadata_path = os.path.join(entry, "metadata.json")
     metadata = json.loads(open(metadata_path).read())
     assert metadata["preset_format"] == file_format.PRESET_FORMAT_VERSION
-    json.dump(dict(metadata, preset_format=1), open(metadata_path, "w"))
+    old_format = file_format.PRESET_FORMAT_VERSION - 1
+    json.dump(dict(metadata, preset_format=old_format), open(metadata_path, "w"))
     with open(os.path.join(entry, "model.weights.h5"), "wb") as f:
         f.write(b"an old layout")  # unreadable: must not be loaded
     with pytest.warns(UserWarning, match="outdated or incomplete"):
         again = kv.ViTMSNBackbone.from_preset("hf://org/tiny-msn")
     assert_same_weights(again, first)
-    assert json.loads(open(metadata_path).read())["preset_format"] == file_format.PRESET_FORMAT_VERSION
+    assert (
+        json.loads(open(metadata_path).read())["preset_format"] == file_format.PRESET_FORMAT_VERSION
+    )
 
 
-def test_old_format_preset_error_says_so(tmp_path):
-    backbone = kv.ViTMSNBackbone(image_shape=(16, 16, 3), patch_size=8, hidden_dim=8, num_layers=1, num_heads=2, intermediate_dim=16)
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
+    backbone = kv.ViTMSNBackbone(
+        image_shape=(16, 16, 3),
+        patch_size=8,
+        hidden_dim=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=16,
+    )
     backbone.save_to_preset(tmp_path / "p")
-    # Format 1 stored the attention as query/key/value: rename the fused group the same way.
     import h5py
 
     with h5py.File(tmp_path / "p" / "model.weights.h5", "r+") as f:
@@ -419,9 +478,7 @@ def test_old_format_preset_error_says_so(tmp_path):
         f.visit(lambda name: groups.append(name) if name.endswith("attention/qkv") else None)
         for name in groups:
             f.move(name, name[: -len("qkv")] + "query")
-    metadata = json.loads((tmp_path / "p" / "metadata.json").read_text())
-    (tmp_path / "p" / "metadata.json").write_text(json.dumps(dict(metadata, preset_format=1)))
-    with pytest.raises(ValueError, match="format 1 .separate query/key/value weights"):
+    with pytest.raises(ValueError, match="does not fit the backbone described by config.json"):
         kv.ViTMSNBackbone.from_preset(str(tmp_path / "p"))
 
 
@@ -436,8 +493,12 @@ def test_builtin_name_resolves_to_its_hub_repository(tmp_path, offline_hub, monk
     assert_same_weights(kv.ViTMSNBackbone.from_preset("vit_msn_base_4"), backbone)
 
 
-def test_keras_preset_uploaded_to_the_hub_loads_without_conversion(tmp_path, offline_hub, monkeypatch, rng):
-    hf_checkpoint(tmp_path / "ck", dict(TINY, num_labels=3), cls_name="ViTMSNForImageClassification")
+def test_keras_preset_uploaded_to_the_hub_loads_without_conversion(
+    tmp_path, offline_hub, monkeypatch, rng
+):
+    hf_checkpoint(
+        tmp_path / "ck", dict(TINY, num_labels=3), cls_name="ViTMSNForImageClassification"
+    )
     clf = kv.ViTMSNClassifier.from_preset(str(tmp_path / "ck"))
     clf.save_to_preset(str(tmp_path / "keras"))
     offline_hub("user/keras-preset", tmp_path / "keras")
@@ -445,14 +506,19 @@ def test_keras_preset_uploaded_to_the_hub_loads_without_conversion(tmp_path, off
     restored = kv.ViTMSNClassifier.from_preset("hf://user/keras-preset")
     assert_same_weights(restored, clf)
     images = rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(restored.predict(images, verbose=0), clf.predict(images, verbose=0))
+    np.testing.assert_array_equal(
+        restored.predict(images, verbose=0), clf.predict(images, verbose=0)
+    )
     assert not os.path.exists(hub.cache_dir_for("user/keras-preset"))
 
 
 def test_hf_pytorch_model_bin_fallback(tmp_path, offline_hub, rng):
     ref_model, state, _ = make_hf_model(tmp_path / "ck", TINY)
     os.remove(tmp_path / "ck" / "model.safetensors")
-    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, tmp_path / "ck" / "pytorch_model.bin")
+    torch.save(
+        {k: torch.from_numpy(np.array(v)) for k, v in state.items()},
+        tmp_path / "ck" / "pytorch_model.bin",
+    )
     save_released_processor(tmp_path / "ck", 32)
     offline_hub("org/bin-only", tmp_path / "ck")
     backbone = kv.ViTMSNBackbone.from_preset("hf://org/bin-only")
@@ -460,7 +526,9 @@ def test_hf_pytorch_model_bin_fallback(tmp_path, offline_hub, rng):
     with torch.no_grad():
         expected = ref_model(torch.from_numpy(pixels)).last_hidden_state.numpy()
     assert max_abs_diff(backbone(nchw_to_nhwc(pixels))["last_hidden_state"], expected) <= TOL
-    metadata = json.loads(open(os.path.join(hub.cache_dir_for("org/bin-only"), "metadata.json")).read())
+    metadata = json.loads(
+        open(os.path.join(hub.cache_dir_for("org/bin-only"), "metadata.json")).read()
+    )
     assert metadata["source_weights_file"] == "pytorch_model.bin"
 
 
@@ -495,8 +563,13 @@ def test_no_network_error_names_repo_file_and_local_alternative(tmp_path, offlin
 
     # Config cached, weights not: the error names the weight files.
     hf_checkpoint(tmp_path / "ck")
-    offline_hub("org/config-only", tmp_path / "ck", only=["config.json", "preprocessor_config.json"])
-    with pytest.raises(PresetDownloadError, match="weights of hf://org/config-only .model.safetensors or pytorch_model.bin"):
+    offline_hub(
+        "org/config-only", tmp_path / "ck", only=["config.json", "preprocessor_config.json"]
+    )
+    with pytest.raises(
+        PresetDownloadError,
+        match="weights of hf://org/config-only .model.safetensors or pytorch_model.bin",
+    ):
         kv.ViTMSNBackbone.from_preset("hf://org/config-only")
     # The architecture alone needs no weights.
     blank = kv.ViTMSNBackbone.from_preset("hf://org/config-only", load_weights=False)
@@ -527,6 +600,7 @@ def test_bad_hub_checkpoint_leaves_no_cache_entry(tmp_path, offline_hub, damage)
 def test_failure_while_writing_the_cache_leaves_nothing(tmp_path, offline_hub, monkeypatch):
     hf_checkpoint(tmp_path / "ck")
     offline_hub("org/tiny-msn", tmp_path / "ck")
+
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
@@ -558,9 +632,13 @@ def test_hf_offline_through_environment_variables(tmp_path):
         "b = kv.ViTMSNBackbone.from_preset('hf://org/env-msn')\n"
         "print('SUM', float(sum(np.abs(keras.ops.convert_to_numpy(v)).sum() for v in b.weights)))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert os.path.exists(tmp_path / "keras_home" / "keras_vitmsn" / "hf" / "org--env-msn" / "model.weights.h5")
+    assert os.path.exists(
+        tmp_path / "keras_home" / "keras_vitmsn" / "hf" / "org--env-msn" / "model.weights.h5"
+    )
     direct = kv.ViTMSNBackbone.from_preset(str(tmp_path / "ck"))
     expected = float(sum(np.abs(keras.ops.convert_to_numpy(v)).sum() for v in direct.weights))
     printed = float(result.stdout.split("SUM")[1])
@@ -573,21 +651,32 @@ def test_vit_msn_small_conversion_parity(tmp_path, offline_hub, rng):
     ref_model = hf_checkpoint(tmp_path / "ck", SMALL)
     offline_hub("facebook/vit-msn-small", tmp_path / "ck")
     backbone = kv.ViTMSNBackbone.from_preset("vit_msn_small")
-    assert backbone.count_params() == kv.ViTMSNBackbone.presets["vit_msn_small"]["metadata"]["params"]
+    assert (
+        backbone.count_params() == kv.ViTMSNBackbone.presets["vit_msn_small"]["metadata"]["params"]
+    )
     pixels = rng.standard_normal((2, 3, 224, 224)).astype("float32")
     with torch.no_grad():
         expected = ref_model(torch.from_numpy(pixels)).last_hidden_state.numpy()
     diff = max_abs_diff(backbone(nchw_to_nhwc(pixels))["last_hidden_state"], expected)
     cached = kv.ViTMSNBackbone.from_preset("vit_msn_small")
     cached_diff = max_abs_diff(cached(nchw_to_nhwc(pixels))["last_hidden_state"], expected)
-    print(f"\n[conversion parity {BACKEND} vit_msn_small] converted {diff:.2e}, from cache {cached_diff:.2e}")
+    print(
+        f"\n[conversion parity {BACKEND} vit_msn_small] converted {diff:.2e}, "
+        f"from cache {cached_diff:.2e}"
+    )
     assert diff <= TOL and cached_diff <= TOL
 
 
-def test_loading_initialises_every_variable_once_and_leaves_nothing_pending(tmp_path, tiny_hf_dir, rng):
+def test_loading_initialises_every_variable_once_and_leaves_nothing_pending(
+    tmp_path, tiny_hf_dir, rng
+):
     _, hf_dir = tiny_hf_dir
     kv.ViTMSNBackbone.from_preset(hf_dir).save_to_preset(str(tmp_path / "keras"))
-    for source, kwargs in ((hf_dir, {}), (str(tmp_path / "keras"), {}), (str(tmp_path / "keras"), {"image_shape": (40, 40, 3)})):
+    for source, kwargs in (
+        (hf_dir, {}),
+        (str(tmp_path / "keras"), {}),
+        (str(tmp_path / "keras"), {"image_shape": (40, 40, 3)}),
+    ):
         backbone = kv.ViTMSNBackbone.from_preset(source, **kwargs)
         assert keras_internals.pending_variables() == []
         assert all(v._initializer is None for v in backbone.variables)
@@ -599,14 +688,23 @@ def test_loading_initialises_every_variable_once_and_leaves_nothing_pending(tmp_
         kv.ViTMSNBackbone.from_preset(str(_rewrite))
     assert keras_internals.pending_variables() == []
     # Such a model trains like any other (dropout seed generators included).
-    clf = kv.ViTMSNClassifier(kv.ViTMSNBackbone.from_preset(hf_dir, dropout_rate=0.1), num_classes=2, dropout=0.1)
+    clf = kv.ViTMSNClassifier(
+        kv.ViTMSNBackbone.from_preset(hf_dir, dropout_rate=0.1), num_classes=2, dropout=0.1
+    )
     before = to_numpy(clf.backbone.embeddings.position_embeddings)
-    history = clf.fit(rng.standard_normal((4, 32, 32, 3)).astype("float32"), np.array([0, 1, 0, 1]), epochs=2, verbose=0)
+    history = clf.fit(
+        rng.standard_normal((4, 32, 32, 3)).astype("float32"),
+        np.array([0, 1, 0, 1]),
+        epochs=2,
+        verbose=0,
+    )
     assert np.all(np.isfinite(history.history["loss"]))
     assert not np.array_equal(before, to_numpy(clf.backbone.embeddings.position_embeddings))
 
 
-def test_unreachable_hub_fails_within_seconds_and_uses_the_hf_cache(tmp_path, offline_hub, monkeypatch):
+def test_unreachable_hub_fails_within_seconds_and_uses_the_hf_cache(
+    tmp_path, offline_hub, monkeypatch
+):
     """Not offline mode, but no route to the hub (connection refused): fail fast with the
     good error instead of huggingface_hub's ~25 s of retries; cached files still load."""
     import time

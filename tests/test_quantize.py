@@ -6,9 +6,12 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from helpers import BACKEND
+from helpers import randomize
+from helpers import tiny_backbone
+from helpers import to_numpy
 
 import keras_vitmsn as kv
-from helpers import BACKEND, randomize, tiny_backbone, to_numpy
 
 MODES = ("int8", "float8")
 
@@ -49,7 +52,7 @@ def test_every_projection_is_quantised(mode):
 
 
 def test_quantized_attention_uses_the_scales():
-    """The issue's bug: int8 kernels multiplied without their scales. One projection
+    """Int8 kernels must not be multiplied without their scales: one projection
     quantised alone must keep its layer's output close to float32."""
     backbone = tiny_backbone()
     randomize(backbone)
@@ -75,8 +78,12 @@ def test_vit_msn_small_cls_cosine(mode):
     """Random-weight vit-msn-small: the quantised CLS feature points the same way."""
     keras.utils.set_random_seed(0)  # the same random model every run
     backbone = kv.ViTMSNBackbone(
-        image_shape=(224, 224, 3), patch_size=16, hidden_dim=384, num_layers=12,
-        num_heads=6, intermediate_dim=1536,
+        image_shape=(224, 224, 3),
+        patch_size=16,
+        hidden_dim=384,
+        num_layers=12,
+        num_heads=6,
+        intermediate_dim=1536,
     )
     rng = np.random.default_rng(0)
     # Position table and CLS token start at zero: give them the scale of a trained model.
@@ -127,7 +134,9 @@ def test_fine_tuned_top1_agreement(fine_tuned, mode, tmp_path):
     quantized.quantize(mode)
     pred = np.argmax(to_numpy(quantized.predict(x_test, verbose=0)), -1)
     agreement = np.mean(pred == float_pred)
-    print(f"\n[{BACKEND} toy {mode}] float accuracy {accuracy:.3f}, top-1 agreement {agreement:.3f}")
+    print(
+        f"\n[{BACKEND} toy {mode}] float accuracy {accuracy:.3f}, top-1 agreement {agreement:.3f}"
+    )
     assert agreement >= 0.95
 
 
@@ -166,9 +175,7 @@ def test_preset_round_trip(tmp_path, mode):
     np.testing.assert_array_equal(to_numpy(restored(images)), to_numpy(clf(images)))
     restored_backbone = kv.ViTMSNBackbone.from_preset(str(tmp_path / "preset"))
     assert restored_backbone.embeddings.patch_embedding.projection.quantization_mode == mode
-    np.testing.assert_array_equal(
-        cls_token(restored_backbone, images), cls_token(backbone, images)
-    )
+    np.testing.assert_array_equal(cls_token(restored_backbone, images), cls_token(backbone, images))
     restored.save_to_preset(tmp_path / "again")
     again = kv.ViTMSNClassifier.from_preset(str(tmp_path / "again"))
     np.testing.assert_array_equal(to_numpy(again(images)), to_numpy(clf(images)))
@@ -184,8 +191,11 @@ def test_fit_after_int8_trains_the_float_variables():
     assert not qkv.kernel.trainable
     rng = np.random.default_rng(4)
     history = clf.fit(
-        rng.standard_normal((8, 32, 32, 3)).astype("float32"), rng.integers(0, 3, 8),
-        epochs=2, batch_size=4, verbose=0,
+        rng.standard_normal((8, 32, 32, 3)).astype("float32"),
+        rng.integers(0, 3, 8),
+        epochs=2,
+        batch_size=4,
+        verbose=0,
     )
     assert np.all(np.isfinite(history.history["loss"]))
     np.testing.assert_array_equal(to_numpy(qkv.kernel), kernel)
@@ -198,8 +208,11 @@ def test_fit_after_float8_trains():
     kernel = to_numpy(clf.classifier.kernel).copy()
     rng = np.random.default_rng(5)
     history = clf.fit(
-        rng.standard_normal((8, 32, 32, 3)).astype("float32"), rng.integers(0, 3, 8),
-        epochs=2, batch_size=4, verbose=0,
+        rng.standard_normal((8, 32, 32, 3)).astype("float32"),
+        rng.integers(0, 3, 8),
+        epochs=2,
+        batch_size=4,
+        verbose=0,
     )
     assert np.all(np.isfinite(history.history["loss"]))
     assert np.max(np.abs(to_numpy(clf.classifier.kernel) - kernel)) > 0

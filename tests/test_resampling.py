@@ -2,21 +2,32 @@
 
 import numpy as np
 import pytest
+
 torch = pytest.importorskip("torch", reason="the transformers reference needs torch")
 
 from helpers import max_abs_diff
-from keras_vitmsn.layers.resampling import bicubic_resize_matrix, resample_position_embeddings
+
+from keras_vitmsn.layers.resampling import bicubic_resize_matrix
+from keras_vitmsn.layers.resampling import resample_position_embeddings
 
 
 def torch_reference(table, source_grid, target_grid):
     dim = table.shape[-1]
     grid = torch.from_numpy(table[:, 1:]).reshape(1, *source_grid, dim).permute(0, 3, 1, 2)
-    grid = torch.nn.functional.interpolate(grid, size=target_grid, mode="bicubic", align_corners=False)
+    grid = torch.nn.functional.interpolate(
+        grid, size=target_grid, mode="bicubic", align_corners=False
+    )
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).numpy()
     return np.concatenate([table[:, :1], grid], axis=1)
 
 
-CASES = [((14, 14), (24, 24)), ((14, 14), (16, 20)), ((14, 14), (7, 9)), ((4, 6), (9, 5)), ((1, 1), (3, 2))]
+CASES = [
+    ((14, 14), (24, 24)),
+    ((14, 14), (16, 20)),
+    ((14, 14), (7, 9)),
+    ((4, 6), (9, 5)),
+    ((1, 1), (3, 2)),
+]
 
 
 @pytest.mark.parametrize("source,target", CASES)

@@ -1,20 +1,25 @@
-"""oneDNN's GEMM on torch (keras_vitmsn/backend/torch_gemm.py): the same values and gradients
-as ``addmm``, chosen only where it should be, never while torch traces."""
+"""oneDNN's GEMM on torch (keras_vitmsn/backend/torch_gemm.py, behind backend.matmul_add):
+the same values and gradients as ``addmm``, chosen only where it should be, never while
+torch traces."""
 
 import keras
 import numpy as np
 import pytest
-
 from helpers import BACKEND
+
 from keras_vitmsn.backend import torch_gemm
 
 torch = pytest.importorskip("torch")
-needs_op = pytest.mark.skipif(torch_gemm._op() is None, reason="this torch has no mkldnn._linear_pointwise")
+needs_op = pytest.mark.skipif(
+    torch_gemm._op() is None, reason="this torch has no mkldnn._linear_pointwise"
+)
 torch_backend = pytest.mark.skipif(BACKEND != "torch", reason="the torch backend's Dense")
 
 
 def _leaves(gen, *shapes):
-    return [torch.randn(*s, generator=gen, dtype=torch.float64).float().requires_grad_() for s in shapes]
+    return [
+        torch.randn(*s, generator=gen, dtype=torch.float64).float().requires_grad_() for s in shapes
+    ]
 
 
 def _forward_backward(fn, leaves, upstream):
@@ -68,9 +73,11 @@ def test_the_switch_takes_three_values_and_refuses_others(monkeypatch):
 
 @pytest.mark.parametrize(
     "text, vendor",
-    [("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n", "AuthenticAMD"),
-     ("processor\t: 0\nvendor_id\t: GenuineIntel\n", "GenuineIntel"),
-     ("processor\t: 0\n", "")],
+    [
+        ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n", "AuthenticAMD"),
+        ("processor\t: 0\nvendor_id\t: GenuineIntel\n", "GenuineIntel"),
+        ("processor\t: 0\n", ""),
+    ],
 )
 def test_cpu_vendor_reads_cpuinfo(tmp_path, text, vendor):
     path = tmp_path / "cpuinfo"
@@ -84,7 +91,11 @@ def test_auto_follows_the_vendor_and_onednn_forces_it(monkeypatch):
     for vendor in ("AuthenticAMD", "GenuineIntel"):
         monkeypatch.setattr(torch_gemm, "cpu_vendor", lambda vendor=vendor: vendor)
         torch_gemm._auto_prefers_onednn.cache_clear()
-        want = vendor == "AuthenticAMD" and torch.backends.mkl.is_available() and torch_gemm._op() is not None
+        want = (
+            vendor == "AuthenticAMD"
+            and torch.backends.mkl.is_available()
+            and torch_gemm._op() is not None
+        )
         assert torch_gemm.enabled() == want
     torch_gemm._auto_prefers_onednn.cache_clear()
     monkeypatch.setenv(torch_gemm.SWITCH, "onednn")
@@ -154,8 +165,14 @@ def test_a_backbone_trains_the_same_on_onednn_and_addmm(monkeypatch):
     monkeypatch.setattr(torch_gemm, "linear", lambda *a: calls.append(1) or linear(*a))
     images = np.random.default_rng(0).standard_normal((2, 16, 16, 3)).astype("float32")
     keras.utils.set_random_seed(0)
-    backbone = kv.ViTMSNBackbone(image_shape=(16, 16, 3), patch_size=8, hidden_dim=16,
-                                 num_layers=2, num_heads=2, intermediate_dim=32)
+    backbone = kv.ViTMSNBackbone(
+        image_shape=(16, 16, 3),
+        patch_size=8,
+        hidden_dim=16,
+        num_layers=2,
+        num_heads=2,
+        intermediate_dim=32,
+    )
     results = {}
     for choice in ("addmm", "onednn"):
         monkeypatch.setenv(torch_gemm.SWITCH, choice)
@@ -164,7 +181,10 @@ def test_a_backbone_trains_the_same_on_onednn_and_addmm(monkeypatch):
             v.value.grad = None
         out = backbone(images)["last_hidden_state"]
         (out * out).mean().backward()
-        results[choice] = (out.detach(), [v.value.grad.clone() for v in backbone.trainable_variables])
+        results[choice] = (
+            out.detach(),
+            [v.value.grad.clone() for v in backbone.trainable_variables],
+        )
         # 1 patch projection + 4 per block (qkv, output, 2 MLP) on oneDNN, none on addmm
         assert len(calls) == (0 if choice == "addmm" else 1 + 4 * 2)
     torch.testing.assert_close(results["onednn"][0], results["addmm"][0], rtol=1e-5, atol=1e-5)

@@ -1,47 +1,23 @@
-"""Let JAX on CPU reuse each step's scratch memory instead of page-faulting it afresh.
+"""JAX on CPU: reuse each step's scratch memory instead of page-faulting it afresh.
 
-XLA:CPU gives every execution of a compiled step one temporary buffer for its
-intermediates (about 1 GB for a vit_msn_small training step at batch 8). By default
-JAX dispatches CPU work asynchronously and the buffer is allocated on one of XLA's
-worker threads; glibc serves a request that large with a fresh ``mmap`` and unmaps it
-on free, so every step touches ~1 GB of new pages: ~290,000 page faults and ~0.7 s of
-kernel time per step, a quarter of the step, measured on the 2-core machine this
-project runs on (benchmarks/README.md).
+XLA:CPU gives every run of a compiled step one scratch buffer (about 1 GB for a
+vit_msn_small training step at batch 8). Allocated on a worker thread, glibc serves
+it with a fresh ``mmap`` each time: ~290,000 page faults, a quarter of the step on 2
+cores (docs/performance.md). :func:`enable` makes two process-wide choices that
+together remove them (neither alone helps):
 
-:func:`enable` makes two process-wide choices that together remove them:
+1. ``jax_cpu_enable_async_dispatch = False``: the buffer comes from the calling
+   thread's heap. JAX reads it when it creates its CPU client, so call this before
+   the first JAX computation.
+2. glibc's ``mallopt``: no ``mmap`` for large blocks and freed memory never trimmed
+   (a finite threshold caps at 2**31 - 1 bytes, less than an MSN step's scratch).
 
-1. ``jax_cpu_enable_async_dispatch = False``: CPU computations run on the calling
-   thread (XLA still uses its thread pool inside each computation), so the buffer
-   comes from the main thread's heap. This is a choice made when JAX creates its CPU
-   client, i.e. before the first JAX computation in the process.
-2. glibc's ``mallopt``: no ``mmap`` for large blocks (``M_MMAP_MAX = 0``) and freed
-   heap memory never handed back to the system (``M_TRIM_THRESHOLD = -1``), so the
-   next step's buffer is the pages of the last one. A finite threshold is not enough:
-   mallopt takes a C int, and an MSN step at vits16 settings has 2.7 GB of scratch,
-   more than 2**31 - 1 bytes, so glibc trimmed it after every step and the next one
-   faulted 660,000 pages in again (6.3 s per step against 4.3 s without trimming).
-
-Neither alone helps (measured: 2.16 and 2.23 s per step against 2.17 s); together the
-step takes 1.45-1.75 s with no page faults and the same peak memory. The costs: a JAX
-call on CPU returns once its result is computed, so Python no longer prepares the
-next step while this one runs, and the process keeps its peak heap until it exits
-(freed memory is reused by the process, not returned to the system). Small models
-lose: ``keras-vitmsn demo`` (a tiny ViT fed by ``tf.data``, 37 ms steps, no faults to
-save) ran 1.17x slower with it, so nothing turns it on by default. Only Linux with
-glibc's allocator can apply it; elsewhere nothing changes and the result says why. A
-program opts in::
-
-    import keras_vitmsn
-    from keras_vitmsn.backend import jax_cpu_memory
-
-    print(jax_cpu_memory.enable())  # before building any model
-
-and the ``keras-vitmsn`` command line does when ``KERAS_VITMSN_JAX_CPU_MEMORY=1``.
-
-JAX's own check of whether its backends exist is private
-(``jax._src.xla_bridge.backends_are_initialized``); where it is gone, :func:`enable`
-cannot tell a late call from an early one and applies the settings regardless (a late
-call then changes only glibc's settings), saying so in its result.
+The costs: Python no longer runs ahead of the computation, and the process keeps its
+peak heap. Small models lose (the digits demo ran 1.17x slower), so it is opt-in:
+``keras_vitmsn.backend.enable_jax_cpu_memory()`` (a no-op saying why on other
+backends and without glibc), or ``KERAS_VITMSN_JAX_CPU_MEMORY=1`` for the command
+line. JAX's check of whether its client exists is private; where it is gone the
+settings are applied regardless and the result says so.
 """
 
 import ctypes
@@ -80,6 +56,7 @@ def _glibc():
         libc.gnu_get_libc_version  # noqa: B018 (only glibc has it)
     except (OSError, AttributeError):
         return None, "the C library is not glibc"
+
     def address(function):
         return ctypes.cast(function, ctypes.c_void_p).value
 
@@ -99,28 +76,18 @@ def _jax_backends_exist():
 
 
 def enable():
-    """Apply both settings (see the module docstring). Call it before the process
-    runs its first JAX computation, i.e. before building or loading a model.
+    """Apply both settings (see the module docstring), on the JAX backend: the entry
+    point for any backend is ``keras_vitmsn.backend.enable_jax_cpu_memory()``. Call
+    it before the first JAX computation, i.e. before building or loading a model.
 
     Returns:
-        A :class:`Result`, true when both settings apply. On a Keras backend other
-        than JAX, or without glibc's allocator, it changes nothing and says why.
+        A :class:`Result`, true when both settings apply; without glibc's allocator
+        it changes nothing and says why.
 
     Raises:
         RuntimeError: JAX's CPU client already exists, so JAX would ignore the
             dispatch setting (nothing is changed).
-
-    Example (in a fresh process, on JAX)::
-
-        import keras_vitmsn
-        from keras_vitmsn.backend import jax_cpu_memory
-
-        assert jax_cpu_memory.enable()
     """
-    import keras
-
-    if keras.backend.backend() != "jax":
-        return Result(False, False, f"the Keras backend is {keras.backend.backend()}, not jax")
     libc, why = _glibc()
     if libc is None:
         return Result(False, False, why)
@@ -136,23 +103,28 @@ def enable():
     import jax
 
     jax.config.update("jax_cpu_enable_async_dispatch", False)
-    note = "" if exists is False else "JAX's private check for an existing CPU client is gone: not verified"
+    note = (
+        ""
+        if exists is False
+        else "JAX's private check for an existing CPU client is gone: not verified"
+    )
     return Result(True, True, note)
 
 
 SWITCH = "KERAS_VITMSN_JAX_CPU_MEMORY"
 
 
-def enable_for_command_line():
-    """The command line's choice: :func:`enable` when ``KERAS_VITMSN_JAX_CPU_MEMORY=1``.
-
-    Returns:
-        The :class:`Result`, or None when the variable is unset or ``0``.
+def requested():
+    """Whether ``KERAS_VITMSN_JAX_CPU_MEMORY=1`` asks the command line to :func:`enable`.
 
     Raises:
-        ValueError: the variable holds anything else.
+        ValueError: the variable holds anything but ``0`` or ``1``.
+
+    Example:
+    >>> isinstance(requested(), bool)
+    True
     """
     value = os.environ.get(SWITCH, "0")
     if value not in ("0", "1"):
         raise ValueError(f"{SWITCH}={value!r}: use 1 (on) or 0 (off, the default)")
-    return enable() if value == "1" else None
+    return value == "1"

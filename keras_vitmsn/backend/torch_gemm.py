@@ -8,8 +8,8 @@ through ``torch.ops.mkldnn._linear_pointwise``: the op torch's own compiler
 AVX-512; 2 cores), 1576 x 384 @ 384 x 1536 in float32: ``addmm`` 8.3 ms, oneDNN
 3.6 ms, the same on every projection shape of vit_msn_small, forward and both
 gradient GEMMs. On the Intel Xeons measured earlier MKL was the faster (against
-TensorFlow's oneDNN GEMMs), so the choice is made by vendor (``auto``), or forced with the environment variable
-``KERAS_VITMSN_TORCH_CPU_GEMM``:
+TensorFlow's oneDNN GEMMs), so the choice is made by vendor (``auto``), or forced
+with the environment variable ``KERAS_VITMSN_TORCH_CPU_GEMM``:
 
 - ``auto`` (default): oneDNN on AMD x86 CPUs when torch's BLAS is MKL; else ``addmm``.
 - ``onednn``: oneDNN wherever the op exists.
@@ -130,7 +130,10 @@ def applies(x, kernel, bias):
         and x.numel() > 0  # oneDNN has no primitive for an empty GEMM
         and kernel.numel() > 0
         # Plain tensors only: tracing subclasses (fake, functional) take addmm.
-        and all(type(t) in plain and t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+        and all(
+            type(t) in plain and t.dtype == torch.float32 and t.device.type == "cpu"
+            for t in tensors
+        )
         and enabled()
         and not _tracing(torch)
     )

@@ -8,7 +8,11 @@ command line is parsed, before any model or image is loaded.
 """
 
 import argparse
+import collections.abc
+import functools
 import math
+
+from keras_vitmsn.utils import positive_int as _check_positive_int
 
 
 class UsageError(Exception):
@@ -36,9 +40,10 @@ def _number(text, kind, what):
 def positive_int(text):
     """argparse type: an int >= 1 (``--epochs 0`` or ``--batch-size -3`` are errors)."""
     value = _number(text, int, "a positive integer")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
-    return value
+    try:
+        return _check_positive_int(value, "value")  # the library's rule, worded for a flag
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}") from None
 
 
 def positive_float(text):
@@ -55,3 +60,24 @@ def non_negative_float(text):
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a number >= 0; got {text}")
     return value
+
+
+class LazyChoices(collections.abc.Sequence):
+    """argparse ``choices`` computed when first needed (a value checked, ``--help``).
+
+    Building the parser then imports nothing heavy, so ``keras-vitmsn --version`` answers
+    without importing keras; argparse's messages are the same as for a list.
+    """
+
+    def __init__(self, load):
+        self._load = load
+
+    @functools.cached_property
+    def _choices(self):
+        return tuple(self._load())
+
+    def __getitem__(self, index):
+        return self._choices[index]
+
+    def __len__(self):
+        return len(self._choices)

@@ -25,11 +25,19 @@ def _user_errors():
     # Raised by our own validation (ValueError), by preset resolution, by the
     # checkpoint readers and by the output checks (an existing file where a folder
     # goes, an unwritable folder); anything else is a bug and keeps its traceback.
-    from keras_vitmsn.errors import CheckpointError, PresetDownloadError
+    from keras_vitmsn.errors import CheckpointError
+    from keras_vitmsn.errors import PresetDownloadError
 
     return (
-        UsageError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
-        NotADirectoryError, PermissionError, CheckpointError, PresetDownloadError,
+        UsageError,
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
+        CheckpointError,
+        PresetDownloadError,
     )
 
 
@@ -92,7 +100,8 @@ def _pretrain(args):
     check_preset_output(args.output, "pretrain")
     # Only the flags given on the command line override the recipe.
     overrides = {
-        key: getattr(args, flag) for flag, key in _RECIPE_FLAGS.items()
+        key: getattr(args, flag)
+        for flag, key in _RECIPE_FLAGS.items()
         if getattr(args, flag) is not None
     }
     if args.learning_rate is not None:
@@ -113,9 +122,12 @@ def _pretrain(args):
         skip_bad_images=args.skip_bad_images,
         **overrides,
     )
-    print(f"pretrain: recipe {args.recipe}, {run.num_images} images from {args.data}, "
-          f"{run.steps_per_epoch} steps of {run.batch_size} per epoch, "
-          f"{run.config['epochs']} epochs", file=sys.stderr)
+    print(
+        f"pretrain: recipe {args.recipe}, {run.num_images} images from {args.data}, "
+        f"{run.steps_per_epoch} steps of {run.batch_size} per epoch, "
+        f"{run.config['epochs']} epochs",
+        file=sys.stderr,
+    )
     run.fit(verbose=2)
     run.pretrainer.save_to_preset(args.output)
     print(f"Wrote the pretrained target encoder as a preset to {args.output}")
@@ -129,8 +141,13 @@ def _presets(args):
     for name, entry in list_presets().items():
         meta = entry["metadata"]
         rows.append(
-            (name, f"{meta['params'] / 1e6:.1f}M", str(meta["patch_size"]),
-             entry["hf_handle"], meta["original_checkpoint"])
+            (
+                name,
+                f"{meta['params'] / 1e6:.1f}M",
+                str(meta["patch_size"]),
+                entry["hf_handle"],
+                meta["original_checkpoint"],
+            )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -147,11 +164,13 @@ def _convert(args):
 
 
 def _load_folder(path, what, skip_bad_images):
-    from keras_vitmsn.images.data import ImageFolder
+    from keras_vitmsn.images.folders import ImageFolder
 
     folder = ImageFolder(path, skip_bad_images=skip_bad_images)
-    print(f"{what}: {len(folder)} images in {len(folder.class_names)} classes from {path}",
-          file=sys.stderr)
+    print(
+        f"{what}: {len(folder)} images in {len(folder.class_names)} classes from {path}",
+        file=sys.stderr,
+    )
     return folder
 
 
@@ -159,12 +178,12 @@ def _finetune(args):
     import keras
 
     import keras_vitmsn as kv
+    from keras_vitmsn.cli.files import check_model_output
+    from keras_vitmsn.cli.files import save_model
     from keras_vitmsn.models.optimizer import ScheduledAdamW
-    from keras_vitmsn.cli.files import check_model_output, save_model
 
     if check_model_output(args.output):
-        print(f"finetune: {args.output} exists; it is replaced when training ends",
-              file=sys.stderr)
+        print(f"finetune: {args.output} exists; it is replaced when training ends", file=sys.stderr)
     train = _load_folder(args.train, "train", args.skip_bad_images)
     val = _load_folder(args.val, "val", args.skip_bad_images) if args.val else None
     if val is not None and val.class_names != train.class_names:
@@ -178,7 +197,9 @@ def _finetune(args):
     if args.image_size:
         overrides["image_shape"] = (args.image_size, args.image_size, 3)
     model = kv.ViTMSNClassifier.from_preset(
-        args.preset, num_classes=len(train.class_names), class_names=train.class_names,
+        args.preset,
+        num_classes=len(train.class_names),
+        class_names=train.class_names,
         **overrides,
     )
     learning_rate = args.learning_rate or (1e-3 if args.linear_probe else 5e-5)
@@ -260,12 +281,15 @@ def _predict(args):
     import numpy as np
 
     import keras_vitmsn as kv
-    from keras_vitmsn.cli.files import legacy_class_names_note, load_classifier
-    from keras_vitmsn.images.data import load_image
+    from keras_vitmsn.cli.files import legacy_class_names_note
+    from keras_vitmsn.cli.files import load_classifier
+    from keras_vitmsn.images.folders import load_image
 
     for path in args.images:
         if os.path.isdir(path):
-            raise UsageError(f"{path!r} is a folder; predict takes image files (e.g. {path}/*.png).")
+            raise UsageError(
+                f"{path!r} is a folder; predict takes image files (e.g. {path}/*.png)."
+            )
         if not os.path.isfile(path):
             raise UsageError(f"Image {path!r} does not exist.")
     model = load_classifier(args.model)

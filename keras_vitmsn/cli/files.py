@@ -21,7 +21,8 @@ def check_model_output(path):
 
     The rules: the name ends in ``.keras``; an existing file of that name is
     replaced, atomically and only once the new model is complete (as
-    ``model.save`` and ``cp`` replace theirs); a folder of that name is refused; missing parent folders are created, as
+    ``model.save`` and ``cp`` replace theirs); a folder of that name is refused;
+    missing parent folders are created, as
     ``convert`` and ``pretrain`` create theirs, so the nearest existing one must be
     writable.
     """
@@ -93,6 +94,7 @@ def load_classifier(model):
     import keras_vitmsn as kv
 
     if model.endswith(".keras"):
+        kv._load_all()  # Keras finds the saved classes only once their modules are loaded
         classifier = load_model_file(model)
     else:
         try:
@@ -113,9 +115,7 @@ def load_model_file(path):
     import keras
 
     if os.path.isdir(path):
-        raise UsageError(
-            f"--model {path} is a folder; pass the FILE.keras written by finetune."
-        )
+        raise UsageError(f"--model {path} is a folder; pass the FILE.keras written by finetune.")
     if not os.path.isfile(path):
         raise UsageError(f"Model file {path!r} does not exist.")
     if not zipfile.is_zipfile(path):
@@ -140,13 +140,16 @@ def unknown_class_message(path, error):
     """What to do about Keras' "Could not locate class" while loading ``path``, or
     None for another error.
 
-    Keras finds a saved class only if the package that registers it was imported in
+    Keras finds a saved class only if the module that registers it was imported in
     this process; the message says whether that is the cause (keras_vitmsn not
-    imported), the class is keras_vitmsn's but not this version's, or the file holds
-    another package's model.
+    imported, or imported before keras, when it loads its classes only on first use),
+    the class is keras_vitmsn's but not this version's, or the file holds another
+    package's model.
     """
     found = re.search(
-        r"Could not locate class '([^']+)'.*?Full object config: \{'module': '([^']*)'", str(error), re.S
+        r"Could not locate class '([^']+)'.*?Full object config: \{'module': '([^']*)'",
+        str(error),
+        re.S,
     )
     if found is None:
         return None
@@ -157,10 +160,13 @@ def unknown_class_message(path, error):
             "model; keras-vitmsn predict reads ViTMSNClassifier models (in a script, import "
             f"the package that defines {name} before keras.saving.load_model)."
         )
-    if "keras_vitmsn" not in sys.modules:
+    # The package or the subpackage that would define the class not loaded yet:
+    # keras_vitmsn was not imported, or was imported before keras (then it loads its
+    # modules on first use).
+    if "keras_vitmsn" not in sys.modules or module.rpartition(".")[0] not in sys.modules:
         return (
             f"{path} holds keras_vitmsn's {name}, which Keras only finds once the package is "
-            "imported: import keras_vitmsn first, then keras.saving.load_model."
+            "imported: import keras_vitmsn first (after keras), then keras.saving.load_model."
         )
     from keras_vitmsn.version import __version__
 

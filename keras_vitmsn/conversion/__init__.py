@@ -1,7 +1,10 @@
-"""Checkpoint formats: transformers and original MSN checkpoints read into NumPy.
+"""Reading checkpoint formats into NumPy: transformers ViT-MSN checkpoints (safetensors,
+``pytorch_model.bin``, from a folder or the hub) and original facebookresearch/msn
+``*.pth.tar`` files.
 
-Everything here works on NumPy arrays and files; nothing builds a Keras model (that
-is :mod:`keras_vitmsn.presets`'). safetensors files are read without torch; torch is
+Everything here works on NumPy arrays and files and builds no Keras model: building
+models from a checkpoint, and writing it as a Keras preset (``convert_to_preset``),
+are :mod:`keras_vitmsn.presets`'. safetensors files are read without torch; torch is
 imported lazily, only for ``.bin`` / ``.pth.tar`` files.
 """
 

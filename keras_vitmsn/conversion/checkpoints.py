@@ -10,20 +10,17 @@ import os
 import numpy as np
 
 from keras_vitmsn.conversion import msn_checkpoint
-from keras_vitmsn.conversion.safetensors_io import load_safetensors
 from keras_vitmsn.conversion.hf_processor import RELEASED_PROCESSOR
 from keras_vitmsn.conversion.hf_processor import image_converter_kwargs_from_hf
-from keras_vitmsn.conversion.transformers_weights import (
-    backbone_kwargs_from_hf_config,
-    canonicalize_transformers_state,
-    check_model_type,
-    class_names_from_hf_config,
-    num_classes_from_hf_config,
-)
+from keras_vitmsn.conversion.safetensors_io import load_safetensors
+from keras_vitmsn.conversion.transformers_weights import backbone_kwargs_from_hf_config
+from keras_vitmsn.conversion.transformers_weights import canonicalize_transformers_state
+from keras_vitmsn.conversion.transformers_weights import check_model_type
+from keras_vitmsn.conversion.transformers_weights import class_names_from_hf_config
+from keras_vitmsn.conversion.transformers_weights import num_classes_from_hf_config
 from keras_vitmsn.errors import CheckpointError
 from keras_vitmsn.utils import read_json
 
-TRANSFORMERS_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _SHARD_INDEX = "model.safetensors.index.json"
 
 
@@ -157,8 +154,8 @@ def load_msn_checkpoint(path, load_weights=True):
 
     The architecture comes from the tensor shapes (the number of heads from the
     released models' widths, else from ``num_heads=``); the image converter is the
-    released ViT-MSN processor at the checkpoint's resolution. ``load_weights=False`` still reads the file, since
-    the architecture is only recorded in the weights.
+    released ViT-MSN processor at the checkpoint's resolution. ``load_weights=False``
+    still reads the file, since the architecture is only recorded in the weights.
     """
     path = os.fspath(path)
     raw = msn_checkpoint.read_msn_checkpoint(path)

@@ -1,6 +1,7 @@
 """transformers' ``preprocessor_config.json`` as ViTMSNImageConverter arguments."""
 
-from keras_vitmsn.utils import IMAGENET_MEAN, IMAGENET_STD
+from keras_vitmsn.utils import IMAGENET_MEAN
+from keras_vitmsn.utils import IMAGENET_STD
 
 # PIL resampling filters as stored in ``preprocessor_config.json`` (``resample``).
 _PIL_RESAMPLE = {0: "nearest", 1: "lanczos3", 2: "bilinear", 3: "bicubic"}

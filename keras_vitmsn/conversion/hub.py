@@ -9,7 +9,8 @@ downloading.
 import os
 import warnings
 
-from huggingface_hub.utils import HFValidationError, validate_repo_id
+from huggingface_hub.utils import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from keras_vitmsn.errors import PresetDownloadError
 from keras_vitmsn.utils import keras_home
@@ -17,6 +18,8 @@ from keras_vitmsn.version import __version__
 
 # A complete cache entry (see keras_vitmsn.presets.hub_cache) has at least these.
 _CACHE_FILES = ("config.json", "model.weights.h5", "metadata.json")
+
+
 def parse_hf_handle(handle):
     """``"hf://org/repo"`` -> ``"org/repo"``, validated."""
     repo_id = handle[len("hf://") :] if handle.startswith("hf://") else handle
@@ -50,7 +53,7 @@ def _local_alternative(repo_id):
         f"(e.g. `hf download {repo_id} --local-dir DIR`, or "
         f"`transformers.ViTMSNModel.from_pretrained('{repo_id}').save_pretrained(DIR)`) "
         "and pass that directory: `from_preset(DIR)`. A Keras preset directory written "
-        "by save_to_preset or conversion/convert_checkpoint.py works the same way."
+        "by save_to_preset or tools/convert_checkpoint.py works the same way."
     )
 
 
@@ -86,7 +89,8 @@ def download(repo_id, filename, optional=False):
     Returns None for an ``optional`` file the repository does not have.
     """
     import huggingface_hub
-    from huggingface_hub import constants, errors
+    from huggingface_hub import constants
+    from huggingface_hub import errors
 
     unreachable = None if constants.HF_HUB_OFFLINE else hub_unreachable()
     if unreachable is not None:
@@ -133,8 +137,7 @@ def download(repo_id, filename, optional=False):
         ) from e
     except (errors.HfHubHTTPError, OSError) as e:
         raise PresetDownloadError(
-            f"Could not fetch {filename} of hf://{repo_id}: {e}. "
-            f"{_local_alternative(repo_id)}"
+            f"Could not fetch {filename} of hf://{repo_id}: {e}. {_local_alternative(repo_id)}"
         ) from e
 
 

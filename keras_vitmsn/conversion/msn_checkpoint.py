@@ -87,7 +87,8 @@ def split_msn_encoder(encoder_state):
                 put(f"encoder.layer.{i}.attention.attention.{name}.{kind}", part, original)
         elif block and block.group(2) in _BLOCK_RENAMES:
             i = block.group(1)
-            put(f"encoder.layer.{i}.{_BLOCK_RENAMES[block.group(2)]}.{block.group(3)}", value, original)
+            name = f"encoder.layer.{i}.{_BLOCK_RENAMES[block.group(2)]}.{block.group(3)}"
+            put(name, value, original)
         else:
             put(key, value, original)
     return backbone, head, {k: v for k, v in key_names.items() if k != v}
@@ -149,9 +150,7 @@ def msn_backbone_kwargs(backbone_state):
     hidden_dim, channels, patch_size = int(patch.shape[0]), int(patch.shape[1]), int(patch.shape[2])
     grid = int(round(np.sqrt(table.shape[1] - 1)))
     if grid * grid != table.shape[1] - 1:
-        raise ValueError(
-            f"pos_embed has {table.shape[1] - 1} patch rows, not a square grid."
-        )
+        raise ValueError(f"pos_embed has {table.shape[1] - 1} patch rows, not a square grid.")
     layers = sorted(
         {int(k.split(".")[2]) for k in backbone_state if k.startswith("encoder.layer.")}
     )
@@ -165,7 +164,9 @@ def msn_backbone_kwargs(backbone_state):
         "num_layers": len(layers),
         # None for a width no released model has: from_preset then asks for num_heads.
         "num_heads": RELEASED_NUM_HEADS.get(hidden_dim),
-        "intermediate_dim": int(intermediate.shape[0]) if intermediate is not None else 4 * hidden_dim,
+        "intermediate_dim": (
+            int(intermediate.shape[0]) if intermediate is not None else 4 * hidden_dim
+        ),
         "layer_norm_epsilon": 1e-6,
         "qkv_bias": "encoder.layer.0.attention.attention.query.bias" in backbone_state,
         "hidden_act": "gelu",

@@ -30,7 +30,7 @@ def msn_parameter_groups(encoder_state):
     """
     decayed, other = [], []
     for key, value in encoder_state.items():
-        name = key[len("module."):] if key.startswith("module.") else key
+        name = key[len("module.") :] if key.startswith("module.") else key
         if name.endswith(_BUFFERS):
             continue
         if "bias" not in name and "bn" not in name and np.ndim(value) != 1:
@@ -70,7 +70,7 @@ def read_msn_optimizer_state(opt_state, encoder_state):
             f"the encoder implies {[len(g) for g in groups]}."
         )
     shapes = {
-        (k[len("module."):] if k.startswith("module.") else k): np.shape(v)
+        (k[len("module.") :] if k.startswith("module.") else k): np.shape(v)
         for k, v in encoder_state.items()
     }
     out = {"exp_avg": {}, "exp_avg_sq": {}, "step": None}

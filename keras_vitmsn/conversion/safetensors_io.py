@@ -16,7 +16,6 @@ import numpy as np
 
 from keras_vitmsn.errors import CheckpointError
 
-
 _DTYPES = {
     "F64": np.dtype("<f8"),
     "F32": np.dtype("<f4"),
@@ -128,9 +127,7 @@ def load_safetensors(path):
     if problems:
         truncated = any("only has" in p for p in problems)
         raise CheckpointError(
-            f"{path} is {'truncated' if truncated else 'corrupted'}: "
-            + "; ".join(problems)
-            + "."
+            f"{path} is {'truncated' if truncated else 'corrupted'}: " + "; ".join(problems) + "."
         )
     # A memory map avoids copying the file: the caller converts each tensor once.
     buffer = None
@@ -144,6 +141,7 @@ def load_safetensors(path):
         if end == begin:
             tensors[name] = np.zeros(shape, dtype)
             continue
-        flat = np.frombuffer(buffer, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin)
+        count = (end - begin) // dtype.itemsize
+        flat = np.frombuffer(buffer, dtype=dtype, count=count, offset=begin)
         tensors[name] = flat.reshape(shape)
     return tensors

@@ -11,7 +11,6 @@ import pickle
 import zipfile
 
 import ml_dtypes
-import numpy as np
 
 from keras_vitmsn.errors import CheckpointError
 
@@ -94,18 +93,3 @@ def _refused_a_global(error):
     # weights_only refusals name the class they would not import ("Unsupported
     # global", "was not an allowed global"); garbage fails on an opcode instead.
     return "global" in str(error).lower()
-
-
-def save_torch_file(obj, path):
-    """Write ``{key: np.ndarray}`` (possibly nested) with ``torch.save`` (tests, tools)."""
-    path = os.fspath(path)
-    torch = _import_torch(path)
-
-    def to_torch(value):
-        if isinstance(value, np.ndarray):
-            return torch.from_numpy(np.ascontiguousarray(value))
-        if isinstance(value, dict):
-            return {k: to_torch(v) for k, v in value.items()}
-        return value
-
-    torch.save(to_torch(obj), path)

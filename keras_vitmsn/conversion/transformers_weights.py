@@ -110,13 +110,6 @@ def backbone_weight_map(backbone, prefix=""):
     return {prefix + key: value for key, value in mapping.items()}
 
 
-def classifier_weight_map(classifier, backbone_prefix="vit."):
-    mapping = backbone_weight_map(classifier.backbone, prefix=backbone_prefix)
-    mapping["classifier.weight"] = (classifier.classifier.kernel, _linear)
-    mapping["classifier.bias"] = (classifier.classifier.bias, _same)
-    return mapping
-
-
 def convert_weights(weight_map, state_dict, optional_keys=(), ignore_keys=(), key_names=None):
     """Check ``state_dict`` against ``weight_map`` strictly and convert it to Keras layout.
 
@@ -167,9 +160,7 @@ def convert_weights(weight_map, state_dict, optional_keys=(), ignore_keys=(), ke
             parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
         if mismatched:
             parts.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched)}")
-        raise ValueError(
-            "The checkpoint does not fit the model: " + " | ".join(parts) + "."
-        )
+        raise ValueError("The checkpoint does not fit the model: " + " | ".join(parts) + ".")
     out, fused = {}, {}
     for key, value in converted.items():
         target = weight_map[key][0]
@@ -288,7 +279,8 @@ def canonicalize_transformers_state(state_dict):
         key = original[len("vit.") :] if original.startswith("vit.") else original
         match = _IN_MEMORY_BLOCK.match(key)
         if match and match.group(2) in _RENAMED_BLOCK_KEYS:
-            key = f"encoder.layer.{match.group(1)}.{_RENAMED_BLOCK_KEYS[match.group(2)]}.{match.group(3)}"
+            renamed = _RENAMED_BLOCK_KEYS[match.group(2)]
+            key = f"encoder.layer.{match.group(1)}.{renamed}.{match.group(3)}"
         elif match and match.group(2) in ("layernorm_before", "layernorm_after"):
             key = f"encoder.layer.{match.group(1)}.{match.group(2)}.{match.group(3)}"
         target = head if key.startswith("classifier.") else backbone
@@ -348,8 +340,10 @@ def class_names_from_hf_config(config, num_classes):
         by_index = {int(key): value for key, value in id2label.items()}
     except (AttributeError, TypeError, ValueError):
         by_index = None
-    if by_index is None or sorted(by_index) != list(range(num_classes)) or not all(
-        isinstance(v, str) for v in by_index.values()
+    if (
+        by_index is None
+        or sorted(by_index) != list(range(num_classes))
+        or not all(isinstance(v, str) for v in by_index.values())
     ):
         raise ValueError(
             f"The config's id2label must map each output index 0..{num_classes - 1} to a "

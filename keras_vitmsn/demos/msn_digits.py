@@ -38,7 +38,7 @@ DEMO_CONFIG = dict(
     intermediate_dim=256,
     # Small batches, many steps: at 32 x 150 epochs (~5,000 steps, ~2.5 min on two
     # cores) MSN beats the raw pixels at every shot count; 128 x 70 epochs (~600
-    # steps, as long) stayed 17-23 points below them (issue 12 has the figures).
+    # steps, as long) stayed 17-23 points below them.
     epochs=150,
     batch_size=32,
     warmup_epochs=7.5,  # 5% of the run (demo_config keeps that share for other lengths)
@@ -188,12 +188,20 @@ def run_msn_demo(
         # A sceptic's first baseline: the very same protocol (splits, per-sample
         # centring, L2 normalisation, logistic regression) on the encoder's input.
         RAW_PIXELS: lowshot.evaluate(
-            raw_pixel_features(pool_x), labels[pool], raw_pixel_features(test_x),
-            labels[test], **protocol,
+            raw_pixel_features(pool_x),
+            labels[pool],
+            raw_pixel_features(test_x),
+            labels[test],
+            **protocol,
         ),
         "MSN": lowshot.lowshot_eval(
-            pretrainer.target_encoder, pool_x, test_x, labels[pool], labels[test],
-            verbose=0, **protocol,
+            pretrainer.target_encoder,
+            pool_x,
+            test_x,
+            labels[pool],
+            labels[test],
+            verbose=0,
+            **protocol,
         ),
     }
     eval_seconds = time.perf_counter() - t0
@@ -211,9 +219,14 @@ def run_msn_demo(
         "backend": keras.backend.backend(),
         "final_loss": {k: float(v[-1]) for k, v in history.history.items()},
         "top1": {
-            name: {r.label: {"mean": 100 * r.mean, "std": 100 * r.std,
-                             "splits": [100 * a for a in r.accuracies]}
-                   for r in res.values()}
+            name: {
+                r.label: {
+                    "mean": 100 * r.mean,
+                    "std": 100 * r.std,
+                    "splits": [100 * a for a in r.accuracies],
+                }
+                for r in res.values()
+            }
             for name, res in results.items()
         },
     }
@@ -264,13 +277,15 @@ def format_comparison(results):
     keys = list(results[names[0]])
     lines = [
         "| top-1 (%), mean +- std over splits | "
-        + " | ".join(results[names[0]][k].label for k in keys) + " |",
+        + " | ".join(results[names[0]][k].label for k in keys)
+        + " |",
         "|---|" + "---|" * len(keys),
     ]
     for name in names:
         cells = [results[name][k] for k in keys]
         lines.append(
-            f"| {name} | " + " | ".join(f"{100 * c.mean:.1f} +- {100 * c.std:.1f}" for c in cells)
+            f"| {name} | "
+            + " | ".join(f"{100 * c.mean:.1f} +- {100 * c.std:.1f}" for c in cells)
             + " |"
         )
     if "MSN" in results and RAW_PIXELS in results:
@@ -297,8 +312,12 @@ def _plot(results, path):
     for i, name in enumerate(names):
         res = [results[name][k] for k in keys]
         ax.bar(
-            np.arange(len(keys)) + i * width, [100 * r.mean for r in res], width,
-            yerr=[100 * r.std for r in res], label=name, capsize=3,
+            np.arange(len(keys)) + i * width,
+            [100 * r.mean for r in res],
+            width,
+            yerr=[100 * r.std for r in res],
+            label=name,
+            capsize=3,
         )
     ax.set_xticks(np.arange(len(keys)) + width * (len(names) - 1) / 2)
     ax.set_xticklabels([results[names[0]][k].label for k in keys])

@@ -37,8 +37,12 @@ def run_demo(epochs=10, output="vit_msn_demo.keras", seed=0):
     x_train, y_train = quadrant_dataset(1024, seed=seed)
     x_test, y_test = quadrant_dataset(256, seed=seed + 1)
     backbone = ViTMSNBackbone(
-        image_shape=(32, 32, 3), patch_size=8, hidden_dim=64, num_layers=2,
-        num_heads=4, intermediate_dim=128,
+        image_shape=(32, 32, 3),
+        patch_size=8,
+        hidden_dim=64,
+        num_layers=2,
+        num_heads=4,
+        intermediate_dim=128,
     )
     model = ViTMSNClassifier(backbone, num_classes=4)
     model.compile(

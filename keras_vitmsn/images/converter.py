@@ -2,35 +2,60 @@
 
 import keras
 
-from keras_vitmsn.layers.layout import spatial_shape
+from keras_vitmsn.backend.keras_internals import DATA_LAYER_IS_PRIVATE
+from keras_vitmsn.backend.keras_internals import DataLayerBase
 from keras_vitmsn.images.pixel_range import DTYPE_RANGES
 from keras_vitmsn.images.pixel_range import PIXEL_RANGE
 from keras_vitmsn.images.pixel_range import check_input_range
 from keras_vitmsn.images.pixel_range import check_values
 from keras_vitmsn.images.pixel_range import dtype_of
 from keras_vitmsn.images.pixel_range import to_pixel_range
-from keras_vitmsn.utils import default_name
-from keras_vitmsn.backend.keras_internals import DATA_LAYER_IS_PRIVATE
-from keras_vitmsn.backend.keras_internals import DataLayerBase
+from keras_vitmsn.layers.layout import spatial_shape
 from keras_vitmsn.presets import file_format
 from keras_vitmsn.presets.mixin import PresetMixin
 from keras_vitmsn.presets.mixin import register_preset_class
-from keras_vitmsn.images.resize_geometry import PAPER_CROP_FRACTION
-from keras_vitmsn.images.resize_geometry import paper_resize_geometry
 from keras_vitmsn.utils import IMAGENET_MEAN
 from keras_vitmsn.utils import IMAGENET_STD
+from keras_vitmsn.utils import default_name
 
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "lanczos3", "lanczos5")
+#: How images reach the model size: "hub" resizes straight to it (the released
+#: processor), "paper" resizes and centre-crops (the paper's evaluation transform).
 RESIZE_MODES = ("hub", "paper")
+# The paper's evaluation transform (facebookresearch/msn, logistic_eval.py):
+# Resize(256) + CenterCrop(224).
+PAPER_CROP_FRACTION = 224 / 256
 
 
-def _paper_resize_geometry_tf(height, width, image_size):
-    """:func:`paper_resize_geometry` on dynamic (TensorFlow graph) sizes, in float64 so
-    the truncations and half-to-even roundings fall as in Python."""
-    import tensorflow as tf
+def paper_resize_geometry(height, width, image_size):
+    """``(resized_height, resized_width, top, left)`` of the paper's evaluation transform.
 
+    torchvision's ``Resize(256)`` + ``CenterCrop(224)`` scaled with the model size: the
+    image is resized, keeping its aspect, to cover ``round(s * 256 / 224)`` for each
+    side ``s`` of ``image_size`` (for a square size: the shorter side becomes that, the
+    longer ``int(R * long / short)``, as torchvision), then the centre ``image_size``
+    is cropped (offsets ``int(round((resized - crop) / 2))``, as torchvision).
+
+    The one definition for the converter (tensors) and the image-folder reader (Pillow
+    images), so both crop the same pixels. ``height`` and ``width`` are ints, or scalar
+    tensors of a TensorFlow graph (tf.data images of unknown size), computed in float64
+    so the truncations and half-to-even roundings fall as in Python.
+
+    Example:
+    >>> paper_resize_geometry(300, 400, (224, 224))
+    (256, 341, 16, 58)
+    """
     crop_h, crop_w = image_size
     cover_h, cover_w = round(crop_h / PAPER_CROP_FRACTION), round(crop_w / PAPER_CROP_FRACTION)
+    if not type(height).__module__.startswith("tensorflow"):
+        if width * cover_h >= cover_w * height:  # the height binds
+            new_h, new_w = cover_h, int(cover_h * width / height)
+        else:
+            new_h, new_w = int(cover_w * height / width), cover_w
+        top, left = int(round((new_h - crop_h) / 2.0)), int(round((new_w - crop_w) / 2.0))
+        return new_h, new_w, top, left
+    import tensorflow as tf
+
     h, w = tf.cast(height, "float64"), tf.cast(width, "float64")
     binds = w * cover_h >= cover_w * h
     new_h = tf.where(binds, tf.constant(cover_h, "float64"), tf.floor(cover_w * h / w))
@@ -140,9 +165,7 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
         input_range=PIXEL_RANGE,
         **kwargs,
     ):
-        super().__init__(
-            dtype=dtype, name=default_name(name, "vit_msn_image_converter"), **kwargs
-        )
+        super().__init__(dtype=dtype, name=default_name(name, "vit_msn_image_converter"), **kwargs)
         if image_size is not None:
             image_size = tuple(int(s) for s in image_size)
             if len(image_size) != 2 or min(image_size) < 1:
@@ -181,8 +204,7 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
         data_format = data_format or keras.config.image_data_format()
         if data_format not in ("channels_last", "channels_first"):
             raise ValueError(
-                f"`data_format` must be 'channels_last' or 'channels_first', "
-                f"got {data_format!r}."
+                f"`data_format` must be 'channels_last' or 'channels_first', got {data_format!r}."
             )
         self.input_range = check_input_range(input_range)
         self.image_size = image_size
@@ -197,10 +219,13 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
             # Keras' data layer provides `self.backend`; on the public base the running
             # backend's keras.ops do the same outside tf.data.
             self.backend = keras.ops
-        # XLA has no kernel for TensorFlow's antialiased resize (ScaleAndTranslate):
-        # let jit_compile="auto" leave a model holding this layer uncompiled there.
-        if self.antialias and image_size is not None and keras.backend.backend() == "tensorflow":
-            self.supports_jit = False
+        if self.antialias and image_size is not None:
+            from keras_vitmsn import backend
+
+            # Where XLA cannot compile the antialiased resize (TensorFlow), let
+            # jit_compile="auto" leave a model holding this layer uncompiled.
+            if not backend.antialiased_resize_compiles():
+                self.supports_jit = False
         self.built = True
 
     @property
@@ -238,7 +263,10 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
             x = ops.numpy.expand_dims(x, 0)
         if self.resize_mode == "paper":
             x = self._resize_and_crop(x, ops)
-        elif self.image_size is not None and spatial_shape(x.shape, self.data_format) != self.image_size:
+        elif (
+            self.image_size is not None
+            and spatial_shape(x.shape, self.data_format) != self.image_size
+        ):
             x = self._resize(x, self.image_size, ops)
         if (low, high) != PIXEL_RANGE:
             # Affine, so it commutes with the (weights summing to one) resize: done
@@ -275,7 +303,7 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
 
             shape = tf.shape(x)
             axes = (1, 2) if channels_last else (2, 3)
-            new_h, new_w, top, left = _paper_resize_geometry_tf(
+            new_h, new_w, top, left = paper_resize_geometry(
                 shape[axes[0]], shape[axes[1]], self.image_size
             )
         x = self._resize(x, (new_h, new_w), ops)
@@ -322,4 +350,3 @@ class ViTMSNImageConverter(PresetMixin, DataLayerBase):
         to a backbone or classifier preset already there; the file is replaced
         atomically."""
         file_format.write_image_converter(self, preset_dir)
-

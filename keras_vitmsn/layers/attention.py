@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_vitmsn.backend.fast_paths import dot_product_attention, einsum, head_major_attention
+from keras_vitmsn import backend
 from keras_vitmsn.layers.dense import ViTMSNDense
 from keras_vitmsn.layers.initializers import kernel_initializer
 
@@ -24,15 +24,14 @@ class ViTMSNAttention(keras.layers.Layer):
     same as for three separate layers.
 
     Two numerically equivalent paths:
-    - ``keras.ops.dot_product_attention`` (fused / flash kernels where the backend has
-      them; :func:`keras_vitmsn.backend.fast_paths.dot_product_attention`) when neither
-      attention maps nor a head mask are asked for and no attention dropout is
-      active, except on JAX;
+    - :func:`keras_vitmsn.backend.dot_product_attention` (fused / flash kernels where
+      the backend has them) when neither attention maps nor a head mask are asked
+      for and no attention dropout is active, unless the backend attends head-major;
     - an explicit path otherwise, head-major throughout: scaled scores, softmax in
-      float32, dropout, head mask. On JAX it always runs, with q, k and v projected
-      straight into ``(batch, heads, tokens, head_dim)`` by one einsum over the qkv
-      kernel, which XLA compiles without the transposing copies the other layout
-      needs (:func:`keras_vitmsn.backend.fast_paths.head_major_attention`).
+      float32, dropout, head mask. Where
+      :func:`keras_vitmsn.backend.head_major_attention` holds (JAX) it always runs,
+      with q, k and v projected straight into ``(batch, heads, tokens, head_dim)`` by
+      one einsum over the qkv kernel, without the other layout's transposing copies.
 
     Args:
         hidden_dim: int, model width (a multiple of ``num_heads``).
@@ -116,20 +115,20 @@ class ViTMSNAttention(keras.layers.Layer):
 
     def _project_heads(self, x):
         """q, k, v, each ``(batch, heads, tokens, head_dim)``."""
-        if not head_major_attention() or self.qkv.quantization_mode is not None:
+        if not backend.head_major_attention() or self.qkv.quantization_mode is not None:
             # A quantised qkv runs Keras' quantized_call on its own kernel format.
             qkv = ops.transpose(self._qkv_by_token(x), (2, 0, 3, 1, 4))
             return ops.unstack(qkv, num=3, axis=0)
         # The Dense's own kernel (with its LoRA term) and bias, contracted so that the
-        # output comes out head-major (see fast_paths.head_major_attention).
+        # output comes out head-major (see backend.head_major_attention).
         shape = (self.hidden_dim, 3, self.num_heads, self.head_dim)
         kernel = ops.reshape(self.qkv.kernel, shape)
         if self.qkv.bias is None:
-            qkv = einsum("btc,cshe->sbhte", x, kernel)
+            qkv = backend.einsum("btc,cshe->sbhte", x, kernel)
         else:
             # The bias is added before the one rounding to the compute dtype, as the
-            # fused Dense adds it (fast_paths.matmul_add).
-            qkv = einsum("btc,cshe->sbhte", x, kernel, dtype="float32")
+            # fused Dense adds it (backend.matmul_add).
+            qkv = backend.einsum("btc,cshe->sbhte", x, kernel, dtype="float32")
             bias = ops.reshape(self.qkv.bias, (3, 1, self.num_heads, 1, self.head_dim))
             qkv = ops.cast(qkv + ops.cast(bias, "float32"), x.dtype)
         return ops.unstack(qkv, num=3, axis=0)
@@ -143,7 +142,7 @@ class ViTMSNAttention(keras.layers.Layer):
         scale_q = math.frexp(scale)[0] == 0.5
         if scale_q:
             q = q * ops.cast(scale, q.dtype)
-        scores = einsum("bhqd,bhkd->bhqk", q, k, dtype="float32")
+        scores = backend.einsum("bhqd,bhkd->bhqk", q, k, dtype="float32")
         if not scale_q:
             scores = scores * scale
         probs = ops.softmax(scores, axis=-1)
@@ -153,18 +152,19 @@ class ViTMSNAttention(keras.layers.Layer):
         if head_mask is not None:
             mask = ops.cast(head_mask, probs.dtype)
             probs = probs * ops.reshape(mask, (1, self.num_heads, 1, 1))
-        return einsum("bhqk,bhkd->bhqd", probs, v), probs
+        return backend.einsum("bhqk,bhkd->bhqd", probs, v), probs
 
     def call(self, x, head_mask=None, output_attentions=False, training=None):
         tokens = x.shape[1]
         dropout_active = bool(training) and self.attention_dropout > 0.0
         probs = None
-        if output_attentions or head_mask is not None or dropout_active or head_major_attention():
+        explicit = output_attentions or head_mask is not None or dropout_active
+        if explicit or backend.head_major_attention():
             q, k, v = self._project_heads(x)
             context, probs = self._attend(q, k, v, head_mask, training)
             context = ops.transpose(context, (0, 2, 1, 3))
         else:
-            context = dot_product_attention(*self._project_qkv(x))
+            context = backend.dot_product_attention(*self._project_qkv(x))
         context = ops.reshape(context, (-1, tokens, self.hidden_dim))
         out = self.output_dense(context)
         if training and self.dropout_rate > 0.0:

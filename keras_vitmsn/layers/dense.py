@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_vitmsn.backend.fast_paths import matmul_add
+from keras_vitmsn import backend
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
@@ -13,8 +13,7 @@ class ViTMSNDense(keras.layers.Dense):
     LoRA (the fused path reads the ``kernel`` property, which includes the LoRA
     update), and ``quantize``: a quantised layer runs Keras' ``quantized_call``, not
     this ``call``. Only an un-quantised layer with a bias and no activation takes
-    :func:`keras_vitmsn.backend.fast_paths.matmul_add` (one ``addmm`` on torch, the
-    same ``matmul`` + ``add`` as Keras on the other backends).
+    :func:`keras_vitmsn.backend.matmul_add` (one ``addmm`` on torch; see there).
 
     Example:
     >>> layer = ViTMSNDense(3, kernel_initializer="ones")
@@ -25,7 +24,7 @@ class ViTMSNDense(keras.layers.Dense):
     def call(self, inputs, training=None):
         if self.bias is None or self.activation not in (None, keras.activations.linear):
             return super().call(inputs, training=training)
-        return matmul_add(inputs, self.kernel, self.bias)
+        return backend.matmul_add(inputs, self.kernel, self.bias)
 
     def quantize(self, mode=None, type_check=True, **kwargs):
         # Keras refuses to quantise Dense subclasses, whose call might compute

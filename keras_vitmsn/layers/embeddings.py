@@ -14,7 +14,8 @@ class ViTMSNEmbeddings(keras.layers.Layer):
 
     The position table is stored at the pretrained grid
     ``(image_size[0] // patch_size, image_size[1] // patch_size)``; other grids are
-    served by bicubic resampling (:func:`keras_vitmsn.layers.resampling.resample_position_embeddings`)
+    served by bicubic resampling
+    (:func:`keras_vitmsn.layers.resampling.resample_position_embeddings`)
     when the caller asks for it. Both the CLS token and the table start at zero, as in
     transformers' ViT-MSN.
 
@@ -115,9 +116,7 @@ class ViTMSNEmbeddings(keras.layers.Layer):
             # Same arithmetic as transformers, so a float mask behaves identically.
             tokens = tokens * (1.0 - mask) + mask_token * mask
         batch = ops.shape(tokens)[0]
-        cls = ops.broadcast_to(
-            ops.cast(self.cls_token, tokens.dtype), (batch, 1, self.hidden_dim)
-        )
+        cls = ops.broadcast_to(ops.cast(self.cls_token, tokens.dtype), (batch, 1, self.hidden_dim))
         tokens = ops.concatenate([cls, tokens], axis=1)
         tokens = tokens + ops.cast(
             self.position_table(grid if interpolate_pos_encoding else None), tokens.dtype
@@ -135,8 +134,11 @@ class ViTMSNEmbeddings(keras.layers.Layer):
         height, width = spatial_shape(input_shape, self.data_format)
         if height is None or width is None:
             return (input_shape[0], None, self.hidden_dim)
-        return (input_shape[0], 1 + (height // self.patch_size) * (width // self.patch_size),
-                self.hidden_dim)
+        return (
+            input_shape[0],
+            1 + (height // self.patch_size) * (width // self.patch_size),
+            self.hidden_dim,
+        )
 
     def compute_output_spec(
         self,
@@ -164,9 +166,7 @@ class ViTMSNEmbeddings(keras.layers.Layer):
                 f"got shape {shape}."
             )
         if not keras.backend.standardize_dtype(indices.dtype).startswith(("int", "uint")):
-            raise ValueError(
-                f"`patch_keep_indices` must be integers; got dtype {indices.dtype}."
-            )
+            raise ValueError(f"`patch_keep_indices` must be integers; got dtype {indices.dtype}.")
         batch = tokens.shape[0]
         if batch is not None and shape[0] is not None and shape[0] != batch:
             raise ValueError(
@@ -188,9 +188,7 @@ class ViTMSNEmbeddings(keras.layers.Layer):
         table = self.position_embeddings
         if grid is None or tuple(grid) == self.grid_size:
             return table
-        return resample_position_embeddings(
-            ops.convert_to_tensor(table), self.grid_size, grid
-        )
+        return resample_position_embeddings(ops.convert_to_tensor(table), self.grid_size, grid)
 
     def _check_mask(self, bool_masked_pos, grid):
         if not self.use_mask_token:

@@ -3,13 +3,13 @@ fused half-precision path."""
 
 import keras
 
-from keras_vitmsn.backend.fast_paths import layer_norm
+from keras_vitmsn import backend
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
 class ViTMSNLayerNorm(keras.layers.LayerNormalization):
     """``keras.layers.LayerNormalization`` over the last axis, computed by
-    :func:`keras_vitmsn.backend.fast_paths.layer_norm`.
+    :func:`keras_vitmsn.backend.layer_norm`.
 
     The weights (``gamma``, ``beta``), their names, ``get_config`` and the math are
     Keras' own: normalisation in at least float32, the result in the compute dtype.
@@ -34,5 +34,5 @@ class ViTMSNLayerNorm(keras.layers.LayerNormalization):
             or self.rms_scaling
         ):
             return super().call(inputs)
-        out = layer_norm(inputs, self.gamma, self.beta, self.epsilon)
+        out = backend.layer_norm(inputs, self.gamma, self.beta, self.epsilon)
         return keras.ops.cast(out, self.compute_dtype)

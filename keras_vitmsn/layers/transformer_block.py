@@ -2,11 +2,10 @@
 
 import keras
 
-from keras_vitmsn.backend.fast_paths import mlp_activation, mlp_on_token_rows
+from keras_vitmsn import backend
 from keras_vitmsn.layers.activations import get_activation
 from keras_vitmsn.layers.attention import ViTMSNAttention
 from keras_vitmsn.layers.dense import ViTMSNDense
-from keras_vitmsn.layers.gradient_barrier import gradient_fusion_barrier
 from keras_vitmsn.layers.initializers import kernel_initializer
 from keras_vitmsn.layers.layer_norm import ViTMSNLayerNorm
 
@@ -113,10 +112,10 @@ class ViTMSNTransformerBlock(keras.layers.Layer):
         )
         x = x + attended
         normed = self.layernorm_after(x)
-        if mlp_on_token_rows():
-            # Dense -> GELU on rows, with no reshape between them (see fast_paths).
+        if backend.mlp_on_token_rows():
+            # Dense -> GELU on rows, with no reshape between them (see the backend).
             rows = keras.ops.reshape(normed, (-1, self.hidden_dim))
-            hidden = mlp_activation(
+            hidden = backend.mlp_activation(
                 self.intermediate_dense(rows), self.activation, self.hidden_act, training
             )
             mlp = self.output_dense(hidden)
@@ -127,8 +126,8 @@ class ViTMSNTransformerBlock(keras.layers.Layer):
             mlp = self.output_dropout(mlp, training=training)  # (see ViTMSNAttention.call)
         x = x + mlp
         # One barrier per block keeps XLA from recomputing the residual gradient of
-        # every block above this one (see gradient_barrier.py).
-        return gradient_fusion_barrier(x), probs
+        # every block above this one (see backend.gradient_fusion_barrier).
+        return backend.gradient_fusion_barrier(x), probs
 
     def compute_output_shape(self, input_shape):
         """The shape of the block's token output (that of its input); with

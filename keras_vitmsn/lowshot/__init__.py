@@ -43,7 +43,6 @@ Example:
 
 from keras_vitmsn.lowshot.features import CENTERINGS
 from keras_vitmsn.lowshot.features import FEATURES
-from keras_vitmsn.lowshot.features import FeatureExtractor
 from keras_vitmsn.lowshot.features import extract_features
 from keras_vitmsn.lowshot.features import preprocess_features
 from keras_vitmsn.lowshot.protocol import ShotResult
@@ -61,7 +60,6 @@ __all__ = [
     "CENTERINGS",
     "LogisticRegression",
     "ShotResult",
-    "FeatureExtractor",
     "LowShotConvergenceWarning",
     "extract_features",
     "preprocess_features",

@@ -8,8 +8,7 @@ Steps 1 and 2 of the MSN low-shot protocol (see :mod:`keras_vitmsn.lowshot`):
    resized to 256 and centre-cropped to 224 with ImageNet mean/std: that is the input
    pipeline's job, not this module's. The model from images to features is the
    library's :class:`keras_vitmsn.ViTMSNFeatureExtractor` (pooling ``"cls_pre_norm"``
-   or ``"cls"``; :class:`FeatureExtractor` is its deprecated old name here);
-   :func:`extract_features` runs it over arrays, ``tf.data``
+   or ``"cls"``); :func:`extract_features` runs it over arrays, ``tf.data``
    datasets, ``keras.utils.PyDataset`` objects or any iterable of batches.
 2. Pre-process every feature vector on its own: subtract the mean of its coordinates
    and scale it to unit L2 norm (:func:`preprocess_features`). That is what the
@@ -23,12 +22,10 @@ Steps 1 and 2 of the MSN low-shot protocol (see :mod:`keras_vitmsn.lowshot`):
 
 import math
 import sys
-import warnings
 
 import keras
 import numpy as np
 
-from keras_vitmsn.lowshot.arrays import to_numpy
 from keras_vitmsn.images.converter import ViTMSNImageConverter
 from keras_vitmsn.layers.layout import spatial_shape
 from keras_vitmsn.models.feature_extractor import ViTMSNFeatureExtractor
@@ -36,7 +33,6 @@ from keras_vitmsn.models.feature_extractor import ViTMSNFeatureExtractor
 __all__ = [
     "FEATURES",
     "CENTERINGS",
-    "FeatureExtractor",
     "extract_features",
     "preprocess_features",
 ]
@@ -48,46 +44,16 @@ FEATURES = ("cls_pre_norm", "cls")
 CENTERINGS = ("per_sample", "train_mean", None)
 
 
-class FeatureExtractor(ViTMSNFeatureExtractor):
-    """Deprecated: use :class:`keras_vitmsn.ViTMSNFeatureExtractor`.
-
-    The low-shot protocol's extractor before the library had one; now a
-    ``ViTMSNFeatureExtractor`` whose ``pooling`` is ``feature`` (``"cls_pre_norm"``
-    or ``"cls"``), kept so existing code runs. ``extractor.feature`` is its pooling.
+def to_numpy(x):
+    """``x`` (a NumPy array, a backend tensor, a list) as a NumPy array, on the CPU.
 
     Example:
-    >>> import warnings
-    >>> import keras_vitmsn as kv
-    >>> backbone = kv.ViTMSNBackbone(image_shape=(32, 32, 3), patch_size=8,
-    ...                              hidden_dim=32, num_layers=2, num_heads=4,
-    ...                              intermediate_dim=64)
-    >>> with warnings.catch_warnings(record=True) as caught:
-    ...     warnings.simplefilter("always")
-    ...     extractor = FeatureExtractor(backbone, feature="cls")
-    >>> caught[0].category.__name__, extractor.pooling
-    ('DeprecationWarning', 'cls')
+    >>> to_numpy([[1, 2], [3, 4]]).shape
+    (2, 2)
     """
-
-    def __init__(self, backbone, feature="cls_pre_norm", interpolate_pos_encoding=False, **kwargs):
-        warnings.warn(
-            "keras_vitmsn.lowshot.FeatureExtractor is deprecated: use "
-            "keras_vitmsn.ViTMSNFeatureExtractor(backbone, pooling=...), which "
-            "extract_features and lowshot_eval also accept.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        # get_config writes `pooling`: from_config passes it back under that name.
-        feature = kwargs.pop("pooling", feature)
-        if feature not in FEATURES:
-            raise ValueError(f"`feature` must be one of {FEATURES}, got {feature!r}.")
-        kwargs.setdefault("name", "feature_extractor")
-        super().__init__(
-            backbone, pooling=feature, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
-        )
-
-    @property
-    def feature(self):
-        return self.pooling
+    if hasattr(x, "detach"):  # torch tensors, possibly on an accelerator
+        x = x.detach().cpu()
+    return np.asarray(x)
 
 
 def _is_tf_dataset(data):
@@ -146,9 +112,7 @@ def _batches(data, batch_size):
                 f"{images.shape}."
             )
         total = math.ceil(len(images) / batch_size)
-        iterator = (
-            (images[i : i + batch_size], None) for i in range(0, len(images), batch_size)
-        )
+        iterator = ((images[i : i + batch_size], None) for i in range(0, len(images), batch_size))
         return iterator, total, batch_size
     if hasattr(data, "__iter__") or hasattr(data, "__next__"):
         # Python generators, torch DataLoaders, ...: already batched.
@@ -240,7 +204,8 @@ def resolve_preprocessing(preprocessing, model):
     backbone = model.backbone
     height, width = spatial_shape(backbone.image_shape, backbone.data_format)
     return ViTMSNImageConverter(
-        image_size=(height, width), resize_mode=preprocessing,
+        image_size=(height, width),
+        resize_mode=preprocessing,
         data_format=backbone.data_format,
     )
 
@@ -258,8 +223,11 @@ def feature_model(backbone, feature, interpolate_pos_encoding):
             )
         settings = (
             ("feature", feature, backbone.pooling),
-            ("interpolate_pos_encoding", interpolate_pos_encoding,
-             backbone.interpolate_pos_encoding),
+            (
+                "interpolate_pos_encoding",
+                interpolate_pos_encoding,
+                backbone.interpolate_pos_encoding,
+            ),
         )
         for name, value, own in settings:
             if value is not None and value != own:
@@ -370,10 +338,8 @@ def preprocess_features(features, centering="per_sample", mean=None, eps=1e-12):
         mean = np.asarray(mean, dtype=np.float64)
         if mean.shape != (x.shape[1],):
             raise ValueError(
-                f"`mean` must have shape ({x.shape[1]},) to match the features, "
-                f"got {mean.shape}."
+                f"`mean` must have shape ({x.shape[1]},) to match the features, got {mean.shape}."
             )
         x -= mean
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, eps)
-

@@ -12,11 +12,11 @@ import numbers
 
 import numpy as np
 
-from keras_vitmsn.lowshot.arrays import to_numpy
 from keras_vitmsn.lowshot.features import CENTERINGS
 from keras_vitmsn.lowshot.features import feature_model
 from keras_vitmsn.lowshot.features import preprocess_features
 from keras_vitmsn.lowshot.features import run_feature_model
+from keras_vitmsn.lowshot.features import to_numpy
 from keras_vitmsn.lowshot.sampling import check_shots
 from keras_vitmsn.lowshot.sampling import class_labels
 from keras_vitmsn.lowshot.sampling import split_indices
@@ -144,8 +144,7 @@ def evaluate(
             )
     if train_x.shape[1] != test_x.shape[1]:
         raise ValueError(
-            f"Train and test features differ in width: {train_x.shape[1]} vs "
-            f"{test_x.shape[1]}."
+            f"Train and test features differ in width: {train_x.shape[1]} vs {test_x.shape[1]}."
         )
     unseen = np.setdiff1d(np.unique(test_y), np.unique(train_y))
     if len(unseen):
@@ -158,9 +157,9 @@ def evaluate(
     for s in shots_list:
         accuracies, sizes = [], []
         for idx in split_indices(train_y, s, num_splits, seed):
-            accuracies.append(_fit_and_score(
-                train_x[idx], train_y[idx], test_x, test_y, centering, solver_kwargs
-            ))
+            accuracies.append(
+                _fit_and_score(train_x[idx], train_y[idx], test_x, test_y, centering, solver_kwargs)
+            )
             sizes.append(len(idx))
         results[s] = ShotResult(s, tuple(accuracies), tuple(sizes))
         if verbose:
@@ -225,8 +224,7 @@ def lowshot_eval(
         out = extract(data)
         if not isinstance(out, tuple):
             raise ValueError(
-                f"`{name}` yields no labels: pass `{name}_labels` or a dataset of "
-                "(images, labels)."
+                f"`{name}` yields no labels: pass `{name}_labels` or a dataset of (images, labels)."
             )
         return out[0], class_labels(out[1], name)
 
@@ -237,16 +235,11 @@ def lowshot_eval(
         pool_labels = class_labels(train_labels, "train_labels")
         if len(pool_labels) != len(train):
             raise ValueError(
-                f"`train` has {len(train)} images but `train_labels` has "
-                f"{len(pool_labels)} labels."
+                f"`train` has {len(train)} images but `train_labels` has {len(pool_labels)} labels."
             )
         used = np.unique(
             np.concatenate(
-                [
-                    idx
-                    for s in shots_list
-                    for idx in split_indices(pool_labels, s, num_splits, seed)
-                ]
+                [idx for s in shots_list for idx in split_indices(pool_labels, s, num_splits, seed)]
             )
         )
         images = to_numpy(train)
@@ -291,8 +284,7 @@ def format_table(results, title=None):
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
-        for row in rows
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
     ]
     if title:
         lines.insert(0, title)

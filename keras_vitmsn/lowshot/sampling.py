@@ -11,7 +11,7 @@ import numbers
 
 import numpy as np
 
-from keras_vitmsn.lowshot.arrays import to_numpy
+from keras_vitmsn.lowshot.features import to_numpy
 
 __all__ = ["sample_per_class"]
 
@@ -55,9 +55,11 @@ def check_shots(shots):
         return int(shots)
     shots = float(shots)
     if not 0.0 < shots <= 1.0:
-        hint = f" (for {int(shots)} images per class pass the int {int(shots)})" if (
-            shots > 1 and shots.is_integer()
-        ) else ""
+        hint = (
+            f" (for {int(shots)} images per class pass the int {int(shots)})"
+            if (shots > 1 and shots.is_integer())
+            else ""
+        )
         raise ValueError(
             f"`shots` as a fraction of the labels must be in (0, 1], got {shots}{hint}."
         )

@@ -245,8 +245,7 @@ class LogisticRegression:
             raise ValueError(f"`x` must be 2-D (num_samples, dim), got shape {x.shape}.")
         if y.shape != (len(x),):
             raise ValueError(
-                f"`y` must be 1-D with one label per row of `x` ({len(x)}), got shape "
-                f"{y.shape}."
+                f"`y` must be 1-D with one label per row of `x` ({len(x)}), got shape {y.shape}."
             )
         if not np.all(np.isfinite(x)):
             raise ValueError("`x` contains NaN or infinite values.")

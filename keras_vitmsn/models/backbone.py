@@ -6,14 +6,17 @@ from keras_vitmsn.layers.embeddings import ViTMSNEmbeddings
 from keras_vitmsn.layers.layer_norm import ViTMSNLayerNorm
 from keras_vitmsn.layers.layout import spatial_shape
 from keras_vitmsn.layers.transformer_block import ViTMSNTransformerBlock
-from keras_vitmsn.utils import default_name
-from keras_vitmsn.utils import positive_int
+from keras_vitmsn.models.export import INPUT_NAME
+from keras_vitmsn.models.export import ExportMixin
+from keras_vitmsn.models.quantization import QuantizationMixin
+from keras_vitmsn.models.quantization import dtype_config
+from keras_vitmsn.models.quantization import resolved_policy_map
 from keras_vitmsn.presets import file_format
 from keras_vitmsn.presets.mixin import PresetMixin
 from keras_vitmsn.presets.mixin import register_preset_class
 from keras_vitmsn.presets.mixin import save_preset_directory
-from keras_vitmsn.models.export import INPUT_NAME, ExportMixin
-from keras_vitmsn.models.quantization import QuantizationMixin, resolved_policy_map, dtype_config
+from keras_vitmsn.utils import default_name
+from keras_vitmsn.utils import positive_int
 
 
 @register_preset_class("backbone")
@@ -117,14 +120,12 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
         intermediate_dim = positive_int(intermediate_dim, "intermediate_dim")
         if image_shape[0] % patch_size or image_shape[1] % patch_size:
             raise ValueError(
-                f"`image_shape` {image_shape[:2]} must be divisible by "
-                f"`patch_size` ({patch_size})."
+                f"`image_shape` {image_shape[:2]} must be divisible by `patch_size` ({patch_size})."
             )
         data_format = data_format or keras.config.image_data_format()
         if data_format not in ("channels_last", "channels_first"):
             raise ValueError(
-                f"`data_format` must be 'channels_last' or 'channels_first', "
-                f"got {data_format!r}."
+                f"`data_format` must be 'channels_last' or 'channels_first', got {data_format!r}."
             )
         self.image_shape = image_shape
         self.patch_size = patch_size

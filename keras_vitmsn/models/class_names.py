@@ -7,7 +7,8 @@ its names can never be separated or paired wrongly.
 Example:
 >>> import numpy as np
 >>> logits = np.array([[2.0, 0.5, -1.0]], "float32")
->>> [(name, round(p, 3)) for _, name, p in decode_predictions(logits, ["cat", "dog", "emu"], top_k=2)[0]]
+>>> top = decode_predictions(logits, ["cat", "dog", "emu"], top_k=2)[0]
+>>> [(name, round(p, 3)) for _, name, p in top]
 [('cat', 0.786), ('dog', 0.175)]
 """
 

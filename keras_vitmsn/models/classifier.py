@@ -3,30 +3,21 @@
 import keras
 from keras import ops
 
-from keras_vitmsn.models.optimizer import ScheduledAdamW
-from keras_vitmsn.layers.initializers import kernel_initializer
-from keras_vitmsn.models.backbone import ViTMSNBackbone
-from keras_vitmsn.models.class_names import check_class_names
 from keras_vitmsn.errors import MissingHeadError
 from keras_vitmsn.layers.dense import ViTMSNDense
+from keras_vitmsn.layers.initializers import kernel_initializer
+from keras_vitmsn.models.class_names import check_class_names
+from keras_vitmsn.models.optimizer import ScheduledAdamW
+from keras_vitmsn.models.quantization import resolved_policy_map
+from keras_vitmsn.models.task import ViTMSNTask
+from keras_vitmsn.presets.mixin import register_preset_class
 from keras_vitmsn.utils import default_name
 from keras_vitmsn.utils import positive_int
-from keras_vitmsn.models.task_inputs import check_preprocessor, preset_image_converter
-from keras_vitmsn.models.task_inputs import deserialize_task_config
-from keras_vitmsn.models.task_inputs import task_input_signature
-from keras_vitmsn.presets import file_format
-from keras_vitmsn.presets.mixin import PresetMixin
-from keras_vitmsn.presets.mixin import register_preset_class
-from keras_vitmsn.presets.mixin import save_preset_directory
-from keras_vitmsn.models.export import ExportMixin
-from keras_vitmsn.models.quantization import QuantizationMixin, resolved_policy_map, dtype_config, float_policy
-
-_AUTO = object()  # from_preset's "attach the preset's image converter" default.
 
 
 @register_preset_class("classifier")
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
-class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
+class ViTMSNClassifier(ViTMSNTask):
     """Image classifier: ``Dense(num_classes)`` on the final CLS token of a backbone.
 
     The model is compiled on construction so ``fit`` works at once: torch's AdamW
@@ -59,8 +50,9 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
 
     Example:
     >>> import numpy as np
-    >>> backbone = ViTMSNBackbone(image_shape=(32, 32, 3), patch_size=8, hidden_dim=64,
-    ...                           num_layers=2, num_heads=4, intermediate_dim=128)
+    >>> import keras_vitmsn as kv
+    >>> backbone = kv.ViTMSNBackbone(image_shape=(32, 32, 3), patch_size=8, hidden_dim=64,
+    ...                              num_layers=2, num_heads=4, intermediate_dim=128)
     >>> clf = ViTMSNClassifier(backbone=backbone, num_classes=10)
     >>> tuple(clf(np.zeros((2, 32, 32, 3), "float32")).shape)
     (2, 10)
@@ -69,6 +61,15 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
     >>> named.class_names
     ['cat', 'dog']
     """
+
+    #: ``from_preset`` arguments of the classifier; the others go to the backbone.
+    preset_arguments = (
+        "num_classes",
+        "activation",
+        "dropout",
+        "interpolate_pos_encoding",
+        "class_names",
+    )
 
     def __init__(
         self,
@@ -83,25 +84,18 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
         name=None,
         **kwargs,
     ):
-        if not isinstance(backbone, ViTMSNBackbone):
-            raise ValueError(
-                f"`backbone` must be a ViTMSNBackbone, got {type(backbone).__name__}."
-            )
-        num_classes = positive_int(num_classes, "num_classes")
         super().__init__(
-            dtype=dtype or float_policy(backbone.dtype_policy),
+            backbone,
+            preprocessor=preprocessor,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            dtype=dtype,
             name=default_name(name, "vit_msn_classifier"),
             **kwargs,
         )
-        self.backbone = backbone
-        self.num_classes = num_classes
+        self.num_classes = positive_int(num_classes, "num_classes")
         self.class_names = class_names
         self.activation = keras.activations.get(activation)
         self.dropout = float(dropout)
-        self.interpolate_pos_encoding = bool(interpolate_pos_encoding)
-        self.preprocessor = check_preprocessor(
-            preprocessor, backbone, self.interpolate_pos_encoding
-        )
         self.head_dropout = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy, name="head_dropout"
         )
@@ -115,17 +109,6 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
         # SavedModel tracing of this model; the variables do not depend on it.
         self.build(self.export_input_signature()[0].shape)
         self._compile_defaults()
-
-    def export_input_signature(self):
-        """``[keras.InputSpec]`` of ``export``: images named "images", any batch size.
-
-        Without a preprocessor: float32 images of the backbone's ``image_shape``,
-        already normalised. With one: raw ``uint8`` images (0-255) of the
-        converter's ``image_size`` (the backbone's when it has none), so the export
-        runs no resize; resize to that size before calling it, or pass your own
-        ``input_signature`` (e.g. float32 images in [0, 255]).
-        """
-        return task_input_signature(self.backbone, self.preprocessor)
 
     def build(self, input_shape=None):
         # Every sublayer is built with a shape (not None), so that summary() can show
@@ -191,48 +174,28 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
         return super().compile_from_config(config)
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": dtype_config(self, exclude=(self.backbone, self.preprocessor)),
-            "backbone": keras.layers.serialize(self.backbone),
-            "num_classes": self.num_classes,
-            "activation": keras.activations.serialize(self.activation),
-            "dropout": self.dropout,
-            "interpolate_pos_encoding": self.interpolate_pos_encoding,
-            "preprocessor": (
-                None if self.preprocessor is None else keras.layers.serialize(self.preprocessor)
-            ),
-            "class_names": self.class_names,
-        }
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes,
+            activation=keras.activations.serialize(self.activation),
+            dropout=self.dropout,
+            class_names=self.class_names,
+        )
+        return config
 
     @classmethod
-    def from_config(cls, config):
-        return cls(**deserialize_task_config(config))
-
-    @classmethod
-    def _from_preset_source(
-        cls,
-        source,
-        load_weights=True,
-        num_classes=None,
-        preprocessor=_AUTO,
-        activation=_AUTO,
-        dropout=_AUTO,
-        interpolate_pos_encoding=_AUTO,
-        class_names=_AUTO,
-        name=None,
-        **backbone_kwargs,
-    ):
-        """Classifier from a preset: the preset's head (and class names) when it has
-        one and ``num_classes`` is not given, otherwise a new ``num_classes`` head,
-        whose class names are ``class_names`` or unknown (a new head's outputs are
-        not the old classes). ``class_names`` alone on a preset without a head sets
-        ``num_classes`` to their count."""
+    def _preset_task_kwargs(cls, source, overrides, backbone_kwargs):
+        """The preset's head (and class names) when it has one and ``num_classes`` is
+        not given, otherwise a new ``num_classes`` head, whose class names are
+        ``class_names`` or unknown (a new head's outputs are not the old classes).
+        ``class_names`` alone on a preset without a head sets ``num_classes`` to their
+        count."""
+        num_classes = overrides.pop("num_classes", None)
         fresh_head = num_classes is not None or not source.has_task
-        named = class_names is not _AUTO and class_names is not None
+        class_names = overrides.get("class_names")
+        named = class_names is not None
         if named:
-            class_names = check_class_names(class_names, None)
+            class_names = overrides["class_names"] = check_class_names(class_names, None)
         if num_classes is None and not source.has_task and named:
             num_classes = len(class_names)
         if num_classes is None:
@@ -253,42 +216,7 @@ class ViTMSNClassifier(ExportMixin, QuantizationMixin, PresetMixin, keras.Model)
         task_kwargs.pop("name", None)
         # Present only for a quantised head: which of its layers are quantised.
         head_dtype = task_kwargs.pop("dtype", None)
-        for key, value in (
-            ("activation", activation),
-            ("dropout", dropout),
-            ("interpolate_pos_encoding", interpolate_pos_encoding),
-            ("class_names", class_names),
-        ):
-            if value is not _AUTO:
-                task_kwargs[key] = value
-        backbone = source.load_backbone(
-            ViTMSNBackbone, load_weights=load_weights, **backbone_kwargs
-        )
-        if preprocessor is _AUTO:
-            preprocessor = preset_image_converter(source, backbone, "image_shape" in backbone_kwargs)
-        classifier = cls(
-            backbone,
-            num_classes=num_classes,
-            preprocessor=preprocessor,
-            dtype=backbone_kwargs.get("dtype") or head_dtype,
-            name=name,
-            **task_kwargs,
-        )
-        if load_weights and not fresh_head:
-            source.load_task_weights(classifier)
-        return classifier
-
-    def save_to_preset(self, preset_dir):
-        """Write the backbone preset plus task.json, task.weights.h5 and (with a
-        preprocessor) image_converter.json; ``from_preset`` loads it back exactly.
-
-        Written atomically; an existing ``preset_dir`` must be empty or a preset of
-        ours, and is replaced whole (no stale image converter or head survives).
-        """
-
-        def write(directory):
-            file_format.write_backbone(self.backbone, directory)
-            file_format.write_task(self, directory)
-
-        save_preset_directory(preset_dir, write)
-
+        task_kwargs.update(overrides)
+        task_kwargs["num_classes"] = num_classes
+        task_kwargs["dtype"] = backbone_kwargs.get("dtype") or head_dtype
+        return task_kwargs, not fresh_head

@@ -20,7 +20,7 @@ three details differ from Keras' ``AdamW`` and are reproduced by :class:`Schedul
   torch's ``max_norm / (norm + 1e-6)``.
 
 On torch it is also the faster optimizer: its update is ``torch.optim.AdamW``'s
-in-place kernel sequence (:func:`keras_vitmsn.backend.fast_updates.adam_update`), where Keras'
+in-place kernel sequence (:func:`keras_vitmsn.backend.adam_update`), where Keras'
 ``AdamW`` on torch writes fresh out-of-place copies of every variable for its
 temporaries. vit_msn_small training at batch 8 on 2 CPUs (same-process A/B against
 ``keras.optimizers.AdamW``): 1.08x on torch, 1.02x on TensorFlow, 1.00x on JAX.
@@ -31,7 +31,7 @@ import math
 import keras
 from keras import ops
 
-from keras_vitmsn.backend import fast_updates
+from keras_vitmsn import backend
 from keras_vitmsn.backend.keras_internals import VariableIndex
 from keras_vitmsn.backend.keras_internals import optimizer_reads_weight_decay_property
 from keras_vitmsn.backend.keras_internals import route_batched_update
@@ -131,7 +131,9 @@ class ScheduledAdamW(keras.optimizers.Optimizer):
         super().build(var_list)
         # The model's variables live in the index, not in a list attribute: Keras
         # would track those as this optimizer's own (on JAX, donated twice per step).
-        self._variable_index = VariableIndex(self, var_list)
+        self._variable_index = VariableIndex(
+            self, var_list, native_variables=backend.native_variables
+        )
         self._exp_avgs, self._exp_avg_sqs = self.add_optimizer_variables(
             var_list, ["momentum", "velocity"]
         )
@@ -191,21 +193,25 @@ class ScheduledAdamW(keras.optimizers.Optimizer):
         if not any(clipped):
             return grads
         # Autograd's own buffers (what the torch trainer passes) are scaled in place.
-        in_place = fast_updates.autograd_gradients(grads, variables)
-        scaled = iter(fast_updates.clip_by_global_norm(
-            [g for g, c in zip(grads, clipped) if c], self.global_clipnorm,
-            TORCH_CLIP_EPSILON, in_place=in_place,
-        ))
+        in_place = backend.autograd_gradients(grads, variables)
+        scaled = iter(
+            backend.clip_by_global_norm(
+                [g for g, c in zip(grads, clipped) if c],
+                self.global_clipnorm,
+                TORCH_CLIP_EPSILON,
+                in_place=in_place,
+            )
+        )
         return [next(scaled) if c else g for g, c in zip(grads, clipped)]
 
     def batched_update(self, grads, variables, learning_rate):
         """The whole step's update at once where the backend has multi-tensor kernels
-        (torch: :func:`keras_vitmsn.backend.fast_updates.adam_update`, the arithmetic of
+        (torch: :func:`keras_vitmsn.backend.adam_update`, the arithmetic of
         :meth:`update_step`); returns False to run ``update_step`` per variable."""
-        if not fast_updates.batched_updates_available():
+        if not backend.batched_updates_available():
             return False
         indices = [self._variable_index(v) for v in variables]
-        return fast_updates.adam_update(
+        return backend.adam_update(
             list(variables),
             list(grads),
             [self._exp_avgs[i] for i in indices],

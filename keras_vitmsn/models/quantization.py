@@ -24,7 +24,9 @@ import re
 
 import keras
 
-from keras_vitmsn.backend.keras_internals import all_layers, one_garbage_collection, replace_dtype_policy
+from keras_vitmsn.backend.keras_internals import all_layers
+from keras_vitmsn.backend.keras_internals import one_garbage_collection
+from keras_vitmsn.backend.keras_internals import replace_dtype_policy
 
 DTypePolicyMap = keras.dtype_policies.DTypePolicyMap
 SUPPORTED_MODES = ("int8", "int4", "float8")
@@ -146,7 +148,8 @@ class QuantizationMixin:
         def selected(layer):
             return is_quantizable(layer) and _matches(layer, filters)
 
-        if filters is not None and not isinstance(filters, (str, list, tuple)) and not callable(filters):
+        accepted = filters is None or isinstance(filters, (str, list, tuple)) or callable(filters)
+        if not accepted:
             raise ValueError(
                 "`filters` must be a regex string, a list of them, or a callable; got "
                 f"{type(filters).__name__}."

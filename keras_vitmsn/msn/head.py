@@ -7,7 +7,7 @@ model. The prototypes are ``K = 1024`` learnable 256-vectors.
 
 Both load from :func:`keras_vitmsn.load_msn_pretraining_state` (an original
 ``.pth.tar``, a preset converted from one, or its ``msn_head.weights.h5``); see
-``conversion/README.md`` for that layout.
+``docs/presets.md`` for that layout.
 """
 
 import math
@@ -17,14 +17,73 @@ from keras import ops
 
 from keras_vitmsn.layers.activations import exact_gelu
 from keras_vitmsn.layers.dense import ViTMSNDense
+from keras_vitmsn.layers.initializers import kernel_initializer
 from keras_vitmsn.msn.head_state import BATCHNORM_EPSILON
 from keras_vitmsn.msn.head_state import BATCHNORM_MOMENTUM
 from keras_vitmsn.msn.head_state import load_msn_pretraining_state
-from keras_vitmsn.layers.initializers import kernel_initializer
-from keras_vitmsn.msn.batchnorm import TorchBatchNormalization
 from keras_vitmsn.msn.loss import l2_normalize
 
 _BN_PARAMS = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
+@keras.saving.register_keras_serializable(package="keras_vitmsn")
+class TorchBatchNormalization(keras.layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` over the last axis of ``(batch, features)``
+    inputs with torch ``BatchNorm1d``'s training-mode statistics.
+
+    Weights, config and inference are those of the Keras layer (so saved heads load
+    unchanged); only training differs, as reproducing an MSN step needs: the batch is
+    normalised with its biased variance (two passes, ``mean((x - mean)^2)``, as torch)
+    and the moving variance is updated with the unbiased one. The original's EMA target
+    head runs in training mode under ``no_grad`` (batch statistics and a moving-statistics
+    update although nothing in it is trainable): ``use_batch_statistics`` does that.
+
+    Call arguments:
+        inputs: ``(batch, features)``.
+        training: bool; with a trainable layer, torch's training mode (batch
+            statistics, moving statistics updated), else the moving averages.
+        use_batch_statistics: bool; normalise with the batch's statistics whatever
+            ``trainable`` is, updating the moving statistics only when ``training``
+            is also True (MSN's target head: ``training=True`` updates them as the
+            original's ``no_grad`` training-mode forward does).
+
+    Example:
+    >>> import numpy as np
+    >>> bn = TorchBatchNormalization(momentum=0.9, epsilon=1e-5)
+    >>> x = np.array([[0.0], [2.0]], "float32")
+    >>> y = bn(x, training=True)
+    >>> [round(float(v), 3) for v in keras.ops.convert_to_numpy(bn.moving_variance)]
+    [1.1]
+    """
+
+    def call(self, inputs, training=None, use_batch_statistics=False):
+        if len(inputs.shape) != 2 or self.axis not in (-1, 1):
+            raise ValueError(
+                "TorchBatchNormalization normalises (batch, features) inputs over the "
+                f"batch axis; got shape {tuple(inputs.shape)} with axis={self.axis}."
+            )
+        batch_statistics = use_batch_statistics or bool(training and self.trainable)
+        update = batch_statistics and bool(training)
+        if not batch_statistics:
+            return super().call(inputs, training=False)
+        x = ops.cast(inputs, "float32")
+        # Two passes, as torch: ops.moments' E[x^2] - E[x]^2 loses ~1e-5 to cancellation.
+        mean = ops.mean(x, axis=0)
+        variance = ops.mean(ops.square(x - mean), axis=0)
+        if update:
+            count = ops.cast(ops.shape(x)[0], "float32")
+            # torch: running_var from the unbiased variance (a batch of one would
+            # divide by zero; torch refuses it, here it contributes the biased value).
+            unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
+            m = self.momentum
+            self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * mean)
+            self.moving_variance.assign(m * self.moving_variance + (1.0 - m) * unbiased)
+        y = (x - mean) * ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            y = y * ops.cast(self.gamma, "float32")
+        if self.center:
+            y = y + ops.cast(self.beta, "float32")
+        return ops.cast(y, self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
@@ -33,7 +92,7 @@ class MSNProjectionHead(keras.layers.Layer):
 
     Initialised as the original (Dense kernels truncated normal with std 0.02, biases
     0; BatchNorm as torch's: epsilon 1e-5, momentum 0.1, i.e. Keras ``momentum=0.9``,
-    see :class:`keras_vitmsn.msn.batchnorm.TorchBatchNormalization`).
+    see :class:`TorchBatchNormalization`).
 
     Args:
         hidden_dim: int, width of the two hidden layers (2048).
@@ -183,8 +242,10 @@ class MSNProjectionHead(keras.layers.Layer):
             hint = ""
             if not self.use_batch_norm and any(k.startswith("bn") for k in unexpected):
                 hint = " (the state has BatchNorm entries: build with use_batch_norm=True)"
-            elif self.use_batch_norm and any(k.startswith("bn") for k in missing) and not any(
-                k.startswith("bn") for k in head_state
+            elif (
+                self.use_batch_norm
+                and any(k.startswith("bn") for k in missing)
+                and not any(k.startswith("bn") for k in head_state)
             ):
                 hint = " (the state has no BatchNorm: build with use_batch_norm=False)"
             raise ValueError(
@@ -252,7 +313,9 @@ class MSNProjectionHead(keras.layers.Layer):
         )
         activation = state.get("activation", "gelu")
         if activation != "gelu":
-            raise ValueError(f"Only exact-GELU MSN heads are supported; the state says {activation!r}.")
+            raise ValueError(
+                f"Only exact-GELU MSN heads are supported; the state says {activation!r}."
+            )
         config.update(kwargs)
         head = cls(**config)
         head.set_msn_weights(head_state)
@@ -316,9 +379,7 @@ class MSNPrototypes(keras.layers.Layer):
                 f"Embeddings must have {self.dim} features to compare with the "
                 f"prototypes; got shape {tuple(embeddings.shape)}."
             )
-        return ops.matmul(
-            l2_normalize(embeddings), ops.transpose(l2_normalize(self.prototypes))
-        )
+        return ops.matmul(l2_normalize(embeddings), ops.transpose(l2_normalize(self.prototypes)))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.num_prototypes,)
@@ -373,8 +434,7 @@ def head_and_prototypes_from_state(state, dtype=None):
     prototypes = MSNPrototypes.from_pretraining_state(state, name="msn_prototypes", **kwargs)
     if head.output_dim != prototypes.dim:
         raise ValueError(
-            f"The head outputs {head.output_dim} features but the prototypes have "
-            f"{prototypes.dim}."
+            f"The head outputs {head.output_dim} features but the prototypes have {prototypes.dim}."
         )
     return head, prototypes
 

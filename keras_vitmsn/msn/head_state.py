@@ -82,9 +82,11 @@ def load_msn_pretraining_state(path):
                 head = {}
                 if "head" in f:
                     f["head"].visititems(
-                        lambda name, obj: head.__setitem__(name, obj[()])
-                        if isinstance(obj, h5py.Dataset)
-                        else None
+                        lambda name, obj: (
+                            head.__setitem__(name, obj[()])
+                            if isinstance(obj, h5py.Dataset)
+                            else None
+                        )
                     )
                 return {
                     "head": head or None,
@@ -107,5 +109,3 @@ def load_msn_pretraining_state(path):
         "encoder": raw["encoder"],
         "epoch": raw["epoch"],
     }
-
-

@@ -40,7 +40,7 @@ batch, as the paper's all-reduce does; nothing else is needed.
 
 import math
 
-import keras
+import keras  # noqa: F401 (the doctests use it)
 from keras import ops
 
 _EPSILON = 1e-12  # L2-normalisation floor, as torch.nn.functional.normalize.
@@ -277,9 +277,7 @@ def _check_loss_shapes(anchors, targets, prototypes, num_views):
     if num_anchors is None or batch is None:
         # Traced with an unknown batch: trust the caller's M (tile needs a number).
         if num_views is None:
-            raise ValueError(
-                "With an unknown batch size pass `num_anchor_views_per_target` (M)."
-            )
+            raise ValueError("With an unknown batch size pass `num_anchor_views_per_target` (M).")
         return int(num_views)
     if batch == 0 or num_anchors % batch:
         raise ValueError(

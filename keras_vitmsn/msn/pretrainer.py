@@ -1,7 +1,7 @@
 """``MSNPretrainer``: Masked Siamese Networks pretraining as a Keras model.
 
-One training step, as the authors' ``msn_train.py`` (see
-``shared/reference/msn_method.md``):
+One training step, as in the paper (Assran et al. 2022, arXiv 2204.07141, Section 3)
+and the authors' ``src/msn_train.py`` (facebookresearch/msn):
 
 1. the ``"target"`` view goes unmasked through the EMA target encoder and target head
    (no gradient) -> ``h``;
@@ -18,22 +18,37 @@ One training step, as the authors' ``msn_train.py`` (see
    rising linearly from ``ema_momentum`` to ``final_ema_momentum`` (BatchNorm moving
    statistics are not averaged: each head updates its own in its forward, as torch).
 
-Step 4 runs inside the compiled train step (:mod:`keras_vitmsn.msn.train_step`). The
-README's "MSN pretraining" section lists what still differs from the original.
+Step 4 runs inside the compiled train step, on every backend (JAX's stateless step
+threads the new target values through the state it returns), so plain ``compile()`` +
+``fit()`` is all it takes. ``docs/msn.md`` lists what still differs from the original.
 """
+
+import os
 
 import keras
 from keras import ops
 
+from keras_vitmsn import backend
+from keras_vitmsn.conversion.msn_checkpoint import is_msn_checkpoint_path
+from keras_vitmsn.images.converter import ViTMSNImageConverter
 from keras_vitmsn.layers.layout import spatial_shape
 from keras_vitmsn.models.backbone import ViTMSNBackbone
+from keras_vitmsn.models.optimizer import ScheduledAdamW
+from keras_vitmsn.msn import recipes
+from keras_vitmsn.msn import resume
 from keras_vitmsn.msn.head import MSNProjectionHead
 from keras_vitmsn.msn.head import MSNPrototypes
+from keras_vitmsn.msn.head import head_and_prototypes_from_state
 from keras_vitmsn.msn.loss import msn_loss
 from keras_vitmsn.msn.masking import random_patch_keep_indices
-from keras_vitmsn.msn.pretrainer_presets import PretrainerPresetsMixin
+from keras_vitmsn.msn.schedules import LinearSchedule
+from keras_vitmsn.msn.schedules import msn_learning_rate
+from keras_vitmsn.msn.schedules import msn_weight_decay
 from keras_vitmsn.msn.schedules import scaled_steps
-from keras_vitmsn.msn.train_step import MSNTrainStepMixin
+from keras_vitmsn.presets import file_format
+from keras_vitmsn.presets.file_format import MSN_HEAD_FILE
+from keras_vitmsn.presets.file_format import MSN_TRAINING_STATE_FILE
+from keras_vitmsn.presets.mixin import save_preset_directory
 
 # Logged every step besides the total loss (see msn_loss for their meaning).
 LOGGED_PARTS = (
@@ -47,20 +62,43 @@ LOGGED_PARTS = (
 )
 VIEW_KEYS = ("target", "anchor", "focal")
 _SEED_STATE_KEY = "mask_seed_state"
+_MOVING_STATISTICS = ("moving_mean", "moving_variance")
 # The constructor's settings (besides layers and name) and their types; None stays None.
 _SETTINGS = dict(
-    mask_ratio=float, temperature=float, sharpen_temperature=float,
-    final_sharpen_temperature=float, me_max_weight=float, use_sinkhorn=bool,
-    sinkhorn_iters=int, entropy_weight=float, ema_momentum=float, final_ema_momentum=float,
-    total_steps=int, ipe_scale=float, learning_rate=float, start_learning_rate=float,
-    final_learning_rate=float, warmup_steps=int, weight_decay=float,
-    final_weight_decay=float, gradient_clip_norm=float, head_hidden_dim=int,
-    head_output_dim=int, head_batch_norm=bool, num_prototypes=int, seed=lambda s: s,
+    mask_ratio=float,
+    temperature=float,
+    sharpen_temperature=float,
+    final_sharpen_temperature=float,
+    me_max_weight=float,
+    use_sinkhorn=bool,
+    sinkhorn_iters=int,
+    entropy_weight=float,
+    ema_momentum=float,
+    final_ema_momentum=float,
+    total_steps=int,
+    ipe_scale=float,
+    learning_rate=float,
+    start_learning_rate=float,
+    final_learning_rate=float,
+    warmup_steps=int,
+    weight_decay=float,
+    final_weight_decay=float,
+    gradient_clip_norm=float,
+    head_hidden_dim=int,
+    head_output_dim=int,
+    head_batch_norm=bool,
+    num_prototypes=int,
+    seed=lambda s: s,
 )
+# The original's trunc_normal_(std=0.02) start of the CLS token and position table
+# (src/deit.py); its bounds are absolute (a=-2, b=2: 100 standard deviations), unlike
+# Keras' TruncatedNormal, which cuts at 2 standard deviations.
+MSN_EMBEDDING_STD = 0.02
+MSN_TRUNCATION = 2.0
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")
-class MSNPretrainer(PretrainerPresetsMixin, MSNTrainStepMixin, keras.Model):
+class MSNPretrainer(keras.Model):
     """Masked Siamese Networks pretraining of a :class:`ViTMSNBackbone`.
 
     Train it with ``compile()`` and ``fit()`` on batches of views
@@ -156,8 +194,12 @@ class MSNPretrainer(PretrainerPresetsMixin, MSNTrainStepMixin, keras.Model):
             raise TypeError(f"`encoder` must be a ViTMSNBackbone; got {type(encoder).__name__}.")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"`mask_ratio` must be in [0, 1); got {mask_ratio!r}.")
-        for arg, value in (("temperature", temperature), ("sharpen_temperature", sharpen_temperature),
-                           ("final_sharpen_temperature", final_sharpen_temperature)):
+        temperatures = (
+            ("temperature", temperature),
+            ("sharpen_temperature", sharpen_temperature),
+            ("final_sharpen_temperature", final_sharpen_temperature),
+        )
+        for arg, value in temperatures:
             if value is not None and not value > 0:
                 raise ValueError(f"`{arg}` must be > 0; got {value!r}.")
         if not 0.0 <= ema_momentum <= final_ema_momentum <= 1.0:
@@ -317,7 +359,340 @@ class MSNPretrainer(PretrainerPresetsMixin, MSNTrainStepMixin, keras.Model):
         )
         return outputs["last_hidden_state"][:, 0]
 
-    # ---------------------------------------------------------- presets, config
+    # ---------------------------------------------- compile, loss, train step
+    def compile(self, optimizer=None, exclude_from_weight_decay=True, **kwargs):
+        """Compile with MSN's optimizer recipe unless another optimizer is given.
+
+        Args:
+            optimizer: None for :func:`msn_optimizer` with this pretrainer's recipe
+                (``total_steps``, ``learning_rate``, ..., ``gradient_clip_norm``,
+                ``ipe_scale``), or any Keras optimizer / identifier. A
+                :class:`ScheduledAdamW` leaves the prototypes out of its gradient
+                clipping, as the original; another optimizer's ``global_clipnorm``
+                clips every gradient.
+            exclude_from_weight_decay: exclude biases, norm parameters (every
+                variable of rank <= 1) and the prototypes from weight decay, as the
+                original; applied to any optimizer with a ``weight_decay``.
+            **kwargs: other ``keras.Model.compile`` arguments (not ``loss`` or
+                ``metrics``: the MSN loss and its logged parts are built in).
+        """
+        for arg in ("loss", "metrics", "weighted_metrics"):
+            if kwargs.get(arg) is not None:
+                raise ValueError(
+                    f"MSNPretrainer computes the MSN loss and logs its parts itself; "
+                    f"`{arg}` cannot be given to compile()."
+                )
+        if optimizer is None:
+            if self.total_steps is None:
+                raise ValueError(
+                    "The default MSN optimizer needs the run length: pass `total_steps` "
+                    "to MSNPretrainer (epochs * steps_per_epoch), or an optimizer to "
+                    "compile()."
+                )
+            optimizer = msn_optimizer(
+                self.total_steps,
+                warmup_steps=self.warmup_steps,
+                start_lr=self.start_learning_rate,
+                ref_lr=self.learning_rate,
+                final_lr=self.final_learning_rate,
+                start_weight_decay=self.weight_decay,
+                final_weight_decay=self.final_weight_decay,
+                global_clipnorm=self.gradient_clip_norm,
+                ipe_scale=self.ipe_scale,
+            )
+        optimizer = keras.optimizers.get(optimizer)
+        if exclude_from_weight_decay and getattr(optimizer, "weight_decay", None) is not None:
+            optimizer.exclude_from_weight_decay(var_list=self.no_weight_decay_variables())
+        if isinstance(optimizer, ScheduledAdamW):
+            # The original clips encoder.parameters() (encoder and head) only.
+            optimizer.exclude_from_clipping([self.prototypes.prototypes])
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def get_compile_config(self):
+        if not self.compiled:
+            return None
+        return {"optimizer": keras.saving.serialize_keras_object(self.optimizer)}
+
+    def compile_from_config(self, config):
+        # compile() re-derives the weight-decay exclusions, which are not serialisable.
+        self.compile(optimizer=keras.saving.deserialize_keras_object(config["optimizer"]))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def no_weight_decay_variables(self):
+        """Trainable variables the original excludes from weight decay: biases and norm
+        parameters (rank <= 1) and the prototypes."""
+        out = [v for v in self.trainable_variables if len(v.shape) <= 1]
+        return out + [self.prototypes.prototypes]
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = y_pred["loss"]
+        if self.losses:
+            loss = loss + ops.sum(ops.stack([ops.cast(term, "float32") for term in self.losses]))
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        for tracker in self.part_trackers:
+            tracker.update_state(y_pred[tracker.name])
+        return self.get_metrics_result()
+
+    def train_step(self, *args, **kwargs):
+        # Keras' step, then the EMA target update (threaded through JAX's stateless
+        # state by the backend).
+        return backend.train_step_with_target_update(
+            self, super().train_step, self.update_target, *args, **kwargs
+        )
+
+    # ------------------------------------------------- schedules, EMA target
+    def _linear(self, start, end):
+        # The original's momentum and sharpening generators: value k at step k, over
+        # ipe_scale * total_steps steps.
+        if self.total_steps is None or end is None or end == start:
+            return ops.convert_to_tensor(start, "float32")
+        return LinearSchedule(start, end, self.ipe_scale * self.total_steps)(self.ema_steps)
+
+    def current_ema_momentum(self):
+        """The momentum the next target update uses (a scalar tensor)."""
+        return self._linear(self.ema_momentum, self.final_ema_momentum)
+
+    def current_sharpen_temperature(self):
+        """The sharpening temperature of the current step (a scalar tensor)."""
+        return self._linear(self.sharpen_temperature, self.final_sharpen_temperature)
+
+    def update_target(self):
+        """target <- m * target + (1 - m) * anchor for every encoder and head parameter.
+
+        Called by ``train_step`` after each optimizer update; advances the momentum
+        (and sharpening) schedule by one step. BatchNorm moving statistics are not
+        averaged: the target head updates its own in its training-mode forward, as
+        the original (whose EMA runs over ``parameters()``, not buffers).
+        """
+        pairs = self._ema_pairs()
+        backend.ema_update(
+            [t for _, t in pairs], [s for s, _ in pairs], self.current_ema_momentum()
+        )
+        self.ema_steps.assign(self.ema_steps + 1)
+
+    def _ema_pairs(self, include_encoder=True, include_statistics=False):
+        pairs = []
+        groups = [(self.projection_head, self.target_projection_head)]
+        if include_encoder:
+            groups.insert(0, (self.encoder, self.target_encoder))
+        for source_layer, target_layer in groups:
+            source = resume.weights_by_relative_path(source_layer)
+            target = resume.weights_by_relative_path(target_layer)
+            if set(source) != set(target):
+                raise ValueError(
+                    f"{source_layer.name} and {target_layer.name} do not have the same "
+                    f"weights: {sorted(set(source) ^ set(target))}."
+                )
+            keys = sorted(source)
+            if not include_statistics:
+                keys = [k for k in keys if not k.endswith(_MOVING_STATISTICS)]
+            pairs += [(source[k], target[k]) for k in keys]
+        return pairs
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def from_preset(
+        cls, preset, load_weights=True, restore_optimizer=False, optimizer=None, **kwargs
+    ):
+        """A pretrainer that continues from released or saved weights.
+
+        - An original MSN ``.pth.tar`` (``module.`` prefixes or not): the online
+          encoder and head from its ``encoder`` (from ``target_encoder`` too when the
+          file has no ``encoder``), the EMA target encoder and head from
+          ``target_encoder``, the prototypes.
+        - A preset written by :meth:`save_to_preset`: the target from the backbone
+          preset and ``msn_head.weights.h5``; with its training state (the default)
+          also the online encoder and head, the schedule position, the mask seed and
+          the pretrainer's settings (``**kwargs`` override them), so that training
+          continues exactly where it stopped.
+        - Any other preset (a converted ``.pth.tar`` directory, a Hugging Face or
+          built-in preset): the encoder and its EMA copy from
+          ``ViTMSNBackbone.from_preset``; head and prototypes from
+          ``msn_head.weights.h5`` when present, else new.
+
+        Args:
+            preset: a preset name, ``hf://`` handle, directory or checkpoint file.
+            load_weights: False builds the architecture with random weights, CLS
+                token and position table drawn as the original MSN does
+                (:func:`init_embeddings_like_msn`).
+            restore_optimizer: also restore the optimizer's state (this compiles the
+                pretrainer: do not compile it again): from an original checkpoint
+                its AdamW moments and step, so the next step is the one the original
+                would take (with the run's ``total_steps``, warm-up and
+                ``ipe_scale=1.25``); from our presets every optimizer variable. The
+                schedules continue from that step (``ema_steps`` too).
+            optimizer: the optimizer to compile with when ``restore_optimizer``
+                (default: the pretrainer's recipe, :func:`msn_optimizer`; a run
+                trained with another optimizer must pass it again).
+            **kwargs: ``ViTMSNBackbone.from_preset`` overrides (e.g. ``num_heads``,
+                ``image_shape``, ``dtype``) and other ``MSNPretrainer`` arguments.
+
+        Example (not run: needs a checkpoint):
+            pretrainer = MSNPretrainer.from_preset(
+                "vits16_800ep.pth.tar", total_steps=800 * 1251, ipe_scale=1.25,
+                restore_optimizer=True)
+        """
+        backbone_kwargs = resume.split_backbone_kwargs(kwargs)
+        path = os.fspath(preset) if isinstance(preset, (str, os.PathLike)) else None
+        if restore_optimizer and not load_weights:
+            raise ValueError("`restore_optimizer=True` needs `load_weights=True`.")
+        if load_weights and path is not None and is_msn_checkpoint_path(path):
+            # An original checkpoint: online and EMA branches differ mid-training.
+            checkpoint = resume.read_original_checkpoint(path, backbone_kwargs, restore_optimizer)
+            for key in ("projection_head", "prototypes"):
+                if checkpoint[key] is not None:
+                    kwargs.setdefault(key, checkpoint[key])
+            pretrainer = cls(checkpoint["online"], target_encoder=checkpoint["target"], **kwargs)
+            if checkpoint["target_head"]:
+                pretrainer.target_projection_head.set_msn_weights(checkpoint["target_head"])
+            if restore_optimizer:
+                resume.restore_original_optimizer(pretrainer, checkpoint, optimizer)
+            return pretrainer
+
+        encoder = ViTMSNBackbone.from_preset(preset, load_weights=load_weights, **backbone_kwargs)
+        if not load_weights:  # from scratch, as the original MSN starts
+            init_embeddings_like_msn(encoder, kwargs.get("seed"))
+        has_head = (
+            path is not None
+            and os.path.isdir(path)
+            and os.path.exists(os.path.join(path, MSN_HEAD_FILE))
+        )
+        if not load_weights or not has_head:
+            if restore_optimizer:
+                raise ValueError(
+                    f"{preset!r} holds no MSN training state to restore an optimizer from."
+                )
+            return cls(encoder, **kwargs)
+        head, prototypes = head_and_prototypes_from_state(path, dtype=encoder.dtype_policy)
+        state_path = os.path.join(path, MSN_TRAINING_STATE_FILE)
+        if not os.path.exists(state_path):
+            if restore_optimizer:
+                raise ValueError(
+                    f"{path} has no {MSN_TRAINING_STATE_FILE} (written by "
+                    "MSNPretrainer.save_to_preset with training_state=True): there is no "
+                    "optimizer state to restore."
+                )
+            kwargs.setdefault("projection_head", head)
+            kwargs.setdefault("prototypes", prototypes)
+            return cls(encoder, **kwargs)
+
+        # One of our presets with its training state: the saved settings, overridden by
+        # kwargs. The preset's backbone is the target; the online encoder takes its name
+        # back.
+        state = resume.read_training_state(state_path)
+        kwargs = {**state["settings"], **kwargs}
+        config = encoder.get_config()
+        online = ViTMSNBackbone.from_config(config)
+        target = ViTMSNBackbone.from_config({**config, "name": f"target_{config['name']}"})
+        target.set_weights(encoder.get_weights())
+        kwargs["projection_head"] = MSNProjectionHead.from_config(
+            {**head.get_config(), "name": "projection_head"}
+        )
+        if "prototypes" not in kwargs:
+            kwargs["prototypes"] = MSNPrototypes.from_config(
+                {**prototypes.get_config(), "name": "prototypes"}
+            )
+            kwargs["prototypes"].prototypes.assign(prototypes.prototypes)
+        pretrainer = cls(online, target_encoder=target, **kwargs)
+        resume.restore_training_state(
+            pretrainer, state, head, state_path, restore_optimizer, optimizer
+        )
+        return pretrainer
+
+    @classmethod
+    def from_recipe(
+        cls,
+        recipe="msn_vits16",
+        backbone_or_preset=None,
+        steps_per_epoch=None,
+        load_weights=True,
+        **overrides,
+    ):
+        """A pretrainer configured by a released recipe (:mod:`keras_vitmsn.msn.recipes`).
+
+        Args:
+            recipe: a recipe name (``"msn_vits16"``, ``"msn_vitb16"``, ...) or a
+                recipe config dict (:func:`keras_vitmsn.msn.get_recipe`).
+            backbone_or_preset: None to pretrain from scratch with the recipe's
+                architecture (random init, ``global_size`` pixels; CLS token and
+                position table drawn as the original MSN:
+                :func:`init_embeddings_like_msn`); a :class:`ViTMSNBackbone`; or a
+                preset / checkpoint to continue from (:meth:`from_preset`). A given
+                backbone or preset keeps its own architecture; the recipe sets
+                everything else.
+            steps_per_epoch: optimizer steps per epoch of your data; with it the
+                schedules span ``epochs * steps_per_epoch`` steps and warm up for
+                ``int(warmup_epochs * steps_per_epoch)`` (needed by the default
+                ``compile()``).
+            load_weights: with a preset: False for its architecture, random weights
+                (started as the original MSN starts, like ``backbone_or_preset=None``).
+            **overrides: recipe keys (e.g. ``epochs=100``, ``mask_ratio=0.3``) and
+                other :class:`MSNPretrainer` / :meth:`from_preset` arguments (``seed``,
+                ``restore_optimizer``, ``num_heads``, ...).
+
+        Example:
+        >>> from keras_vitmsn.msn import MSNPretrainer
+        >>> pretrainer = MSNPretrainer.from_recipe(
+        ...     "msn_vits16", steps_per_epoch=10, epochs=4, warmup_epochs=1, global_size=32,
+        ...     patch_size=16, hidden_dim=32, num_layers=1, num_heads=2, intermediate_dim=64,
+        ...     head_hidden_dim=32, head_output_dim=16, num_prototypes=8)
+        >>> pretrainer.total_steps, pretrainer.warmup_steps, pretrainer.use_sinkhorn
+        (40, 10, True)
+        """
+        overrides = dict(overrides)
+        recipe_overrides = {
+            k: overrides.pop(k) for k in list(overrides) if k in recipes.RECIPE_KEYS
+        }
+        config = recipes.get_recipe(recipe, **recipe_overrides)
+        kwargs = {**recipes.pretrainer_kwargs(config, steps_per_epoch), **overrides}
+        if backbone_or_preset is None:
+            architecture = recipes.backbone_kwargs(config)
+            if "dtype" in kwargs:
+                architecture["dtype"] = kwargs.pop("dtype")
+            encoder = init_embeddings_like_msn(ViTMSNBackbone(**architecture), kwargs.get("seed"))
+            return cls(encoder, **kwargs)
+        if isinstance(backbone_or_preset, ViTMSNBackbone):
+            return cls(backbone_or_preset, **kwargs)
+        return cls.from_preset(backbone_or_preset, load_weights=load_weights, **kwargs)
+
+    def save_to_preset(self, preset_dir, training_state=True):
+        """Export the target encoder as a normal backbone preset, and the training state.
+
+        Writes ``config.json`` + ``model.weights.h5`` (the EMA target encoder, loadable
+        with ``ViTMSNBackbone.from_preset`` / ``ViTMSNClassifier.from_preset``, usable
+        by ``keras-vitmsn finetune`` and ``lowshot``), ``image_converter.json`` (resize
+        to the encoder's size, ImageNet normalisation), ``msn_head.weights.h5`` (target
+        head + prototypes) and, with ``training_state``, ``msn_training_state.h5``
+        (online encoder and head, schedule position, mask seed, settings and optimizer
+        state: :meth:`from_preset` then continues the run exactly; about twice the
+        encoder's size more, three times with the optimizer).
+        """
+
+        def write(directory):
+            file_format.write_backbone(
+                self.target_encoder,
+                directory,
+                metadata={"msn_pretraining_steps": int(ops.convert_to_numpy(self.ema_steps))},
+                # The EMA copy is frozen here; the exported backbone is a normal, trainable one.
+                config_overrides={"name": self.encoder.name, "trainable": True},
+            )
+            converter = ViTMSNImageConverter(
+                image_size=self.encoder.image_shape[:2], data_format=self.encoder.data_format
+            )
+            file_format.write_image_converter(converter, directory)
+            resume.write_msn_head(self, os.path.join(directory, MSN_HEAD_FILE))
+            state_path = os.path.join(directory, MSN_TRAINING_STATE_FILE)
+            if training_state:
+                resume.write_training_state(self, state_path)
+            elif os.path.exists(state_path):
+                os.remove(state_path)  # a stale state would resume another run
+
+        save_preset_directory(preset_dir, write)
+
+    # ------------------------------------------------------------------- config
     def save_own_variables(self, store):
         super().save_own_variables(store)
         # Keras does not save SeedGenerator states; the masks of a resumed run must
@@ -325,11 +700,8 @@ class MSNPretrainer(PretrainerPresetsMixin, MSNTrainStepMixin, keras.Model):
         store[_SEED_STATE_KEY] = self.seed_generator.state
 
     def load_own_variables(self, store):
-        keys = list(store.keys())
-        if _SEED_STATE_KEY in keys:  # absent from files written before it was saved
-            self.seed_generator.state.assign(store[_SEED_STATE_KEY])
-            store = {k: store[k] for k in keys if k != _SEED_STATE_KEY}
-        super().load_own_variables(store)
+        self.seed_generator.state.assign(store[_SEED_STATE_KEY])
+        super().load_own_variables({k: store[k] for k in store.keys() if k != _SEED_STATE_KEY})
 
     def get_config(self):
         config = super().get_config()
@@ -347,3 +719,93 @@ class MSNPretrainer(PretrainerPresetsMixin, MSNTrainStepMixin, keras.Model):
         for key in ("encoder", "projection_head", "prototypes"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+# -------------------------------------- default optimizer, from-scratch start
+# MSN's optimizer recipe: ScheduledAdamW (torch.optim.AdamW as a Keras optimizer) with the
+# authors' warm-up + cosine learning rate, cosine weight decay and clipping at 3.
+def msn_optimizer(
+    total_steps,
+    warmup_steps=None,
+    start_lr=None,
+    ref_lr=1e-3,
+    final_lr=None,
+    start_weight_decay=0.04,
+    final_weight_decay=0.4,
+    global_clipnorm=3.0,
+    ipe_scale=1.0,
+):
+    """The MSN recipe: AdamW, warm-up + cosine learning rate, cosine weight decay, clipping.
+
+    Which variables decay and which are clipped is decided by
+    :meth:`MSNPretrainer.compile` (no decay for biases, norm parameters, prototypes;
+    no clipping for the prototypes).
+
+    Args:
+        total_steps: int, optimizer steps of the whole run (``epochs * steps_per_epoch``).
+        warmup_steps: learning-rate warm-up steps (None: the vits16 recipe's share,
+            15 / 800 of the run).
+        start_lr, ref_lr, final_lr: see :func:`msn_learning_rate`. The paper warms up
+            from ``ref_lr / 5`` and decays to ``ref_lr / 1000`` (2e-4 and 1e-6 at its
+            1e-3); ``None`` keeps those ratios for any ``ref_lr``.
+        start_weight_decay, final_weight_decay: the cosine weight-decay schedule.
+        global_clipnorm: clip the global gradient norm (3.0 as the paper); None = off.
+        ipe_scale: schedule stretch (the original: 1.25; see
+            :mod:`keras_vitmsn.msn.schedules`).
+
+    Example:
+    >>> opt = msn_optimizer(total_steps=1000)
+    >>> type(opt).__name__, opt.global_clipnorm
+    ('ScheduledAdamW', 3.0)
+    """
+    start_lr = ref_lr / 5 if start_lr is None else start_lr
+    final_lr = ref_lr / 1000 if final_lr is None else final_lr
+    return ScheduledAdamW(
+        learning_rate=msn_learning_rate(
+            total_steps, warmup_steps, start_lr, ref_lr, final_lr, ipe_scale=ipe_scale
+        ),
+        weight_decay=msn_weight_decay(
+            total_steps, start_weight_decay, final_weight_decay, ipe_scale=ipe_scale
+        ),
+        global_clipnorm=global_clipnorm,
+    )
+
+
+def init_embeddings_like_msn(backbone, seed=None):
+    """Draw ``backbone``'s CLS token and position embeddings as the original MSN does.
+
+    A fresh ViTMSNBackbone starts them at zero, as transformers' ``ViTMSNModel``; the
+    authors' ``src/deit.py`` draws both from a normal of std 0.02 (truncated at +-2,
+    i.e. practically untruncated). Pretraining from scratch (:meth:`MSNPretrainer.from_recipe`
+    without a backbone, ``from_preset(..., load_weights=False)``, ``keras-vitmsn pretrain
+    --from-scratch``) starts this way; every other fresh model keeps the zeros.
+
+    Args:
+        backbone: a :class:`keras_vitmsn.ViTMSNBackbone` (changed in place).
+        seed: int for a reproducible draw; None follows Keras' global seed
+            (``keras.utils.set_random_seed``).
+
+    Returns:
+        ``backbone``.
+
+    Example:
+    >>> import numpy as np
+    >>> import keras_vitmsn as kv
+    >>> backbone = kv.ViTMSNBackbone(image_shape=(32, 32, 3), patch_size=8, hidden_dim=64,
+    ...                              num_layers=1, num_heads=4, intermediate_dim=128)
+    >>> float(np.abs(keras.ops.convert_to_numpy(backbone.embeddings.cls_token)).max())
+    0.0
+    >>> std = keras.ops.convert_to_numpy(
+    ...     init_embeddings_like_msn(backbone, seed=0).embeddings.position_embeddings).std()
+    >>> 0.015 < float(std) < 0.025
+    True
+    """
+    generator = keras.random.SeedGenerator(seed)
+    embeddings = backbone.embeddings
+    for variable in (embeddings.cls_token, embeddings.position_embeddings):
+        value = keras.random.normal(
+            variable.shape, stddev=MSN_EMBEDDING_STD, dtype="float32", seed=generator
+        )
+        value = keras.ops.clip(value, -MSN_TRUNCATION, MSN_TRUNCATION)
+        variable.assign(keras.ops.cast(value, variable.dtype))
+    return backbone

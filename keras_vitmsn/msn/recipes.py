@@ -1,10 +1,10 @@
 """The MSN pretraining recipes behind the five released checkpoints, by name.
 
 ``msn_vits16`` is the authors' only config file, ``configs/pretrain/msn_vits16.yaml``
-(facebookresearch/msn); the others come from the paper (arXiv 2204.07141: pretraining
-details in the appendix, epochs in the repository's README; see
-``shared/reference/msn_method.md``). Where the paper does not state a value for a
-model, the entry lists the key under ``"unstated"`` and takes ``msn_vits16``'s.
+(facebookresearch/msn); the others come from the paper (Assran et al. 2022, arXiv
+2204.07141: pretraining details in its appendix; epochs from the repository's
+README). Where the paper does not state a value for a model, the entry lists the key
+under ``"unstated"`` and takes ``msn_vits16``'s.
 
 Every recipe uses one masked global anchor view, the unmasked global target view
 (``rand_views: 1`` in the config) and ``num_focal_views`` unmasked focal views, the
@@ -166,9 +166,20 @@ def check_recipe(config):
             f"An MSN recipe needs exactly the keys {list(RECIPE_KEYS)}: missing "
             f"{missing or 'none'}, unknown {unknown or 'none'}."
         )
-    positive_ints = ("patch_size", "hidden_dim", "num_layers", "num_heads", "intermediate_dim",
-                     "epochs", "batch_size", "num_prototypes", "head_hidden_dim",
-                     "head_output_dim", "global_size", "focal_size")
+    positive_ints = (
+        "patch_size",
+        "hidden_dim",
+        "num_layers",
+        "num_heads",
+        "intermediate_dim",
+        "epochs",
+        "batch_size",
+        "num_prototypes",
+        "head_hidden_dim",
+        "head_output_dim",
+        "global_size",
+        "focal_size",
+    )
     for key in positive_ints:
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -178,8 +189,11 @@ def check_recipe(config):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
             raise ValueError(f"Recipe key {key!r} must be an int >= 0; got {value!r}.")
     warmup = config["warmup_epochs"]
-    if not isinstance(warmup, numbers.Real) or isinstance(warmup, bool) \
-            or not 0 <= warmup < config["epochs"]:
+    if (
+        not isinstance(warmup, numbers.Real)
+        or isinstance(warmup, bool)
+        or not 0 <= warmup < config["epochs"]
+    ):
         raise ValueError(
             f"The recipe warms up for {warmup!r} epochs of a {config['epochs']}-epoch run; "
             "`warmup_epochs` must be >= 0 and below `epochs` (pass a smaller "
@@ -193,7 +207,9 @@ def check_recipe(config):
             f"{type(config['augmentation']).__name__}."
         )
     if config["preset"] is not None and not isinstance(config["preset"], str):
-        raise ValueError(f"Recipe key 'preset' must be a preset name or None; got {config['preset']!r}.")
+        raise ValueError(
+            f"Recipe key 'preset' must be a preset name or None; got {config['preset']!r}."
+        )
     return config
 
 
@@ -213,11 +229,27 @@ def backbone_kwargs(config):
 
 
 _PRETRAINER_KEYS = (
-    "mask_ratio", "temperature", "sharpen_temperature", "final_sharpen_temperature",
-    "me_max_weight", "use_sinkhorn", "sinkhorn_iters", "entropy_weight", "ema_momentum",
-    "final_ema_momentum", "head_hidden_dim", "head_output_dim", "head_batch_norm",
-    "num_prototypes", "learning_rate", "start_learning_rate", "final_learning_rate",
-    "weight_decay", "final_weight_decay", "gradient_clip_norm", "ipe_scale",
+    "mask_ratio",
+    "temperature",
+    "sharpen_temperature",
+    "final_sharpen_temperature",
+    "me_max_weight",
+    "use_sinkhorn",
+    "sinkhorn_iters",
+    "entropy_weight",
+    "ema_momentum",
+    "final_ema_momentum",
+    "head_hidden_dim",
+    "head_output_dim",
+    "head_batch_norm",
+    "num_prototypes",
+    "learning_rate",
+    "start_learning_rate",
+    "final_learning_rate",
+    "weight_decay",
+    "final_weight_decay",
+    "gradient_clip_norm",
+    "ipe_scale",
 )
 
 
@@ -227,8 +259,11 @@ def pretrainer_kwargs(config, steps_per_epoch=None):
     as the original)."""
     kwargs = {key: config[key] for key in _PRETRAINER_KEYS}
     if steps_per_epoch is not None:
-        if isinstance(steps_per_epoch, bool) or int(steps_per_epoch) != steps_per_epoch \
-                or steps_per_epoch < 1:
+        if (
+            isinstance(steps_per_epoch, bool)
+            or int(steps_per_epoch) != steps_per_epoch
+            or steps_per_epoch < 1
+        ):
             raise ValueError(f"`steps_per_epoch` must be a positive int; got {steps_per_epoch!r}.")
         kwargs["total_steps"] = int(config["epochs"] * steps_per_epoch)
         kwargs["warmup_steps"] = int(config["warmup_epochs"] * steps_per_epoch)
@@ -248,23 +283,3 @@ def augmentation_kwargs(config):
     )
     kwargs.update(config["augmentation"])
     return kwargs
-
-
-def build_pretrainer(cls, recipe, backbone_or_preset, steps_per_epoch, load_weights, overrides):
-    """See :meth:`MSNPretrainer.from_recipe` (``cls`` is that class)."""
-    from keras_vitmsn.models.backbone import ViTMSNBackbone
-    from keras_vitmsn.msn.scratch import init_embeddings_like_msn
-
-    overrides = dict(overrides)
-    recipe_overrides = {k: overrides.pop(k) for k in list(overrides) if k in RECIPE_KEYS}
-    config = get_recipe(recipe, **recipe_overrides)
-    kwargs = {**pretrainer_kwargs(config, steps_per_epoch), **overrides}
-    if backbone_or_preset is None:
-        architecture = backbone_kwargs(config)
-        if "dtype" in kwargs:
-            architecture["dtype"] = kwargs.pop("dtype")
-        encoder = init_embeddings_like_msn(ViTMSNBackbone(**architecture), kwargs.get("seed"))
-        return cls(encoder, **kwargs)
-    if isinstance(backbone_or_preset, ViTMSNBackbone):
-        return cls(backbone_or_preset, **kwargs)
-    return cls.from_preset(backbone_or_preset, load_weights=load_weights, **kwargs)

@@ -1,14 +1,15 @@
-"""Continue MSN pretraining exactly: from an original ``.pth.tar`` or from our own presets.
+"""Internal: the state reading and writing behind :meth:`MSNPretrainer.from_preset` and
+:meth:`MSNPretrainer.save_to_preset`, to continue MSN pretraining exactly.
 
-- Original checkpoints (``save_checkpoint`` of ``msn_train.py``: ``encoder``,
-  ``target_encoder``, ``prototypes``, ``opt``, ``epoch``, ...): the online encoder and
-  head come from ``encoder``, the EMA target from ``target_encoder`` (they differ
-  mid-training), the prototypes from ``prototypes``; with ``restore_optimizer`` the
-  AdamW moments and step come from ``opt``, and the schedules continue from that step.
-- Our presets (:meth:`MSNPretrainer.save_to_preset`): the target encoder is the
-  backbone preset, the target head and prototypes are ``msn_head.weights.h5``, and
-  :data:`TRAINING_STATE_FILE` holds the rest of the run (online encoder and head,
-  schedule position, mask seed, the pretrainer's settings, optimizer variables).
+- Original checkpoints (``save_checkpoint`` of the authors' ``src/msn_train.py``:
+  ``encoder``, ``target_encoder``, ``prototypes``, ``opt``, ``epoch``, ...): the online
+  encoder and head come from ``encoder``, the EMA target from ``target_encoder`` (they
+  differ mid-training), the prototypes from ``prototypes``; with ``restore_optimizer``
+  the AdamW moments and step come from ``opt``, and the schedules continue from that step.
+- Our presets: the target encoder is the backbone preset, the target head and
+  prototypes are ``msn_head.weights.h5``, and ``msn_training_state.h5`` holds the rest
+  of the run (online encoder and head, schedule position, mask seed, the pretrainer's
+  settings, optimizer variables).
 """
 
 import json
@@ -20,26 +21,19 @@ import keras
 import numpy as np
 
 from keras_vitmsn.conversion.checkpoints import ConvertedCheckpoint
-from keras_vitmsn.conversion.msn_checkpoint import is_msn_checkpoint_path
 from keras_vitmsn.conversion.msn_checkpoint import msn_backbone_kwargs
 from keras_vitmsn.conversion.msn_checkpoint import read_msn_checkpoint
 from keras_vitmsn.conversion.msn_checkpoint import split_msn_encoder
 from keras_vitmsn.conversion.msn_optimizer_state import msn_head_moments_to_keras
 from keras_vitmsn.errors import CheckpointError
-from keras_vitmsn.images.converter import ViTMSNImageConverter
 from keras_vitmsn.models.backbone import ViTMSNBackbone
-from keras_vitmsn.msn.scratch import init_embeddings_like_msn
+from keras_vitmsn.models.optimizer import ScheduledAdamW
 from keras_vitmsn.msn.head import MSNProjectionHead
 from keras_vitmsn.msn.head import MSNPrototypes
-from keras_vitmsn.msn.head import head_and_prototypes_from_state
 from keras_vitmsn.msn.head_state import save_msn_pretraining_state
-from keras_vitmsn.models.optimizer import ScheduledAdamW
-from keras_vitmsn.presets import file_format
-from keras_vitmsn.presets.file_format import MSN_HEAD_FILE
-from keras_vitmsn.presets.file_format import MSN_TRAINING_STATE_FILE as TRAINING_STATE_FILE
-from keras_vitmsn.presets.mixin import save_preset_directory
 from keras_vitmsn.presets.sources import ConvertedSource
 from keras_vitmsn.presets.sources import constructor_argument_names
+
 _FORMAT = "keras_vitmsn.msn_training_state/1"
 # Sub-layers and Keras bookkeeping: what a training state does not restore as settings.
 _NOT_SETTINGS = ("encoder", "projection_head", "prototypes", "name", "trainable", "dtype")
@@ -51,93 +45,69 @@ def weights_by_relative_path(layer):
     out = {}
     for variable in layer.weights:
         path = variable.path
-        out[path[path.index(prefix) + len(prefix):] if prefix in path else path] = variable
+        out[path[path.index(prefix) + len(prefix) :] if prefix in path else path] = variable
     return out
 
 
-def _split_backbone_kwargs(kwargs):
+def split_backbone_kwargs(kwargs):
+    """Pop the ``ViTMSNBackbone`` constructor arguments out of ``kwargs``."""
     names = set(constructor_argument_names(ViTMSNBackbone)) - {"name"}
     return {k: kwargs.pop(k) for k in list(kwargs) if k in names}
 
 
-def from_preset(cls, preset, load_weights=True, restore_optimizer=False, optimizer=None, **kwargs):
-    """See :meth:`MSNPretrainer.from_preset`."""
-    backbone_kwargs = _split_backbone_kwargs(kwargs)
-    path = os.fspath(preset) if isinstance(preset, (str, os.PathLike)) else None
-    if restore_optimizer and not load_weights:
-        raise ValueError("`restore_optimizer=True` needs `load_weights=True`.")
-    if load_weights and path is not None and is_msn_checkpoint_path(path):
-        return _from_original(cls, path, backbone_kwargs, restore_optimizer, optimizer, kwargs)
-    encoder = ViTMSNBackbone.from_preset(preset, load_weights=load_weights, **backbone_kwargs)
-    if not load_weights:  # from scratch, as the original MSN starts
-        init_embeddings_like_msn(encoder, kwargs.get("seed"))
-    has_head = path is not None and os.path.isdir(path) and os.path.exists(
-        os.path.join(path, MSN_HEAD_FILE)
-    )
-    state_path = None if path is None else os.path.join(path, TRAINING_STATE_FILE)
-    if not load_weights or not has_head:
-        if restore_optimizer:
-            raise ValueError(f"{preset!r} holds no MSN training state to restore an optimizer from.")
-        return cls(encoder, **kwargs)
-    head, prototypes = head_and_prototypes_from_state(path, dtype=encoder.dtype_policy)
-    if not os.path.exists(state_path):
-        if restore_optimizer:
-            raise ValueError(
-                f"{path} has no {TRAINING_STATE_FILE} (written by MSNPretrainer.save_to_preset "
-                "with training_state=True): there is no optimizer state to restore."
-            )
-        kwargs.setdefault("projection_head", head)
-        kwargs.setdefault("prototypes", prototypes)
-        return cls(encoder, **kwargs)
-    return _from_training_state(
-        cls, state_path, encoder, head, prototypes, restore_optimizer, optimizer, kwargs
-    )
-
-
 # -- original checkpoints -------------------------------------------------------------
 
-def _from_original(cls, path, backbone_kwargs, restore_optimizer, optimizer, kwargs):
-    raw = read_msn_checkpoint(path, online=True, optimizer=restore_optimizer)
-    origin = os.path.abspath(path)
 
-    def source(part, state=None):
-        return ConvertedSource(ConvertedCheckpoint(
+def _converted_source(part, origin, state=None):
+    return ConvertedSource(
+        ConvertedCheckpoint(
             msn_backbone_kwargs(part["backbone_state"]),
             part["backbone_state"] if state is None else state,
             {},
             key_names=part["key_names"],
             origin=origin,
-        ))
+        )
+    )
 
+
+def read_original_checkpoint(path, backbone_kwargs, restore_optimizer):
+    """An original ``.pth.tar``'s online and target encoders, online head, prototypes
+    (None where absent), target head weights (``target_head``) and, with
+    ``restore_optimizer``, what :func:`restore_original_optimizer` needs."""
+    raw = read_msn_checkpoint(path, online=True, optimizer=restore_optimizer)
+    origin = os.path.abspath(path)
     if raw["online"] is None:
         # A file with the EMA encoder only (no `encoder`): both branches start from it.
         raw["online"] = {k: raw[k] for k in ("backbone_state", "key_names", "head")}
-    target = source(raw).load_backbone(ViTMSNBackbone, **backbone_kwargs)
-    online = source(raw["online"]).load_backbone(ViTMSNBackbone, **backbone_kwargs)
+    target = _converted_source(raw, origin).load_backbone(ViTMSNBackbone, **backbone_kwargs)
+    online = _converted_source(raw["online"], origin).load_backbone(
+        ViTMSNBackbone, **backbone_kwargs
+    )
     dtype = {"dtype": online.dtype_policy}
+    head = prototypes = None
     if raw["online"]["head"]:
-        kwargs.setdefault(
-            "projection_head",
-            MSNProjectionHead.from_pretraining_state(
-                {"head": raw["online"]["head"]}, name="projection_head", **dtype
-            ),
+        head = MSNProjectionHead.from_pretraining_state(
+            {"head": raw["online"]["head"]}, name="projection_head", **dtype
         )
     if raw["prototypes"] is not None:
-        kwargs.setdefault(
-            "prototypes",
-            MSNPrototypes.from_pretraining_state(
-                {"prototypes": raw["prototypes"]}, name="prototypes", **dtype
-            ),
+        prototypes = MSNPrototypes.from_pretraining_state(
+            {"prototypes": raw["prototypes"]}, name="prototypes", **dtype
         )
-    pretrainer = cls(online, target_encoder=target, **kwargs)
-    if raw["head"]:
-        pretrainer.target_projection_head.set_msn_weights(raw["head"])
-    if restore_optimizer:
-        _restore_original_optimizer(pretrainer, raw, source, optimizer)
-    return pretrainer
+    return {
+        "online": online,
+        "target": target,
+        "projection_head": head,
+        "prototypes": prototypes,
+        "target_head": raw["head"],
+        "raw": raw,
+        "origin": origin,
+    }
 
 
-def _restore_original_optimizer(pretrainer, raw, source, optimizer):
+def restore_original_optimizer(pretrainer, checkpoint, optimizer):
+    """Compile ``pretrainer`` and set its AdamW moments and step (``ema_steps`` too) from
+    the original checkpoint read by :func:`read_original_checkpoint`."""
+    raw = checkpoint["raw"]
     state = raw["optimizer"]
     pretrainer.compile(optimizer=optimizer)
     opt = pretrainer.optimizer
@@ -158,12 +128,8 @@ def _restore_original_optimizer(pretrainer, raw, source, optimizer):
     for moment in ("exp_avg", "exp_avg_sq"):
         moments = {k: v for k, v in state[moment].items() if k != "prototypes"}
         backbone, head, _ = split_msn_encoder(moments)
-        pairs = [
-            (variable, value)
-            for variable, value in source(raw["online"], backbone)
-            .convert_backbone(pretrainer.encoder)
-            .values()
-        ]
+        source = _converted_source(raw["online"], checkpoint["origin"], backbone)
+        pairs = list(source.convert_backbone(pretrainer.encoder).values())
         head_layer = pretrainer.projection_head
         for key, value in msn_head_moments_to_keras(head).items():
             layer, param = key.split("/")
@@ -185,27 +151,13 @@ def _restore_original_optimizer(pretrainer, raw, source, optimizer):
 
 # -- our presets ------------------------------------------------------------------------
 
-def save_to_preset(pretrainer, preset_dir, training_state=True):
-    """See :meth:`MSNPretrainer.save_to_preset`."""
-    save_preset_directory(preset_dir, lambda d: _write_preset(pretrainer, d, training_state))
 
-
-def _write_preset(pretrainer, preset_dir, training_state):
+def write_msn_head(pretrainer, path):
+    """Write the target head and the prototypes to ``path`` (``msn_head.weights.h5``)."""
     ops = keras.ops
-    file_format.write_backbone(
-        pretrainer.target_encoder,
-        preset_dir,
-        metadata={"msn_pretraining_steps": int(ops.convert_to_numpy(pretrainer.ema_steps))},
-        # The EMA copy is frozen here; the exported backbone is a normal, trainable one.
-        config_overrides={"name": pretrainer.encoder.name, "trainable": True},
-    )
-    converter = ViTMSNImageConverter(
-        image_size=pretrainer.encoder.image_shape[:2], data_format=pretrainer.encoder.data_format
-    )
-    file_format.write_image_converter(converter, preset_dir)
     head = weights_by_relative_path(pretrainer.target_projection_head)
     _atomic_write(
-        os.path.join(preset_dir, MSN_HEAD_FILE),
+        path,
         lambda tmp: save_msn_pretraining_state(
             {
                 "head": {k: ops.convert_to_numpy(v) for k, v in head.items()},
@@ -215,18 +167,21 @@ def _write_preset(pretrainer, preset_dir, training_state):
             tmp,
         ),
     )
-    state_path = os.path.join(preset_dir, TRAINING_STATE_FILE)
-    if training_state:
-        _atomic_write(state_path, lambda tmp: _write_training_state(pretrainer, tmp))
-    elif os.path.exists(state_path):
-        os.remove(state_path)  # a stale state would resume another run
+
+
+def write_training_state(pretrainer, path):
+    """Write what continues the run (online branch, schedule position, mask seed,
+    settings, optimizer variables) to ``path`` (``msn_training_state.h5``)."""
+    _atomic_write(path, lambda tmp: _write_training_state(pretrainer, tmp))
 
 
 def _training_variables(pretrainer):
     out = {f"encoder/{k}": v for k, v in weights_by_relative_path(pretrainer.encoder).items()}
     out.update(
-        {f"projection_head/{k}": v
-         for k, v in weights_by_relative_path(pretrainer.projection_head).items()}
+        {
+            f"projection_head/{k}": v
+            for k, v in weights_by_relative_path(pretrainer.projection_head).items()
+        }
     )
     out["ema_steps"] = pretrainer.ema_steps
     out["mask_seed_state"] = pretrainer.seed_generator.state
@@ -251,7 +206,9 @@ def _write_training_state(pretrainer, path):
                 dataset.attrs["path"] = variable.path
 
 
-def _read_training_state(path):
+def read_training_state(path):
+    """``{"settings", "weights", "optimizer"}`` of a file :func:`write_training_state`
+    wrote."""
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != _FORMAT:
@@ -261,8 +218,9 @@ def _read_training_state(path):
                 )
             weights = {}
             f["weights"].visititems(
-                lambda name, obj: weights.__setitem__(name, obj[()])
-                if isinstance(obj, h5py.Dataset) else None
+                lambda name, obj: (
+                    weights.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+                )
             )
             optimizer = None
             if "optimizer" in f:
@@ -272,29 +230,19 @@ def _read_training_state(path):
                     "values": [f["optimizer"][n][()] for n in names],
                     "paths": [str(f["optimizer"][n].attrs["path"]) for n in names],
                 }
-            return {"settings": json.loads(f.attrs["settings"]), "weights": weights,
-                    "optimizer": optimizer}
+            return {
+                "settings": json.loads(f.attrs["settings"]),
+                "weights": weights,
+                "optimizer": optimizer,
+            }
     except (OSError, KeyError) as e:
         raise CheckpointError(f"{path} is truncated or corrupted: {e}.") from e
 
 
-def _from_training_state(cls, path, encoder, head, prototypes, restore_optimizer, optimizer, kwargs):
-    state = _read_training_state(path)
-    kwargs = {**state["settings"], **kwargs}
-    # The preset's backbone is the target; the online encoder takes its name back.
-    config = encoder.get_config()
-    online = ViTMSNBackbone.from_config(config)
-    target = ViTMSNBackbone.from_config({**config, "name": f"target_{config['name']}"})
-    target.set_weights(encoder.get_weights())
-    kwargs["projection_head"] = MSNProjectionHead.from_config(
-        {**head.get_config(), "name": "projection_head"}
-    )
-    if "prototypes" not in kwargs:
-        kwargs["prototypes"] = MSNPrototypes.from_config(
-            {**prototypes.get_config(), "name": "prototypes"}
-        )
-        kwargs["prototypes"].prototypes.assign(prototypes.prototypes)
-    pretrainer = cls(online, target_encoder=target, **kwargs)
+def restore_training_state(pretrainer, state, head, path, restore_optimizer, optimizer):
+    """Set the target head to ``head`` and everything else of a saved run from ``state``
+    (:func:`read_training_state` of ``path``); with ``restore_optimizer`` compile
+    ``pretrainer`` and restore its optimizer's variables."""
     # The target head: the saved one (the constructor copied the online head).
     target_head = weights_by_relative_path(pretrainer.target_projection_head)
     for key, variable in weights_by_relative_path(head).items():
@@ -302,7 +250,9 @@ def _from_training_state(cls, path, encoder, head, prototypes, restore_optimizer
     _assign_all(_training_variables(pretrainer), state["weights"], path)
     if restore_optimizer:
         if state["optimizer"] is None:
-            raise ValueError(f"{path} was saved before the pretrainer was compiled: no optimizer state.")
+            raise ValueError(
+                f"{path} was saved before the pretrainer was compiled: no optimizer state."
+            )
         # The optimizer follows the pretrainer's settings (a longer run stretches its
         # schedules); only its state (step, moments) comes from the file.
         pretrainer.compile(optimizer=optimizer)
@@ -326,7 +276,6 @@ def _from_training_state(cls, path, encoder, head, prototypes, restore_optimizer
             )
         for variable, value in zip(variables, saved):
             variable.assign(value)
-    return pretrainer
 
 
 def _assign_all(variables, values, path):

@@ -30,8 +30,13 @@ ORIGINAL_IPE_SCALE = 1.25
 
 
 def _check_steps(steps, name="steps", integer=True):
-    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not steps > 0 \
-            or (integer and int(steps) != steps) or not math.isfinite(steps):
+    if (
+        isinstance(steps, bool)
+        or not isinstance(steps, (int, float))
+        or not steps > 0
+        or (integer and int(steps) != steps)
+        or not math.isfinite(steps)
+    ):
         kind = "a positive int" if integer else "a positive number"
         raise ValueError(f"`{name}` must be {kind}; got {steps!r}.")
     return int(steps) if integer else float(steps)
@@ -135,11 +140,13 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, start_lr, ref_lr, final_lr, warmup_steps, steps, offset=0):
         self.steps = _check_steps(steps)
-        if isinstance(warmup_steps, bool) or int(warmup_steps) != warmup_steps \
-                or not 0 <= warmup_steps < self.steps:
+        if (
+            isinstance(warmup_steps, bool)
+            or int(warmup_steps) != warmup_steps
+            or not 0 <= warmup_steps < self.steps
+        ):
             raise ValueError(
-                f"`warmup_steps` must be an int in [0, steps={self.steps}); got "
-                f"{warmup_steps!r}."
+                f"`warmup_steps` must be an int in [0, steps={self.steps}); got {warmup_steps!r}."
             )
         if not 0 <= final_lr <= ref_lr:
             raise ValueError(
@@ -214,8 +221,11 @@ def msn_learning_rate(
     steps = scaled_steps(total_steps, ipe_scale)
     if warmup_steps is None:
         warmup_steps = default_warmup_steps(total_steps)
-    if isinstance(warmup_steps, bool) or int(warmup_steps) != warmup_steps \
-            or not 0 <= warmup_steps < total_steps:
+    if (
+        isinstance(warmup_steps, bool)
+        or int(warmup_steps) != warmup_steps
+        or not 0 <= warmup_steps < total_steps
+    ):
         raise ValueError(
             f"`warmup_steps` must be an int in [0, total_steps={total_steps}); "
             f"got {warmup_steps!r}."

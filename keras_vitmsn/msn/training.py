@@ -68,7 +68,7 @@ def build_msn_training(
             (:meth:`MSNPretrainer.from_preset`); else compile a new one.
         seed: seeds the masks, the data order and the views.
         skip_bad_images: a folder's unreadable images are dropped with a warning
-            instead of an error naming them (see :mod:`keras_vitmsn.images.files`).
+            instead of an error naming them (see :mod:`keras_vitmsn.images.image_files`).
         **overrides: recipe keys, e.g. ``epochs=100, batch_size=64``. With a preset
             or backbone the views take the encoder's image size (unless
             ``global_size`` is given: the preset is then loaded at that size) and
@@ -95,7 +95,8 @@ def build_msn_training(
     steps_per_epoch = num_images // batch_size
     preset_kwargs = {}
     if isinstance(backbone_or_preset, ViTMSNBackbone):
-        if "global_size" in overrides and backbone_or_preset.image_shape[:2] != (config["global_size"],) * 2:
+        size = (config["global_size"],) * 2
+        if "global_size" in overrides and backbone_or_preset.image_shape[:2] != size:
             raise ValueError(
                 f"global_size={config['global_size']} but the given backbone takes "
                 f"{backbone_or_preset.image_shape[:2]} images."
@@ -107,13 +108,21 @@ def build_msn_training(
     elif restore_optimizer:
         raise ValueError("`restore_optimizer=True` needs a preset or checkpoint to restore from.")
     pretrainer = MSNPretrainer.from_recipe(
-        config, backbone_or_preset, steps_per_epoch=steps_per_epoch, load_weights=load_weights,
-        seed=seed, **preset_kwargs,
+        config,
+        backbone_or_preset,
+        steps_per_epoch=steps_per_epoch,
+        load_weights=load_weights,
+        seed=seed,
+        **preset_kwargs,
     )
     config = _views_for_encoder(config, pretrainer.encoder, overrides)
     augmentation = MSNAugmentation(**recipes.augmentation_kwargs(config))
     dataset = msn_multiview_dataset(
-        data, batch_size, augmentation=augmentation, seed=seed, repeat=True,
+        data,
+        batch_size,
+        augmentation=augmentation,
+        seed=seed,
+        repeat=True,
         skip_bad_images=skip_bad_images,
     )
     if not pretrainer.compiled:
@@ -128,10 +137,13 @@ def _count_images(data, skip_bad_images=False):
         return len(list_image_files(data, skip_bad_images=skip_bad_images))
     if isinstance(data, np.ndarray):
         if data.ndim != 4 or not len(data):
-            raise ValueError(f"Image arrays must be (N, H, W, C) with N >= 1; got shape {data.shape}.")
+            raise ValueError(
+                f"Image arrays must be (N, H, W, C) with N >= 1; got shape {data.shape}."
+            )
         return len(data)
     raise ValueError(
-        f"`data` must be a folder of images or a NumPy array (N, H, W, C); got {type(data).__name__}."
+        "`data` must be a folder of images or a NumPy array (N, H, W, C); got "
+        f"{type(data).__name__}."
     )
 
 

@@ -7,8 +7,8 @@ from keras_vitmsn.presets import file_format as ff
 from keras_vitmsn.presets.mixin import preset_class
 from keras_vitmsn.presets.mixin import save_preset_directory
 from keras_vitmsn.presets.resolve import resolve_preset
-from keras_vitmsn.utils import check_can_create
 from keras_vitmsn.presets.sources import ConvertedSource
+from keras_vitmsn.utils import check_can_create
 
 
 def convert_to_preset(source, output_dir, num_heads=None):
@@ -60,7 +60,8 @@ def convert_to_preset(source, output_dir, num_heads=None):
             # A classifier's head, or a feature extractor's pooling: the task survives.
             role = "classifier" if resolved.has_task else "feature_extractor"
             task = preset_class(role)._from_preset_source(resolved)
-            _write_task_preset(task, directory)
+            ff.write_backbone(task.backbone, directory)
+            ff.write_task(task, directory)
             built["backbone"] = task.backbone
         else:
             backbone = preset_class("backbone")._from_preset_source(resolved)
@@ -70,18 +71,14 @@ def convert_to_preset(source, output_dir, num_heads=None):
                 ff.write_image_converter(converter, directory)
             built["backbone"] = backbone
         if resolved.msn_head_path is not None:
-            with open(resolved.msn_head_path, "rb") as src, open(
-                os.path.join(directory, ff.MSN_HEAD_FILE), "wb"
-            ) as dst:
+            with (
+                open(resolved.msn_head_path, "rb") as src,
+                open(os.path.join(directory, ff.MSN_HEAD_FILE), "wb") as dst,
+            ):
                 dst.write(src.read())
 
     save_preset_directory(output_dir, write)
     return built["backbone"]
-
-
-def _write_task_preset(task, directory):
-    ff.write_backbone(task.backbone, directory)
-    ff.write_task(task, directory)
 
 
 def _check_output(output_dir):

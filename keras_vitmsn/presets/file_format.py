@@ -34,7 +34,7 @@ IMAGE_CONVERTER_FILE = "image_converter.json"
 MSN_HEAD_FILE = "msn_head.weights.h5"
 MSN_TRAINING_STATE_FILE = "msn_training_state.h5"
 # The weights layout of the presets this version writes (metadata.json's
-# "preset_format"). 2: the attention's query/key/value live in one fused `qkv` Dense.
+# "preset_format"): a cached hf:// entry in any other layout is converted again.
 PRESET_FORMAT_VERSION = 2
 # Every file a preset of ours may hold: what replacing one of ours may remove.
 PRESET_FILES = (
@@ -135,9 +135,9 @@ def read_task_weights(task, path):
     try:
         with h5py.File(path, "r") as f:
             f.visititems(
-                lambda name, obj: stored.__setitem__(name, obj[()])
-                if isinstance(obj, h5py.Dataset)
-                else None
+                lambda name, obj: (
+                    stored.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+                )
             )
     except OSError as e:
         raise CheckpointError(f"{path} is truncated or corrupted: {e}") from e
@@ -158,14 +158,14 @@ def read_task_weights(task, path):
 
 
 def preset_format(folder):
-    """The ``preset_format`` in ``folder``'s metadata.json (1 if unrecorded), or None
-    when the file is missing or unreadable."""
+    """The ``preset_format`` in ``folder``'s metadata.json, or None when it is not
+    recorded or the file is missing or unreadable."""
     try:
         with open(os.path.join(folder, METADATA_FILE), encoding="utf-8") as f:
             metadata = json.load(f)
     except (OSError, ValueError):
         return None
-    return metadata.get("preset_format", 1) if isinstance(metadata, dict) else None
+    return metadata.get("preset_format") if isinstance(metadata, dict) else None
 
 
 def check_replaceable(path):

@@ -60,7 +60,9 @@ def write_cache_entry(source, repo_id, classes, metadata=None):
         if os.path.exists(target):
             # Not a complete current entry (those are loaded, never rewritten): written
             # in an older weights layout, a leftover from a crash, or made by hand.
-            warnings.warn(f"Replacing the outdated or incomplete Keras preset cache entry {target}.")
+            warnings.warn(
+                f"Replacing the outdated or incomplete Keras preset cache entry {target}."
+            )
             shutil.rmtree(target)
         try:
             os.rename(tmp, target)

@@ -8,8 +8,6 @@ hands the calling class to the source it resolved (as keras-hub's
 ``PresetLoader.load_backbone(cls, ...)``).
 """
 
-import os
-
 from keras_vitmsn.presets import file_format
 from keras_vitmsn.presets import table
 from keras_vitmsn.presets.resolve import resolve_preset
@@ -124,11 +122,3 @@ class PresetMixin:
     @classmethod
     def _from_preset_source(cls, source, load_weights=True, **kwargs):
         raise NotImplementedError(f"{cls.__name__} cannot be built from a preset.")
-
-
-def is_preset_directory(path):
-    """Whether ``path`` is a directory holding a Keras preset of ours."""
-    return os.path.isdir(path) and (
-        os.path.exists(os.path.join(path, file_format.CONFIG_FILE))
-        or os.path.exists(os.path.join(path, file_format.IMAGE_CONVERTER_FILE))
-    )

@@ -20,16 +20,14 @@ import keras
 import numpy as np
 
 from keras_vitmsn.backend import keras_internals
-from keras_vitmsn.conversion.transformers_weights import (
-    OPTIONAL_KEYS,
-    assign_weights,
-    backbone_weight_map,
-    classifier_head_weight_map,
-    convert_weights,
-)
+from keras_vitmsn.conversion.transformers_weights import OPTIONAL_KEYS
+from keras_vitmsn.conversion.transformers_weights import assign_weights
+from keras_vitmsn.conversion.transformers_weights import backbone_weight_map
+from keras_vitmsn.conversion.transformers_weights import classifier_head_weight_map
+from keras_vitmsn.conversion.transformers_weights import convert_weights
 from keras_vitmsn.errors import CheckpointError
-from keras_vitmsn.presets import file_format as ff
 from keras_vitmsn.layers.resampling import resample_position_embeddings
+from keras_vitmsn.presets import file_format as ff
 from keras_vitmsn.utils import read_json
 
 
@@ -211,17 +209,8 @@ class KerasPresetSource:
                     f"weights file: {e}"
                 ) from e
             except ValueError as e:
-                hint = ""
-                stored = ff.preset_format(self.path)
-                if (stored or ff.PRESET_FORMAT_VERSION) < ff.PRESET_FORMAT_VERSION:
-                    hint = (
-                        f" The preset is in format {stored} (separate query/key/value "
-                        "weights, keras-vitmsn before the fused qkv projection); convert "
-                        "the original checkpoint again (from_preset on it, then "
-                        "save_to_preset)."
-                    )
                 raise ValueError(
-                    f"{path} does not fit the backbone described by {ff.CONFIG_FILE}: {e}{hint}"
+                    f"{path} does not fit the backbone described by {ff.CONFIG_FILE}: {e}"
                 ) from e
 
         if target == native:
@@ -243,7 +232,9 @@ class KerasPresetSource:
                 out[id(dst)] = value
             return out
 
-        return keras_internals.build_with_values(lambda: backbone_cls.from_config(target), resampled)
+        return keras_internals.build_with_values(
+            lambda: backbone_cls.from_config(target), resampled
+        )
 
     def load_task_weights(self, task):
         ff.read_task_weights(task, self._file(ff.TASK_WEIGHTS_FILE))
@@ -322,11 +313,6 @@ class ConvertedSource:
             key_names=checkpoint.key_names,
         )
 
-    def assign_backbone(self, backbone):
-        """Assign the checkpoint to an existing backbone (strictly)."""
-        for variable, value in self.convert_backbone(backbone).values():
-            variable.assign(value)
-
     def load_task_weights(self, classifier):
         assign_weights(classifier_head_weight_map(classifier), self.checkpoint.head_state)
 
@@ -353,7 +339,9 @@ class ConvertedSource:
         ff.write_image_converter(converter, directory, drop_data_format=True)
         if self.has_task:
             classifier = classes("classifier")(
-                backbone, num_classes=self.num_classes, preprocessor=converter,
+                backbone,
+                num_classes=self.num_classes,
+                preprocessor=converter,
                 **self.task_kwargs,
             )
             self.load_task_weights(classifier)

@@ -122,8 +122,7 @@ _PRESETS = dict(
         ),
         _preset(
             "vit_msn_base_4",
-            "ViT-B/4 pretrained with MSN on ImageNet-1k (300 epochs), 224x224, "
-            "3136 patch tokens.",
+            "ViT-B/4 pretrained with MSN on ImageNet-1k (300 epochs), 224x224, 3136 patch tokens.",
             87_503_616,
             "facebook/vit-msn-base-4",
             "vitb4_300ep.pth.tar",
@@ -136,8 +135,7 @@ _PRESETS = dict(
         ),
         _preset(
             "vit_msn_large_7",
-            "ViT-L/7 pretrained with MSN on ImageNet-1k (200 epochs), 224x224, "
-            "1024 patch tokens.",
+            "ViT-L/7 pretrained with MSN on ImageNet-1k (200 epochs), 224x224, 1024 patch tokens.",
             303_513_600,
             "facebook/vit-msn-large-7",
             "vitl7_200ep.pth.tar",

@@ -1,92 +1,74 @@
 """Every use of Keras internals (``keras.src``, private attributes), in one place.
 
-Each is checked when this package is imported, or, for the probes that run a
-computation, when first needed (:mod:`keras_internals.lazy`); where Keras has changed, a slower or
-narrower path built on public API alone takes over, and ``FAST_INIT`` /
-``DATA_LAYER_IS_PRIVATE`` say which one is active. The fallbacks are tested
-(tests/test_keras_internals.py forces them; ``KERAS_VITMSN_PUBLIC_KERAS_ONLY=1`` in the
-environment makes a whole process take every public path).
+Each is probed at import, or on first use for probes that compute (:mod:`.lazy`: on
+JAX the first computation fixes the CPU client's settings); where Keras has changed, a
+public path takes over. The fallbacks are tested (tests/test_keras_internals.py;
+``KERAS_VITMSN_PUBLIC_KERAS_ONLY=1`` makes a whole process take every public path).
 
-1. Fast initialisation. Creating a backbone runs every variable's initialiser:
-   truncated-normal sampling of 86M values for vit-msn-base takes 1.5-8 s on CPU,
-   several times longer than reading the weights. When the weights are about to be
-   overwritten, the model is built inside ``keras.StatelessScope(initialize_variables=
-   False)``, where Keras defers variable initialisation (its list of pending
-   variables is a private global), and each variable is then initialised once,
-   directly with its checkpoint value (``Variable._initializer`` and
-   ``_deferred_initialize``). Fallback: build normally, then assign.
-2. The image converter's base class: Keras' data-pipeline layer (private; it lets a
-   layer run TensorFlow ops inside ``tf.data`` whatever the backend). Fallback:
-   ``keras.layers.Layer``, which works eagerly and inside models, and in ``tf.data``
-   only under the TensorFlow backend.
-3. A scheduled weight decay (``ScheduledAdamW``): the optimizer base reads
-   ``self.weight_decay`` at each step (probed, below; refused where it does not).
-4. A custom optimizer finding a variable's slots: ``update_step`` receives each
-   variable in the backend's own form (TensorFlow hands it the ``tf.Variable`` inside
-   the Keras variable, one per replica under a ``tf.distribute`` strategy), and Keras'
-   own optimizers look its index up with the private ``_get_variable_index``, which
-   resolves all of these (:class:`VariableIndex`). Fallback: an index by object
-   identity of the Keras variables (and their ``tf.Variable`` on TensorFlow), without
-   ``tf.distribute`` strategies.
-
-5. Quantising a model: Keras' ``Layer.__delattr__`` runs a full ``gc.collect()`` for
-   every variable it deletes (each quantised kernel replaces a float one), which is
-   0.3-0.8 s per layer once torch, TensorFlow and JAX are loaded: ~60 s of a ~65 s
-   ``quantize`` of vit-msn-small. :func:`one_garbage_collection` makes those calls
-   no-ops for the duration and collects once at the end: the same memory is freed,
-   once. Nothing to fall back to: it only touches ``gc.collect``.
-
-6. Walking a model's layers: Keras' ``_flatten_layers`` (every layer once, parents
-   first). Fallback: :func:`all_layers` walks the layers held in attributes,
-   lists and dicts itself (tested to find the same layers).
-7. A quantised config's ``DTypePolicyMap``, passed from a model to its sublayers, is
-   replaced in each of them by that layer's own policy once it has built: Keras'
-   Dense and EinsumDense read ``self.dtype_policy.quantization_mode`` when saving,
-   which a map answers with its float default (int8 kernels would then be saved
-   without their scales). The public ``dtype_policy`` setter writes into the map
-   instead, so :func:`replace_dtype_policy` sets the private ``_dtype_policy``
-   (probed). Nothing public does the same, so where the probe fails, rebuilding a
-   quantised model refuses with an error rather than saving broken files later.
-8. One optimizer update call per step: Keras' base class runs ``update_step`` per
-   variable from its private ``_backend_update_step``, which Keras' own torch
-   optimizers override with multi-tensor kernels. :func:`route_batched_update` lets
-   ``ScheduledAdamW`` do the same (probed). Fallback: the per-variable
-   ``update_step`` (the same arithmetic; tests compare the two).
-9. Whether a ``keras.StatelessScope`` is active (Keras' private
-   ``in_stateless_scope``): the torch fast paths update variables in place, which
-   inside such a scope would write into the caller's arrays instead of recording new
-   values. Fallback: :func:`in_stateless_scope` answers True, so the fast paths step
-   aside and every update goes through ``assign``.
-
-Other private names are not used: export builds its sample inputs itself.
+1. Fast initialisation (``fast_init``): build inside ``StatelessScope(initialize_variables=
+   False)`` and initialise each variable once with its checkpoint value (random init
+   of vit-msn-base takes 1.5-8 s on CPU). Fallback: build, then assign.
+2. The image converter's base: Keras' data-pipeline layer (TensorFlow ops inside
+   ``tf.data`` on any backend). Fallback: ``keras.layers.Layer``.
+3. A scheduled weight decay: Keras' optimizers read ``self.weight_decay`` each step
+   (probed; a schedule is refused where they do not).
+4. An optimizer variable's slot index: Keras' ``_get_variable_index``. Fallback: an
+   identity index (no ``tf.distribute`` replicas).
+5. Quantising: Keras runs ``gc.collect()`` per deleted variable (~60 s of a 65 s
+   ``quantize``); :func:`one_garbage_collection` collects once.
+6. Walking a model's layers: ``_flatten_layers``. Fallback: :func:`all_layers`' walk.
+7. A quantised sublayer's own dtype policy in place of a shared map (``_dtype_policy``;
+   without it, rebuilding a quantised model refuses).
+8. One optimizer update call per step (``_backend_update_step``, which Keras' torch
+   optimizers override). Fallback: the per-variable ``update_step``.
+9. Whether a ``keras.StatelessScope`` is active (the torch updates write in place
+   outside one). Fallback: assume one is, so every update goes through ``assign``.
 """
 
 from keras_vitmsn.backend.keras_internals import fast_init as _fast_init
-from keras_vitmsn.backend.keras_internals.fast_init import (
-    build_with_values,
-    capture_weights,
-    pending_variables,
-    read_without_initialising,
-)
-from keras_vitmsn.backend.keras_internals.layers import (
-    DATA_LAYER_IS_PRIVATE,
-    DTYPE_POLICY_IS_PRIVATE,
-    FLATTEN_LAYERS_IS_PRIVATE,
-    DataLayerBase,
-    all_layers,
-    find_data_layer_base,
-    one_garbage_collection,
-    replace_dtype_policy,
-)
 from keras_vitmsn.backend.keras_internals import optimizer as _optimizer
-from keras_vitmsn.backend.keras_internals.optimizer import (
-    VariableIndex,
-    optimizer_reads_weight_decay_property,
-    route_batched_update,
-)
+from keras_vitmsn.backend.keras_internals.fast_init import build_with_values
+from keras_vitmsn.backend.keras_internals.fast_init import capture_weights
+from keras_vitmsn.backend.keras_internals.fast_init import pending_variables
+from keras_vitmsn.backend.keras_internals.fast_init import read_without_initialising
+from keras_vitmsn.backend.keras_internals.layers import DATA_LAYER_IS_PRIVATE
+from keras_vitmsn.backend.keras_internals.layers import DTYPE_POLICY_IS_PRIVATE
+from keras_vitmsn.backend.keras_internals.layers import FLATTEN_LAYERS_IS_PRIVATE
+from keras_vitmsn.backend.keras_internals.layers import DataLayerBase
+from keras_vitmsn.backend.keras_internals.layers import all_layers
+from keras_vitmsn.backend.keras_internals.layers import find_data_layer_base
+from keras_vitmsn.backend.keras_internals.layers import one_garbage_collection
+from keras_vitmsn.backend.keras_internals.layers import replace_dtype_policy
+from keras_vitmsn.backend.keras_internals.optimizer import VariableIndex
+from keras_vitmsn.backend.keras_internals.optimizer import optimizer_reads_weight_decay_property
+from keras_vitmsn.backend.keras_internals.optimizer import route_batched_update
 from keras_vitmsn.backend.keras_internals.public_only import PUBLIC_ONLY
 from keras_vitmsn.backend.keras_internals.scopes import STATELESS_SCOPE_IS_PRIVATE
 from keras_vitmsn.backend.keras_internals.scopes import in_stateless_scope
+
+__all__ = [
+    "BACKEND_UPDATE_STEP_IS_PRIVATE",
+    "DATA_LAYER_IS_PRIVATE",
+    "DTYPE_POLICY_IS_PRIVATE",
+    "FAST_INIT",
+    "FLATTEN_LAYERS_IS_PRIVATE",
+    "PUBLIC_ONLY",
+    "STATELESS_SCOPE_IS_PRIVATE",
+    "VARIABLE_INDEX_IS_PRIVATE",
+    "DataLayerBase",
+    "VariableIndex",
+    "all_layers",
+    "build_with_values",
+    "capture_weights",
+    "find_data_layer_base",
+    "in_stateless_scope",
+    "one_garbage_collection",
+    "optimizer_reads_weight_decay_property",
+    "pending_variables",
+    "read_without_initialising",
+    "replace_dtype_policy",
+    "route_batched_update",
+]
 
 
 def __getattr__(name):

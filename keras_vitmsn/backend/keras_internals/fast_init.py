@@ -3,7 +3,8 @@ its initialisers when its weights are about to be loaded."""
 
 import keras
 
-from keras_vitmsn.backend.keras_internals.lazy import module_getattr, probed
+from keras_vitmsn.backend.keras_internals.lazy import module_getattr
+from keras_vitmsn.backend.keras_internals.lazy import probed
 from keras_vitmsn.backend.keras_internals.public_only import PUBLIC_ONLY
 
 # -- 1. fast initialisation --------------------------------------------------------

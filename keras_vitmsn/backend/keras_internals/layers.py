@@ -65,6 +65,19 @@ def one_garbage_collection():
         collect()
 
 
+def _probe_dense(**kwargs):
+    # Named and zero-initialised, so a probe at import neither advances Keras' automatic
+    # layer names ("dense_1") nor draws from Python's global random state (unseeded
+    # initializers take their seed from it): importing the package changes neither.
+    return keras.layers.Dense(
+        2,
+        kernel_initializer="zeros",
+        bias_initializer="zeros",
+        name="keras_vitmsn_probe_dense",
+        **kwargs,
+    )
+
+
 # -- 6. every layer of a model ----------------------------------------------------------
 
 
@@ -72,7 +85,7 @@ def _probe_flatten_layers():
     if PUBLIC_ONLY:
         return False
     try:
-        outer = keras.Sequential([keras.layers.Dense(2)])
+        outer = keras.Sequential([_probe_dense()], name="keras_vitmsn_probe_model")
         return [type(layer) for layer in outer._flatten_layers(include_self=False)] == [
             keras.layers.Dense
         ]
@@ -127,7 +140,7 @@ def _probe_dtype_policy_storage():
         return False
     try:
         policy_map = keras.dtype_policies.DTypePolicyMap(default_policy="float32")
-        layer = keras.layers.Dense(2, dtype=policy_map)
+        layer = _probe_dense(dtype=policy_map)
         if layer._dtype_policy is not policy_map:
             return False
         own = keras.dtype_policies.get("bfloat16")

@@ -2,7 +2,7 @@
 
 Probes that build variables run a computation, and on JAX the first computation
 creates the CPU client: after that, settings a process chooses at start-up (such as
-:func:`keras_vitmsn.backend.jax_cpu_memory.enable`, or JAX's own platform and memory options)
+:func:`keras_vitmsn.backend.enable_jax_cpu_memory`, or JAX's own platform and memory options)
 no longer apply. So ``import keras_vitmsn`` computes nothing, and each such probe runs
 the first time its answer is read.
 

@@ -3,7 +3,8 @@ needs from Keras' optimizer base class."""
 
 import keras
 
-from keras_vitmsn.backend.keras_internals.lazy import module_getattr, probed
+from keras_vitmsn.backend.keras_internals.lazy import module_getattr
+from keras_vitmsn.backend.keras_internals.lazy import probed
 from keras_vitmsn.backend.keras_internals.public_only import PUBLIC_ONLY
 
 # -- 3. a scheduled weight decay ------------------------------------------------------
@@ -70,19 +71,24 @@ class VariableIndex:
         variables: the ``var_list`` given to its ``build``.
         private: use Keras' ``_get_variable_index`` (default: when it was probed to
             work); False for the identity index.
+        native_variables: ``variable -> objects``: what the backend's optimizer may
+            hand ``update_step`` in place of a Keras variable
+            (``keras_vitmsn.backend.native_variables``), indexed with it.
     """
 
-    def __init__(self, optimizer, variables, private=None):
+    def __init__(self, optimizer, variables, private=None, native_variables=None):
         self._optimizer = optimizer
         #: The variables, in order (a plain object's list: Keras tracks none of it).
         self.variables = list(variables)
-        self._private = probed(globals(), "VARIABLE_INDEX_IS_PRIVATE") if private is None else bool(private)
+        self._private = (
+            probed(globals(), "VARIABLE_INDEX_IS_PRIVATE") if private is None else bool(private)
+        )
         self._by_id = {}
-        on_tensorflow = keras.backend.backend() == "tensorflow"
         for i, variable in enumerate(variables):
             self._by_id[id(variable)] = i
-            if on_tensorflow and isinstance(variable, keras.Variable):
-                self._by_id[id(variable.value)] = i
+            if native_variables is not None and isinstance(variable, keras.Variable):
+                for native in native_variables(variable):
+                    self._by_id[id(native)] = i
 
     def __call__(self, variable):
         if self._private:
@@ -132,10 +138,13 @@ def _probe_backend_update_step():
 
 
 # Both probe by running an optimizer step, so they run on first use (keras_internals.lazy).
-__getattr__ = module_getattr(globals(), {
-    "VARIABLE_INDEX_IS_PRIVATE": _probe_variable_index,
-    "BACKEND_UPDATE_STEP_IS_PRIVATE": _probe_backend_update_step,
-})
+__getattr__ = module_getattr(
+    globals(),
+    {
+        "VARIABLE_INDEX_IS_PRIVATE": _probe_variable_index,
+        "BACKEND_UPDATE_STEP_IS_PRIVATE": _probe_backend_update_step,
+    },
+)
 
 
 def route_batched_update(cls):

@@ -3,7 +3,7 @@ active.
 
 Inside one, a variable's ``value`` is the scope's tensor and ``assign`` records a new
 value in the scope, so code that updates ``variable.value`` in place (the torch fast
-paths of :mod:`keras_vitmsn.backend.fast_updates`) would write into the caller's arrays and
+paths of :mod:`keras_vitmsn.backend.torch`) would write into the caller's arrays and
 record nothing. Keras answers with its private ``in_stateless_scope``. Fallback:
 :func:`in_stateless_scope` answers True, so callers always take their ``assign`` path
 (correct everywhere, slower on torch).

@@ -11,8 +11,8 @@ authors' torchvision pipeline: RandomResizedCrop, horizontal flip, colour jitter
   jitter, grayscale, blur).
 - :mod:`~keras_vitmsn.msn.augment.dataset`: :func:`msn_multiview_dataset`, batches
   of views from a folder, an array or a ``tf.data.Dataset``.
-- :mod:`~keras_vitmsn.msn.augment.batched`: the same views rendered a batch at a time,
-  for arrays of equally sized images.
+- :mod:`~keras_vitmsn.msn.augment.batched` (internal): the same views rendered a
+  batch at a time, for arrays of equally sized images.
 
 Only TensorFlow ops with stateless randomness are used (and Pillow, for image
 files TensorFlow does not decode), so the pipeline runs inside ``tf.data`` whatever
@@ -21,8 +21,7 @@ fully determines the views. TensorFlow is imported when first needed, so importi
 ``keras_vitmsn`` does not require it.
 """
 
-from keras_vitmsn.images.files import list_image_files
-from keras_vitmsn.msn.augment import batched
+from keras_vitmsn.images.image_files import list_image_files
 from keras_vitmsn.msn.augment.dataset import AUTOTUNE
 from keras_vitmsn.msn.augment.dataset import msn_multiview_dataset
 from keras_vitmsn.msn.augment.ops import LUMA_WEIGHTS
@@ -31,3 +30,15 @@ from keras_vitmsn.msn.augment.ops import gaussian_blur
 from keras_vitmsn.msn.augment.ops import grayscale
 from keras_vitmsn.msn.augment.ops import random_resized_crop_box
 from keras_vitmsn.msn.augment.recipe import MSNAugmentation
+
+__all__ = [
+    "AUTOTUNE",
+    "LUMA_WEIGHTS",
+    "MSNAugmentation",
+    "color_jitter",
+    "gaussian_blur",
+    "grayscale",
+    "list_image_files",
+    "msn_multiview_dataset",
+    "random_resized_crop_box",
+]

@@ -1,9 +1,9 @@
-"""MSN's views made a batch at a time, for images that all have one size.
+"""Internal: MSN's views made a batch at a time, for images that all have one size.
 
 :meth:`MSNAugmentation.views` makes the views of one image, which is what a folder of
 images of any size needs. For an array of equally sized images (the digits demo, any
 small-image domain held in memory) the per-image graph costs more than the work
-itself: a tiny model then waits for its views (issue 12). Here the work is split:
+itself: a tiny model then waits for its views. Here the work is split:
 
 - per image, only :func:`view_uniforms`: one draw of the uniform numbers its views
   are made from (``views`` makes them from the same numbers, through the same
@@ -60,10 +60,15 @@ def view_params(augmentation, uniforms, image_height, image_width):
             return tf.ones_like(u, tf.bool)
         return u < p
 
-    boxes = [crop_box_from_uniforms(image_height, image_width, scale, augmentation.ratio,
-                                    uniforms[..., views, _CROP])
-             for views, scale in ((slice(0, 2), augmentation.global_scale),
-                                  (slice(2, None), augmentation.focal_scale))]
+    boxes = [
+        crop_box_from_uniforms(
+            image_height, image_width, scale, augmentation.ratio, uniforms[..., views, _CROP]
+        )
+        for views, scale in (
+            (slice(0, 2), augmentation.global_scale),
+            (slice(2, None), augmentation.focal_scale),
+        )
+    ]
     low, high = augmentation.blur_sigma
     jitter_p = augmentation.color_jitter_probability if augmentation._jitters_color else 0.0
     return {
@@ -86,8 +91,10 @@ def render_views(augmentation, images, uniforms):
     params = view_params(augmentation, uniforms, images.shape[1], images.shape[2])
 
     def kind(first, count, size):  # views first .. first + count - 1 of each image
-        flat = {k: tf.reshape(v[:, first:first + count], tf.concat([[-1], tf.shape(v)[2:]], 0))
-                for k, v in params.items()}
+        flat = {
+            k: tf.reshape(v[:, first : first + count], tf.concat([[-1], tf.shape(v)[2:]], 0))
+            for k, v in params.items()
+        }
         source = tf.repeat(images, count, axis=0)  # view-major within each image
         x = augmentation._convert(_render(augmentation, source, flat, size))
         return tf.reshape(x, tf.concat([[batch, count], tf.shape(x)[1:]], 0))
@@ -130,9 +137,10 @@ def resize_weights(start, length, input_size, output_size):
     inv_scale = length / float(output_size)
     kernel_scale = tf.maximum(inv_scale, 1.0)
     sample = (tf.range(output_size, dtype=tf.float32)[None, :, None] + 0.5) * inv_scale
-    source = tf.range(input_size, dtype=tf.float32)[None, None, :] - tf.cast(
-        start, tf.float32
-    )[:, None, None]
+    source = (
+        tf.range(input_size, dtype=tf.float32)[None, None, :]
+        - tf.cast(start, tf.float32)[:, None, None]
+    )
     inside = (source >= 0) & (source < length)
     weights = tf.maximum(0.0, 1.0 - tf.abs(source + 0.5 - sample) / kernel_scale)
     weights = tf.where(inside, weights, 0.0)

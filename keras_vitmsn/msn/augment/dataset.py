@@ -1,6 +1,6 @@
 """The tf.data plumbing: :func:`msn_multiview_dataset` turns images into batches of views.
 
-Sources are image folders (read by the rules of :mod:`keras_vitmsn.images.files`, the
+Sources are image folders (read by the rules of :mod:`keras_vitmsn.images.image_files`, the
 same as fine-tuning's), NumPy arrays and ``tf.data`` datasets. It works under every
 Keras backend: Keras converts ``tf.data`` batches for JAX and PyTorch.
 """
@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 
-from keras_vitmsn.images.files import decode_rgb
-from keras_vitmsn.images.files import read_image_folder
+from keras_vitmsn.images.image_files import decode_rgb
+from keras_vitmsn.images.image_files import read_image_folder
 from keras_vitmsn.msn.augment.batched import render_views
 from keras_vitmsn.msn.augment.batched import view_uniforms
 from keras_vitmsn.msn.augment.ops import _tf
@@ -53,7 +53,7 @@ def msn_multiview_dataset(
         source: one of
             - a directory: every image below it, at any depth (class sub-folders are
               fine; labels are ignored), by the rules of
-              :mod:`keras_vitmsn.images.files`: every format Pillow decodes, hidden
+              :mod:`keras_vitmsn.images.image_files`: every format Pillow decodes, hidden
               files skipped, each file checked before the pipeline is built. Decoded
               to RGB (the first frame of an animation);
             - a NumPy array ``(N, H, W, C)``, uint8 or floats in [0, 255], C = 3 or
@@ -78,7 +78,7 @@ def msn_multiview_dataset(
         shuffle_buffer_size: None or a positive int overriding the shuffle buffer.
         skip_bad_images: for a directory, leave out with a warning the image files
             Pillow cannot decode, instead of raising
-            :class:`keras_vitmsn.images.files.BadImageError` (which lists them all).
+            :class:`keras_vitmsn.images.image_files.BadImageError` (which lists them all).
 
     Returns:
         A prefetched ``tf.data.Dataset``.
@@ -95,15 +95,17 @@ def msn_multiview_dataset(
     2
     """
     tf = _tf()
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) \
-            or batch_size < 1:
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
         raise ValueError(f"`batch_size` must be a positive int; got {batch_size!r}.")
     if augmentation is None:
         augmentation = MSNAugmentation()
     elif not isinstance(augmentation, MSNAugmentation):
         raise ValueError(
-            f"`augmentation` must be an MSNAugmentation or None; got "
-            f"{type(augmentation).__name__}."
+            f"`augmentation` must be an MSNAugmentation or None; got {type(augmentation).__name__}."
         )
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
         raise ValueError(f"`seed` must be None or an int; got {seed!r}.")
@@ -205,6 +207,7 @@ def msn_multiview_dataset(
 
 # -- helpers -----------------------------------------------------------------------------
 
+
 def _tensorflow_decodes(image):
     """Whether TensorFlow's own decoder takes this file (faster: no Python, no GIL).
 
@@ -224,8 +227,9 @@ def _folder_loader(by_tensorflow):
         return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
 
     def with_pillow(path):
-        return tf.numpy_function(lambda p: decode_rgb(os.fsdecode(p)), [path], tf.uint8,
-                                 stateful=False)
+        return tf.numpy_function(
+            lambda p: decode_rgb(os.fsdecode(p)), [path], tf.uint8, stateful=False
+        )
 
     def load(element):
         path, use_tensorflow = element
@@ -234,8 +238,9 @@ def _folder_loader(by_tensorflow):
         elif not any(by_tensorflow):
             image = with_pillow(path)
         else:
-            image = tf.cond(use_tensorflow, lambda: with_tensorflow(path),
-                            lambda: with_pillow(path))
+            image = tf.cond(
+                use_tensorflow, lambda: with_tensorflow(path), lambda: with_pillow(path)
+            )
         image.set_shape([None, None, 3])
         return image
 

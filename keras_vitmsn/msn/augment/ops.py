@@ -74,8 +74,9 @@ def crop_box_from_uniforms(image_height, image_width, scale, ratio, uniforms):
     # All attempts at once; the first valid one is the one torchvision would return.
     area = h * w * (scale[0] + uniforms[..., :_CROP_ATTEMPTS] * (scale[1] - scale[0]))
     log_low, log_high = math.log(ratio[0]), math.log(ratio[1])
-    aspect = tf.exp(log_low + uniforms[..., _CROP_ATTEMPTS:2 * _CROP_ATTEMPTS]
-                    * (log_high - log_low))
+    aspect = tf.exp(
+        log_low + uniforms[..., _CROP_ATTEMPTS : 2 * _CROP_ATTEMPTS] * (log_high - log_low)
+    )
     crop_w = tf.round(tf.sqrt(area * aspect))  # half to even, as Python's round
     crop_h = tf.round(tf.sqrt(area / aspect))
     valid = (crop_w > 0) & (crop_w <= w) & (crop_h > 0) & (crop_h <= h)
@@ -85,7 +86,10 @@ def crop_box_from_uniforms(image_height, image_width, scale, ratio, uniforms):
     in_ratio = w / h
     fallback_w = tf.where(in_ratio > ratio[1], tf.round(h * ratio[1]), w)
     fallback_h = tf.where(in_ratio < ratio[0], tf.round(w / ratio[0]), h)
-    pick = lambda values: tf.gather(values, first, batch_dims=len(values.shape) - 1)[..., 0]
+
+    def pick(values):
+        return tf.gather(values, first, batch_dims=len(values.shape) - 1)[..., 0]
+
     box_h = tf.cast(tf.where(found, pick(crop_h), fallback_h), tf.int32)
     box_w = tf.cast(tf.where(found, pick(crop_w), fallback_w), tf.int32)
 
@@ -261,8 +265,9 @@ def _check_range(value, name, upper=None):
     try:
         low, high = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a pair (low, high) with {accepted}; got {value!r}.") \
-            from None
+        raise ValueError(
+            f"`{name}` must be a pair (low, high) with {accepted}; got {value!r}."
+        ) from None
     if not (0.0 < low <= high and (upper is None or high <= upper)):
         raise ValueError(f"`{name}` must be a pair (low, high) with {accepted}; got {value!r}.")
     return (low, high)

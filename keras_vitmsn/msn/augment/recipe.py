@@ -107,8 +107,11 @@ class MSNAugmentation:
 
         self.global_size = _check_size(global_size, "global_size")
         self.focal_size = _check_size(focal_size, "focal_size")
-        if isinstance(num_focal_views, bool) or not isinstance(num_focal_views, numbers.Integral) \
-                or num_focal_views < 0:
+        if (
+            isinstance(num_focal_views, bool)
+            or not isinstance(num_focal_views, numbers.Integral)
+            or num_focal_views < 0
+        ):
             raise ValueError(
                 f"`num_focal_views` must be an int >= 0 (0: no focal views); got "
                 f"{num_focal_views!r}."
@@ -224,8 +227,10 @@ class MSNAugmentation:
                 self._eager_views[channels] = tf.function(
                     self._views,
                     autograph=False,  # no Python control flow on tensors; faster tracing
-                    input_signature=[tf.TensorSpec([None, None, channels], tf.float32),
-                                     tf.TensorSpec([2], tf.int64)],
+                    input_signature=[
+                        tf.TensorSpec([None, None, channels], tf.float32),
+                        tf.TensorSpec([2], tf.int64),
+                    ],
                 )
             return self._eager_views[channels](image, seed)
         return self._views(image, seed)
@@ -280,12 +285,19 @@ class MSNAugmentation:
 
         x = maybe(self.flip_probability, p["flip"], lambda x: tf.reverse(x, [1]), x, cheap=True)
         if self._jitters_color:
-            x = maybe(self.color_jitter_probability, p["jitter"],
-                      lambda x: color_jitter_from_uniforms(x, p["jitter_u"], self.color_jitter),
-                      x)
+            x = maybe(
+                self.color_jitter_probability,
+                p["jitter"],
+                lambda x: color_jitter_from_uniforms(x, p["jitter_u"], self.color_jitter),
+                x,
+            )
         x = maybe(self.grayscale_probability, p["gray"], grayscale, x, cheap=True)
-        x = maybe(self.blur_probability, p["blur"],
-                  lambda x: gaussian_blur_with_sigma(x, p["sigma"], self.blur_radius), x)
+        x = maybe(
+            self.blur_probability,
+            p["blur"],
+            lambda x: gaussian_blur_with_sigma(x, p["sigma"], self.blur_radius),
+            x,
+        )
         return x * 255.0
 
     # -- serialisation -------------------------------------------------------------------
@@ -321,13 +333,14 @@ class MSNAugmentation:
         return cls(**config)
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()
-                         if k != "image_converter")
+        args = ", ".join(
+            f"{k}={v!r}" for k, v in self.get_config().items() if k != "image_converter"
+        )
         return f"MSNAugmentation({args})"
 
 
-
 # -- argument checks ------------------------------------------------------------------
+
 
 def _check_size(size, name):
     if isinstance(size, numbers.Integral) and not isinstance(size, bool):

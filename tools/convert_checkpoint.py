@@ -1,11 +1,11 @@
 """Convert a ViT-MSN checkpoint to a Keras preset, optionally checking it against transformers.
 
-    python conversion/convert_checkpoint.py --source hf://facebook/vit-msn-small \
+    python tools/convert_checkpoint.py --source hf://facebook/vit-msn-small \
         --output presets/vit_msn_small --verify
 
 --source is "hf://org/repo", a built-in preset name (vit_msn_small ...), a transformers
 checkpoint directory (save_pretrained), or an original facebookresearch/msn
-``*.pth.tar`` file. The preset is written to --output (see conversion/README.md for
+``*.pth.tar`` file. The preset is written to --output (see docs/presets.md for
 the layout and for uploading it to the Hugging Face hub or Kaggle).
 
 --verify (needs torch and transformers) reloads the written preset with
@@ -75,7 +75,9 @@ def _transformers_from_msn(path, num_heads):
     )
     with tempfile.TemporaryDirectory() as tmp:
         config.save_pretrained(tmp)
-        state = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in raw["backbone_state"].items()}
+        state = {
+            k: np.ascontiguousarray(v, dtype=np.float32) for k, v in raw["backbone_state"].items()
+        }
         save_file(state, os.path.join(tmp, "model.safetensors"))
         return transformers.ViTMSNModel.from_pretrained(tmp)
 
@@ -91,7 +93,9 @@ def verify(source, output, seed=0):
     task = os.path.exists(os.path.join(output, "task.json"))
     reference = _transformers_reference(source, task, backbone.num_heads)
     height, width, channels = backbone.image_shape
-    pixels = np.random.default_rng(seed).standard_normal((2, channels, height, width)).astype("float32")
+    pixels = (
+        np.random.default_rng(seed).standard_normal((2, channels, height, width)).astype("float32")
+    )
     with torch.no_grad():
         ref_out = reference(torch.from_numpy(pixels))
         encoder = reference.vit if task else reference
@@ -117,11 +121,21 @@ def upload_to_hf(output, repo_id):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", required=True, help="hf://org/repo, preset name, DIR or FILE.pth.tar")
+    parser.add_argument(
+        "--source", required=True, help="hf://org/repo, preset name, DIR or FILE.pth.tar"
+    )
     parser.add_argument("--output", required=True, help="directory to write the Keras preset to")
-    parser.add_argument("--num-heads", type=int, help="heads of an MSN checkpoint of a width none of the released models has")
-    parser.add_argument("--verify", action="store_true", help="compare with transformers (max abs diff <= 1e-4)")
-    parser.add_argument("--upload-hf", metavar="REPO", help="upload the preset to this hub repository")
+    parser.add_argument(
+        "--num-heads",
+        type=int,
+        help="heads of an MSN checkpoint of a width none of the released models has",
+    )
+    parser.add_argument(
+        "--verify", action="store_true", help="compare with transformers (max abs diff <= 1e-4)"
+    )
+    parser.add_argument(
+        "--upload-hf", metavar="REPO", help="upload the preset to this hub repository"
+    )
     args = parser.parse_args(argv)
 
     import keras_vitmsn as kv

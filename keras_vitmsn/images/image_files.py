@@ -1,6 +1,6 @@
 """The one set of rules for reading image folders, shared by every loader and command.
 
-Used by :class:`keras_vitmsn.images.data.ImageFolder` (``finetune``, ``lowshot``) and by
+Used by :class:`keras_vitmsn.images.folders.ImageFolder` (``finetune``, ``lowshot``) and by
 :func:`keras_vitmsn.msn.msn_multiview_dataset` (``pretrain``), so a folder that one
 accepts the other accepts too, with the same images in the same order.
 
@@ -38,7 +38,7 @@ Example:
 >>> read_image_folder(root)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-keras_vitmsn.images.files.BadImageError: 1 of 3 image file(s) in ... cannot be decoded...
+keras_vitmsn.images.image_files.BadImageError: 1 of 3 image file(s) in ... cannot be decoded...
 >>> import warnings
 >>> with warnings.catch_warnings(record=True) as caught:
 ...     paths = list_image_files(root, skip_bad_images=True)
@@ -90,21 +90,27 @@ def image_extensions():
     >>> {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif"} <= set(image_extensions())
     True
     """
-    from PIL import EpsImagePlugin, Image, ImageFile
+    from PIL import EpsImagePlugin
+    from PIL import Image
+    from PIL import ImageFile
 
     Image.init()  # Image.OPEN is empty until every plugin is registered
     formats = set()
     for name, (factory, _) in Image.OPEN.items():
-        if isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile) \
-                and getattr(factory, "_handler", None) is None:
+        if (
+            isinstance(factory, type)
+            and issubclass(factory, ImageFile.StubImageFile)
+            and getattr(factory, "_handler", None) is None
+        ):
             continue
         if name in _IDENTIFY_ONLY or (name == "EPS" and not EpsImagePlugin.has_ghostscript()):
             continue
         formats.add(name)
     if "JPEG" in formats:
         formats.add("MPO")  # multi-picture JPEGs: JPEG's open function reads them
-    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items()
-                        if fmt in formats))
+    return tuple(
+        sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in formats)
+    )
 
 
 def read_image_folder(directory, skip_bad_images=False):
@@ -125,8 +131,9 @@ def list_image_files(directory, skip_bad_images=False):
 
 def _read_image_folder(directory, skip_bad_images):
     directory = _check_directory(directory)
-    images = _check_images(_find_images(directory), f"folder {directory!r}", skip_bad_images,
-                           stacklevel=4)  # the caller of read_image_folder/list_image_files
+    images = _check_images(
+        _find_images(directory), f"folder {directory!r}", skip_bad_images, stacklevel=4
+    )  # the caller of read_image_folder/list_image_files
     if not images:
         raise ValueError(
             f"Image folder {directory!r} holds no {'readable ' if skip_bad_images else ''}"
@@ -150,7 +157,8 @@ def read_class_folders(directory, min_classes=2, skip_bad_images=False):
     """
     directory = _check_directory(directory)
     class_names = sorted(
-        d for d in os.listdir(directory)
+        d
+        for d in os.listdir(directory)
         if not d.startswith(".") and os.path.isdir(os.path.join(directory, d))
     )
     if len(class_names) < min_classes:
@@ -167,8 +175,12 @@ def read_class_folders(directory, min_classes=2, skip_bad_images=False):
                 f"at every depth for {_extension_summary()})."
             )
     label_of = {p: label for label, name in enumerate(class_names) for p in found[name]}
-    images = _check_images([p for name in class_names for p in found[name]],
-                           f"folder {directory!r}", skip_bad_images, stacklevel=3)
+    images = _check_images(
+        [p for name in class_names for p in found[name]],
+        f"folder {directory!r}",
+        skip_bad_images,
+        stacklevel=3,
+    )
     labels = [label_of[image.path] for image in images]
     for label, name in enumerate(class_names):
         if label not in labels:
@@ -198,6 +210,7 @@ def decode_rgb(path):
 
 # -- internals -----------------------------------------------------------------------------
 
+
 def _check_directory(directory):
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
@@ -207,10 +220,15 @@ def _check_directory(directory):
 
 def _extension_summary():
     extensions = image_extensions()
-    common = [e for e in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-              if e in extensions]
-    return (f"{', '.join(common)} and {len(extensions) - len(common)} more extensions "
-            "Pillow decodes (keras_vitmsn.images.files.image_extensions())")
+    common = [
+        e
+        for e in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+        if e in extensions
+    ]
+    return (
+        f"{', '.join(common)} and {len(extensions) - len(common)} more extensions "
+        "Pillow decodes (keras_vitmsn.images.image_files.image_extensions())"
+    )
 
 
 def _find_images(folder):
@@ -223,8 +241,11 @@ def _find_images(folder):
             continue
         visited.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        paths += [os.path.join(root, f) for f in sorted(files)
-                  if not f.startswith(".") and f.lower().endswith(extensions)]
+        paths += [
+            os.path.join(root, f)
+            for f in sorted(files)
+            if not f.startswith(".") and f.lower().endswith(extensions)
+        ]
     return paths
 
 
@@ -269,8 +290,9 @@ def _check_images(paths, where, skip_bad_images, stacklevel):
         workers = min(32, (os.cpu_count() or 1) + 4, max(1, len(chunks)))
         # Pillow decodes without holding the GIL, so threads give real parallelism.
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            results = [r for chunk in pool.map(lambda c: [_inspect(p) for p in c], chunks)
-                       for r in chunk]
+            results = [
+                r for chunk in pool.map(lambda c: [_inspect(p) for p in c], chunks) for r in chunk
+            ]
         _last_check = (key, results)
     bad = [(path, reason) for path, (info, reason) in zip(paths, results) if info is None]
     if bad and not skip_bad_images:

@@ -1,10 +1,10 @@
-"""Image folders (one sub-folder per class) as NumPy arrays or a Keras PyDataset.
+"""Labelled image folders (one sub-folder per class) as NumPy arrays or a Keras PyDataset.
 
 Backend-agnostic on purpose: images are decoded with Pillow and batched by a
 ``keras.utils.PyDataset``, so the command line works with only JAX or PyTorch
 installed. (``keras.utils.image_dataset_from_directory`` needs TensorFlow.) Which
 files count as images, and how bad ones are handled, is decided by
-:mod:`keras_vitmsn.images.files`, shared with MSN pretraining.
+:mod:`keras_vitmsn.images.image_files`, shared with MSN pretraining.
 """
 
 import math
@@ -13,12 +13,9 @@ import os
 import keras
 import numpy as np
 
-from keras_vitmsn.images.files import read_class_folders
-from keras_vitmsn.images.resize_geometry import paper_resize_geometry
-
-
-#: How :func:`load_image` brings an image to the model size.
-RESIZE_MODES = ("hub", "paper")
+from keras_vitmsn.images.converter import RESIZE_MODES
+from keras_vitmsn.images.converter import paper_resize_geometry
+from keras_vitmsn.images.image_files import read_class_folders
 
 
 def load_image(path, size, channels=3, resize_mode="hub"):
@@ -28,7 +25,7 @@ def load_image(path, size, channels=3, resize_mode="hub"):
     ``"paper"`` is the MSN paper's evaluation transform, torchvision's ``Resize(256)`` +
     ``CenterCrop(224)`` scaled with ``size``: keep the aspect ratio, resize to cover
     ``size * 256 / 224``, crop the centre ``size``
-    (:func:`keras_vitmsn.images.resize_geometry.paper_resize_geometry`, the geometry
+    (:func:`keras_vitmsn.images.converter.paper_resize_geometry`, the geometry
     ``ViTMSNImageConverter(resize_mode="paper")`` uses too).
 
     Returns:
@@ -46,7 +43,8 @@ def load_image(path, size, channels=3, resize_mode="hub"):
     >>> load_image(path, (224, 224), resize_mode="paper").shape
     (224, 224, 3)
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+    from PIL import UnidentifiedImageError
 
     if resize_mode not in RESIZE_MODES:
         raise ValueError(f"resize_mode must be one of {RESIZE_MODES}; got {resize_mode!r}.")
@@ -73,13 +71,13 @@ class ImageFolder:
 
     Class names are the sub-folder names, sorted; labels index them. Images are
     found at any depth below each class folder and checked when the folder is read,
-    by the rules of :mod:`keras_vitmsn.images.files`.
+    by the rules of :mod:`keras_vitmsn.images.image_files`.
 
     Args:
         directory: the root folder.
         min_classes: fewest classes accepted (2 for classification).
         skip_bad_images: leave out, with a warning, the image files Pillow cannot
-            decode, instead of raising :class:`keras_vitmsn.images.files.BadImageError`.
+            decode, instead of raising :class:`keras_vitmsn.images.image_files.BadImageError`.
 
     Raises:
         ValueError: missing folder, too few classes, a class without images, or
@@ -121,9 +119,7 @@ class ImageFolder:
         :func:`load_image`.
         """
         indices = range(len(self.paths)) if indices is None else indices
-        return np.stack(
-            [load_image(self.paths[i], size, channels, resize_mode) for i in indices]
-        )
+        return np.stack([load_image(self.paths[i], size, channels, resize_mode) for i in indices])
 
     def as_dataset(self, size, batch_size=32, shuffle=False, seed=0, channels=3, **kwargs):
         """A :class:`ImageFolderDataset` over this folder."""
@@ -173,7 +169,8 @@ def write_toy_image_folder(root, num_classes=3, per_class=8, size=64, seed=0):
     >>> ImageFolder(root).class_counts()
     {'class_0': 2, 'class_1': 2}
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image
+    from PIL import ImageDraw
 
     rng = np.random.default_rng(seed)
     palette = [(220, 60, 60), (60, 180, 80), (70, 90, 230), (230, 200, 50), (200, 80, 200)]
@@ -194,6 +191,7 @@ def write_toy_image_folder(root, num_classes=3, per_class=8, size=64, seed=0):
             elif shape == 1:
                 draw.ellipse(box, fill=colour)
             else:
-                draw.polygon([(x0, y0 + side), (x0 + side, y0 + side), (x0 + side // 2, y0)], fill=colour)
+                corners = [(x0, y0 + side), (x0 + side, y0 + side), (x0 + side // 2, y0)]
+                draw.polygon(corners, fill=colour)
             image.save(os.path.join(class_dir, f"{i:03d}.png"))
     return str(root)
