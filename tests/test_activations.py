@@ -12,8 +12,8 @@ from helpers import keras_gradients
 from helpers import to_numpy
 
 from keras_vitmsn.backend import portable
-from keras_vitmsn.layers.activations import exact_gelu
-from keras_vitmsn.layers.activations import get_activation
+from keras_vitmsn.layers.core import exact_gelu
+from keras_vitmsn.layers.core import get_activation
 
 
 def reference_gelu(x):

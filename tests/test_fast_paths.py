@@ -11,7 +11,7 @@ from helpers import to_numpy
 
 from keras_vitmsn import backend
 from keras_vitmsn.backend import portable
-from keras_vitmsn.layers.dense import ViTMSNDense
+from keras_vitmsn.layers.core import ViTMSNDense
 
 
 def dense_pair(rng, units=5, in_dim=4, **kwargs):
@@ -210,16 +210,16 @@ def test_ema_update_inside_a_stateless_scope_records_new_values():
 
 
 def test_stateless_scope_probe_and_its_fallback(monkeypatch):
+    from keras_vitmsn.backend import keras_internals
     from keras_vitmsn.backend.keras_internals import STATELESS_SCOPE_IS_PRIVATE
-    from keras_vitmsn.backend.keras_internals import scopes
 
     assert STATELESS_SCOPE_IS_PRIVATE
-    assert scopes.in_stateless_scope() is False
+    assert keras_internals.in_stateless_scope() is False
     with keras.StatelessScope():
-        assert scopes.in_stateless_scope() is True
+        assert keras_internals.in_stateless_scope() is True
     # Without Keras' answer every caller takes its assign path, which is still right.
-    monkeypatch.setattr(scopes, "_IN_STATELESS_SCOPE", None)
-    assert scopes.in_stateless_scope() is True
+    monkeypatch.setattr(keras_internals, "_IN_STATELESS_SCOPE", None)
+    assert keras_internals.in_stateless_scope() is True
     assert not backend.batched_updates_available()
     target, source = keras.Variable([1.0, 2.0]), keras.Variable([3.0, 4.0])
     backend.ema_update([target], [source], 0.5)

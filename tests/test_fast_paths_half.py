@@ -12,7 +12,7 @@ from helpers import to_numpy
 
 from keras_vitmsn import backend
 from keras_vitmsn.backend import portable
-from keras_vitmsn.layers.layer_norm import ViTMSNLayerNorm
+from keras_vitmsn.layers.core import ViTMSNLayerNorm
 
 BF16_ULP = 2.0**-8  # relative spacing of bfloat16 (8 significand bits)
 
@@ -195,7 +195,7 @@ def test_bfloat16_block_outputs_match_float32_within_bf16_error(rng):
 def test_docstring_examples_run():
     import doctest
 
-    from keras_vitmsn.layers import layer_norm
+    from keras_vitmsn.layers import core as layer_norm
 
     result = doctest.testmod(layer_norm)
     assert result.attempted and not result.failed

@@ -58,7 +58,7 @@ def test_presets_load_identically_without_fast_init(tmp_path, monkeypatch):
     backbone.save_to_preset(str(tmp_path / "p"))
     x = np.random.default_rng(1).standard_normal((2, 32, 32, 3)).astype("float32")
     fast = kv.ViTMSNBackbone.from_preset(str(tmp_path / "p"), image_shape=(40, 40, 3))
-    monkeypatch.setattr(keras_internals.fast_init, "FAST_INIT", False)
+    monkeypatch.setattr(keras_internals, "FAST_INIT", False)
     slow = kv.ViTMSNBackbone.from_preset(str(tmp_path / "p"), image_shape=(40, 40, 3))
     same = kv.ViTMSNBackbone.from_preset(str(tmp_path / "p"))
     y = np.random.default_rng(2).standard_normal((2, 40, 40, 3)).astype("float32")
@@ -80,7 +80,7 @@ def test_converter_base_falls_back_to_a_public_layer():
 
 
 def test_scheduled_weight_decay_refuses_when_keras_ignores_it(monkeypatch):
-    monkeypatch.setattr(keras_internals.optimizer, "_WEIGHT_DECAY_PROPERTY", False)
+    monkeypatch.setattr(keras_internals, "_WEIGHT_DECAY_PROPERTY", False)
     with pytest.raises(RuntimeError, match="pass a float weight_decay"):
         ScheduledAdamW(weight_decay=CosineSchedule(0.04, 0.4, 10))
     ScheduledAdamW(weight_decay=0.05)  # a float needs no probe
@@ -120,11 +120,11 @@ def test_quantised_rebuild_refuses_without_the_private_policy_slot(monkeypatch, 
     float_config = backbone.get_config()
     backbone.quantize("int8")
     config = backbone.get_config()
-    monkeypatch.setattr(keras_internals.layers, "DTYPE_POLICY_IS_PRIVATE", False)
+    monkeypatch.setattr(keras_internals, "DTYPE_POLICY_IS_PRIVATE", False)
     with pytest.raises(RuntimeError, match="call quantize\\(\\) on it instead"):
         kv.ViTMSNBackbone.from_config(config)
     kv.ViTMSNBackbone.from_config(float_config)
-    monkeypatch.setattr(keras_internals.layers, "DTYPE_POLICY_IS_PRIVATE", True)
+    monkeypatch.setattr(keras_internals, "DTYPE_POLICY_IS_PRIVATE", True)
     rebuilt = kv.ViTMSNBackbone.from_config(config)
     qkv = rebuilt.encoder_layers[0].attention.qkv
     assert qkv.dtype_policy.name == "int8_from_float32"
@@ -147,7 +147,7 @@ def test_variable_index_public_path_trains_as_the_private_one(monkeypatch):
     """Two compiled fit steps with ScheduledAdamW: the identity index (what runs where
     Keras' _get_variable_index changed) gives what Keras' own lookup gives."""
     expected = _train_with_scheduled_adamw()
-    monkeypatch.setattr(keras_internals.optimizer, "VARIABLE_INDEX_IS_PRIVATE", False)
+    monkeypatch.setattr(keras_internals, "VARIABLE_INDEX_IS_PRIVATE", False)
     # The identity index must be what answers: Keras' own lookup would fail now.
     monkeypatch.setattr(
         keras.optimizers.Optimizer, "_get_variable_index", lambda self, v: 1 / 0, raising=False

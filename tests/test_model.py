@@ -379,6 +379,6 @@ def test_symbolic_call_in_a_functional_model(rng):
     ],
 )
 def test_spatial_shape_reads_height_and_width(shape, data_format):
-    from keras_vitmsn.layers.layout import spatial_shape
+    from keras_vitmsn.layers.core import spatial_shape
 
     assert spatial_shape(shape, data_format) == (224, 160)

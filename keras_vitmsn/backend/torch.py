@@ -23,7 +23,7 @@ from keras import ops
 
 from keras_vitmsn.backend import portable
 from keras_vitmsn.backend import torch_gemm
-from keras_vitmsn.backend.keras_internals.scopes import in_stateless_scope
+from keras_vitmsn.backend.keras_internals import in_stateless_scope
 
 # -- the model's math -----------------------------------------------------------------
 

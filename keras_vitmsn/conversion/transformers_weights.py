@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from keras_vitmsn.layers.activations import SUPPORTED_ACTIVATIONS
+from keras_vitmsn.layers.core import SUPPORTED_ACTIVATIONS
 
 # Keys a checkpoint may omit: the released checkpoints carry no mask token.
 OPTIONAL_KEYS = ("embeddings.mask_token",)

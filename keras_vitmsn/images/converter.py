@@ -10,7 +10,7 @@ from keras_vitmsn.images.pixel_range import check_input_range
 from keras_vitmsn.images.pixel_range import check_values
 from keras_vitmsn.images.pixel_range import dtype_of
 from keras_vitmsn.images.pixel_range import to_pixel_range
-from keras_vitmsn.layers.layout import spatial_shape
+from keras_vitmsn.layers.core import spatial_shape
 from keras_vitmsn.presets import file_format
 from keras_vitmsn.presets.mixin import PresetMixin
 from keras_vitmsn.presets.mixin import register_preset_class

@@ -6,8 +6,8 @@ import keras
 from keras import ops
 
 from keras_vitmsn import backend
-from keras_vitmsn.layers.dense import ViTMSNDense
-from keras_vitmsn.layers.initializers import kernel_initializer
+from keras_vitmsn.layers.core import ViTMSNDense
+from keras_vitmsn.layers.core import kernel_initializer
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_vitmsn.layers.layout import spatial_shape
+from keras_vitmsn.layers.core import spatial_shape
 from keras_vitmsn.layers.patch_embedding import ViTMSNPatchEmbedding
 from keras_vitmsn.layers.resampling import resample_position_embeddings
 

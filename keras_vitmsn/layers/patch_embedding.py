@@ -14,9 +14,9 @@ less accurate than its matmul.)
 import keras
 from keras import ops
 
-from keras_vitmsn.layers.dense import ViTMSNDense
-from keras_vitmsn.layers.initializers import kernel_initializer
-from keras_vitmsn.layers.layout import spatial_shape
+from keras_vitmsn.layers.core import ViTMSNDense
+from keras_vitmsn.layers.core import kernel_initializer
+from keras_vitmsn.layers.core import spatial_shape
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")

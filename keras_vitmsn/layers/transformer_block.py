@@ -3,11 +3,11 @@
 import keras
 
 from keras_vitmsn import backend
-from keras_vitmsn.layers.activations import get_activation
 from keras_vitmsn.layers.attention import ViTMSNAttention
-from keras_vitmsn.layers.dense import ViTMSNDense
-from keras_vitmsn.layers.initializers import kernel_initializer
-from keras_vitmsn.layers.layer_norm import ViTMSNLayerNorm
+from keras_vitmsn.layers.core import ViTMSNDense
+from keras_vitmsn.layers.core import ViTMSNLayerNorm
+from keras_vitmsn.layers.core import get_activation
+from keras_vitmsn.layers.core import kernel_initializer
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")

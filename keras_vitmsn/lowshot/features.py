@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from keras_vitmsn.images.converter import ViTMSNImageConverter
-from keras_vitmsn.layers.layout import spatial_shape
+from keras_vitmsn.layers.core import spatial_shape
 from keras_vitmsn.models.feature_extractor import ViTMSNFeatureExtractor
 
 __all__ = [

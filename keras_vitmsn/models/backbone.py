@@ -2,9 +2,9 @@
 
 import keras
 
+from keras_vitmsn.layers.core import ViTMSNLayerNorm
+from keras_vitmsn.layers.core import spatial_shape
 from keras_vitmsn.layers.embeddings import ViTMSNEmbeddings
-from keras_vitmsn.layers.layer_norm import ViTMSNLayerNorm
-from keras_vitmsn.layers.layout import spatial_shape
 from keras_vitmsn.layers.transformer_block import ViTMSNTransformerBlock
 from keras_vitmsn.models.export import INPUT_NAME
 from keras_vitmsn.models.export import ExportMixin

@@ -4,8 +4,8 @@ import keras
 from keras import ops
 
 from keras_vitmsn.errors import MissingHeadError
-from keras_vitmsn.layers.dense import ViTMSNDense
-from keras_vitmsn.layers.initializers import kernel_initializer
+from keras_vitmsn.layers.core import ViTMSNDense
+from keras_vitmsn.layers.core import kernel_initializer
 from keras_vitmsn.models.class_names import check_class_names
 from keras_vitmsn.models.optimizer import ScheduledAdamW
 from keras_vitmsn.models.quantization import resolved_policy_map

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_vitmsn.layers.layout import spatial_shape
+from keras_vitmsn.layers.core import spatial_shape
 from keras_vitmsn.models.task import ViTMSNTask
 from keras_vitmsn.presets.mixin import register_preset_class
 from keras_vitmsn.utils import default_name

@@ -15,9 +15,9 @@ import math
 import keras
 from keras import ops
 
-from keras_vitmsn.layers.activations import exact_gelu
-from keras_vitmsn.layers.dense import ViTMSNDense
-from keras_vitmsn.layers.initializers import kernel_initializer
+from keras_vitmsn.layers.core import ViTMSNDense
+from keras_vitmsn.layers.core import exact_gelu
+from keras_vitmsn.layers.core import kernel_initializer
 from keras_vitmsn.msn.head_state import BATCHNORM_EPSILON
 from keras_vitmsn.msn.head_state import BATCHNORM_MOMENTUM
 from keras_vitmsn.msn.head_state import load_msn_pretraining_state

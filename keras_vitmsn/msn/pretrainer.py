@@ -31,7 +31,7 @@ from keras import ops
 from keras_vitmsn import backend
 from keras_vitmsn.conversion.msn_checkpoint import is_msn_checkpoint_path
 from keras_vitmsn.images.converter import ViTMSNImageConverter
-from keras_vitmsn.layers.layout import spatial_shape
+from keras_vitmsn.layers.core import spatial_shape
 from keras_vitmsn.models.backbone import ViTMSNBackbone
 from keras_vitmsn.models.optimizer import ScheduledAdamW
 from keras_vitmsn.msn import recipes
