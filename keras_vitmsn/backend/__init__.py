@@ -10,6 +10,7 @@ Layout and compilation choices: ``mlp_on_token_rows``, ``head_major_attention``,
 Variable updates: ``ema_update``, ``clip_by_global_norm``, ``adam_update`` (with
 ``batched_updates_available`` and ``autograd_gradients``), ``native_variables``.
 Training: ``train_step_with_target_update`` (MSN's step with its EMA target update).
+Tensors of any framework (``tf.data`` runs under every backend): ``is_concrete``.
 Process settings: ``enable_jax_cpu_memory`` (and ``..._for_command_line``).
 Export: ``EXPORT_FORMATS`` (by backend), ``export``, ``check_onnx_quantization``.
 
@@ -20,6 +21,7 @@ Keras live in :mod:`~keras_vitmsn.backend.keras_internals`, each probed with a f
 """
 
 import keras
+import numpy as np
 
 from keras_vitmsn.backend import jax_cpu_memory
 from keras_vitmsn.backend import portable
@@ -72,3 +74,29 @@ def enable_jax_cpu_memory_for_command_line():
         ValueError: the variable holds anything else.
     """
     return enable_jax_cpu_memory() if jax_cpu_memory.requested() else None
+
+
+def is_concrete(x):
+    """Whether ``x`` holds values that can be read now (not a symbolic tensor, a
+    tracer, or a tensor of a TF graph or torch.compile trace).
+
+    Example:
+    >>> is_concrete(np.zeros(2)), is_concrete(keras.ops.zeros(2)), is_concrete([1])
+    (True, True, False)
+    """
+    if isinstance(x, np.ndarray):
+        return True
+    module = type(x).__module__
+    if module.startswith("jax"):
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+    if module.startswith("tensorflow"):
+        import tensorflow as tf
+
+        return tf.executing_eagerly()
+    if module.startswith("torch"):
+        import torch
+
+        return x.device.type != "meta" and not torch.compiler.is_compiling()
+    return False

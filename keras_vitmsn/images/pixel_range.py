@@ -18,6 +18,8 @@ import math
 import keras
 import numpy as np
 
+from keras_vitmsn import backend
+
 # Integer images whose dtype says what white is; any other dtype uses `input_range`.
 DTYPE_RANGES = {"uint8": (0.0, 255.0), "uint16": (0.0, 65535.0)}
 # The pixel scale of the released processor, which `rescale_factor` applies to.
@@ -59,7 +61,7 @@ def check_values(images, ops, input_range):
     Symbolic tensors, tracers and graph tensors are not checked: reading their
     values would need a device round trip inside compiled code.
     """
-    if not is_concrete(images) or 0 in tuple(images.shape):
+    if not backend.is_concrete(images) or 0 in tuple(images.shape):
         return
     low = float(ops.convert_to_numpy(ops.numpy.min(images)))
     high = float(ops.convert_to_numpy(ops.numpy.max(images)))
@@ -71,24 +73,3 @@ def check_values(images, ops, input_range):
             "for images in [0, 1], or pass uint8 images (read as [0, 255]). After a "
             "bicubic or Lanczos resize, which overshoots, clip the images to the range."
         )
-
-
-def is_concrete(x):
-    """Whether ``x`` holds values that can be read now (not a symbolic tensor, a
-    tracer, or a tensor of a TF graph or torch.compile trace)."""
-    if isinstance(x, np.ndarray):
-        return True
-    module = type(x).__module__
-    if module.startswith("jax"):
-        import jax
-
-        return not isinstance(x, jax.core.Tracer)
-    if module.startswith("tensorflow"):
-        import tensorflow as tf
-
-        return tf.executing_eagerly()
-    if module.startswith("torch"):
-        import torch
-
-        return x.device.type != "meta" and not torch.compiler.is_compiling()
-    return False
