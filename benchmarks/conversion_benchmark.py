@@ -119,13 +119,11 @@ def main(argv=None):
     warnings.filterwarnings("ignore")
     import huggingface_hub.constants
 
-    import keras_vitmsn
+    import keras_vitmsn as kv
 
-    keras_vitmsn.setup_tensorflow()  # oneDNN on, as the CLI has it
+    kv.setup_tensorflow()  # oneDNN on, as the CLI has it
     import keras
     import transformers
-
-    import keras_vitmsn as kv
 
     work = tempfile.mkdtemp(prefix="vitmsn-bench-")
     try:

@@ -56,12 +56,10 @@ def make_data(num_images, image_size, num_classes, seed=0):
 
 
 def run_keras(args, arch):
-    import keras_vitmsn
-
-    keras_vitmsn.setup_tensorflow()  # oneDNN on, as the CLI has it
-    import keras
-
     import keras_vitmsn as kv
+
+    kv.setup_tensorflow()  # oneDNN on, as the CLI has it
+    import keras
 
     keras.utils.set_random_seed(0)
     images, labels = make_data(

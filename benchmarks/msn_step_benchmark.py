@@ -69,12 +69,11 @@ def views_numpy(args, seed=0):
 
 
 def keras_setup(args):
-    import keras_vitmsn
+    import keras_vitmsn as kv
 
-    keras_vitmsn.setup_tensorflow()  # oneDNN on, as the CLI has it
+    kv.setup_tensorflow()  # oneDNN on, as the CLI has it
     import keras
 
-    import keras_vitmsn as kv
     from keras_vitmsn import msn
 
     if args.worker.endswith("-cpumem"):

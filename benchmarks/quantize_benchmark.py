@@ -23,13 +23,12 @@ import time
 
 
 def worker(args):
-    import keras_vitmsn
+    import keras_vitmsn as kv
 
-    keras_vitmsn.setup_tensorflow()  # oneDNN on, as the CLI has it
+    kv.setup_tensorflow()  # oneDNN on, as the CLI has it
     import keras
     import numpy as np
 
-    import keras_vitmsn as kv
     from keras_vitmsn import presets
 
     keras.utils.set_random_seed(0)
