@@ -15,8 +15,8 @@ Sinkhorn and me-max, AdamW with gradient clipping at 3, then the EMA update.
   random weights of the preset's architecture. ``keras-jax-cpumem``: the same on JAX
   after ``keras_vitmsn.backend.jax_cpu_memory.enable()`` (opt-in; ``keras-vitmsn pretrain``
   with ``KERAS_VITMSN_JAX_CPU_MEMORY=1``). ``keras-torch-addmm``: torch with its own
-  float32 GEMM where ``keras-torch`` takes oneDNN's on AMD CPUs
-  (``keras_vitmsn/backend/torch_gemm.py``).
+  float32 GEMM where ``keras-torch`` may take oneDNN's (measured per machine,
+  ``keras_vitmsn/backend/torch_gemm.py``).
 - ``torch-msn``: the same step written here in plain PyTorch around transformers'
   ``ViTMSNModel`` (sdpa attention; patches dropped after the position embeddings, as
   MSN does), the same head (Linear-BN-GELU x2, Linear), loss, ``torch.optim.AdamW``,

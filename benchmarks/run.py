@@ -36,7 +36,7 @@ REFERENCE = "hf-sdpa"
 # keras-jax-cpumem: JAX after keras_vitmsn.backend.jax_cpu_memory.enable() (opt-in, for the
 # library and the CLI alike), next to plain keras-jax (what everyone gets by default).
 # keras-torch-addmm: torch with its own float32 GEMM (MKL on x86 wheels), where
-# keras-torch takes oneDNN's on AMD CPUs (keras_vitmsn/backend/torch_gemm.py).
+# keras-torch takes oneDNN's where it measured faster (keras_vitmsn/backend/torch_gemm.py).
 # keras-torch-compile: torch with Keras' jit_compile=True (torch.compile): no per-layer
 # Python overhead in the step, at the price of a long first call (opt-in, as in Keras).
 KERAS_IMPLS = (

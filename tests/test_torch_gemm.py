@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from helpers import BACKEND
 
+from keras_vitmsn.backend import calibration
 from keras_vitmsn.backend import torch_gemm
 
 torch = pytest.importorskip("torch")
@@ -71,35 +72,54 @@ def test_the_switch_takes_three_values_and_refuses_others(monkeypatch):
         torch_gemm.requested()
 
 
-@pytest.mark.parametrize(
-    "text, vendor",
-    [
-        ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n", "AuthenticAMD"),
-        ("processor\t: 0\nvendor_id\t: GenuineIntel\n", "GenuineIntel"),
-        ("processor\t: 0\n", ""),
-    ],
-)
-def test_cpu_vendor_reads_cpuinfo(tmp_path, text, vendor):
-    path = tmp_path / "cpuinfo"
-    path.write_text(text)
-    assert torch_gemm.cpu_vendor(str(path)) == vendor
-    assert torch_gemm.cpu_vendor(str(tmp_path / "missing")) == ""
-
-
-def test_auto_follows_the_vendor_and_onednn_forces_it(monkeypatch):
-    monkeypatch.delenv(torch_gemm.SWITCH, raising=False)
-    for vendor in ("AuthenticAMD", "GenuineIntel"):
-        monkeypatch.setattr(torch_gemm, "cpu_vendor", lambda vendor=vendor: vendor)
-        torch_gemm._auto_prefers_onednn.cache_clear()
-        want = (
-            vendor == "AuthenticAMD"
-            and torch.backends.mkl.is_available()
-            and torch_gemm._op() is not None
-        )
-        assert torch_gemm.enabled() == want
+@pytest.fixture
+def fresh_choice():
+    """The GEMM choice made again in the test and once more after it, so what the test
+    patched does not stay behind in this process."""
+    calibration.clear_memory()
     torch_gemm._auto_prefers_onednn.cache_clear()
+    yield
+    calibration.clear_memory()
+    torch_gemm._auto_prefers_onednn.cache_clear()
+
+
+def test_auto_follows_the_measurement_on_this_machine_not_the_vendor(
+    monkeypatch, tmp_path, fresh_choice
+):
+    monkeypatch.delenv(torch_gemm.SWITCH, raising=False)
+    monkeypatch.setenv(calibration.LOCATION, str(tmp_path / "calibration.json"))
+    if torch_gemm._op() is None:
+        pytest.skip("this torch has no mkldnn._linear_pointwise")
+    for winner in ("addmm", "onednn", "addmm"):
+        calibration.clear_memory()
+        torch_gemm._auto_prefers_onednn.cache_clear()
+        (tmp_path / "calibration.json").unlink(missing_ok=True)
+        monkeypatch.setattr(torch_gemm, "_measure", lambda winner=winner: winner)
+        assert torch_gemm.enabled() == (winner == "onednn")
+    # Remembered: a new process (memory cleared) reads the file and does not measure.
+    calibration.clear_memory()
+    torch_gemm._auto_prefers_onednn.cache_clear()
+    monkeypatch.setattr(torch_gemm, "_measure", lambda: pytest.fail("measured again"))
+    assert not torch_gemm.enabled()
+    torch_gemm._auto_prefers_onednn.cache_clear()
+    calibration.clear_memory()
     monkeypatch.setenv(torch_gemm.SWITCH, "onednn")
-    assert torch_gemm.enabled() == (torch_gemm._op() is not None)
+    assert torch_gemm.enabled()
+
+
+@needs_op
+def test_the_measurement_times_both_kernels_on_the_projection_shape(monkeypatch):
+    timed = []
+
+    def fastest(kernels, **kwargs):
+        for name, run in kernels.items():
+            timed.append((name, tuple(run().shape)))
+        return "addmm"
+
+    monkeypatch.setattr(calibration, "fastest", fastest)
+    assert torch_gemm._measure() == "addmm"
+    rows, _, d_out = torch_gemm.CALIBRATION_SHAPE
+    assert timed == [("addmm", (rows, d_out)), ("onednn", (rows, d_out))]
 
 
 def test_a_torch_without_the_op_falls_back(monkeypatch):

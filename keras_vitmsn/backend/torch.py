@@ -1,8 +1,8 @@
 """torch's fast paths: torch's own fused kernels where Keras composes several.
 
 - ``matmul_add``: one ``addmm`` (the bias added inside the GEMM, as ``nn.Linear``;
-  3.7% per training step), or oneDNN's GEMM in float32 on AMD CPUs
-  (:mod:`keras_vitmsn.backend.torch_gemm`).
+  3.7% per training step), or oneDNN's GEMM in float32 on CPUs where it measured
+  faster (:mod:`keras_vitmsn.backend.torch_gemm`).
 - ``layer_norm``: ``torch.nn.functional.layer_norm`` on the input as it comes, which
   accumulates half precision in float32 without Keras' two extra cast passes.
 - ``dot_product_attention``: ``scaled_dot_product_attention`` on strided head-major

@@ -1,17 +1,19 @@
-"""oneDNN's float32 GEMM for the torch backend on AMD CPUs: ``x @ kernel + bias``.
+"""oneDNN's float32 GEMM for the torch backend's CPU projections: ``x @ kernel + bias``.
 
-torch's x86 CPU wheels send float32 ``mm`` / ``addmm`` to Intel's MKL, which on AMD
-processors runs well below what the cores do. torch also ships oneDNN (the library
-TensorFlow runs its CPU matmuls on), whose GEMM torch reaches for dense tensors
-through ``torch.ops.mkldnn._linear_pointwise``: the op torch's own compiler
-(Inductor) emits for CPU linear layers. Measured on an AMD EPYC (family 26, Zen 5,
-AVX-512; 2 cores), 1576 x 384 @ 384 x 1536 in float32: ``addmm`` 8.3 ms, oneDNN
-3.6 ms, the same on every projection shape of vit_msn_small, forward and both
-gradient GEMMs. On the Intel Xeons measured earlier MKL was the faster (against
-TensorFlow's oneDNN GEMMs), so the choice is made by vendor (``auto``), or forced
-with the environment variable ``KERAS_VITMSN_TORCH_CPU_GEMM``:
+torch's x86 CPU wheels send float32 ``mm`` / ``addmm`` to Intel's MKL. torch also ships
+oneDNN (the library TensorFlow runs its CPU matmuls on), whose GEMM torch reaches for
+dense tensors through ``torch.ops.mkldnn._linear_pointwise``: the op torch's own
+compiler (Inductor) emits for CPU linear layers. Which one is faster depends on the CPU
+generation, not its vendor: 1576 x 384 @ 384 x 1536 in float32 (a vit_msn_small MLP
+projection at batch 8) takes 8.3 ms in ``addmm`` and 3.6 ms in oneDNN on an AMD Zen 5
+(AVX-512, 2 cores), while on a Zen 3 (AVX2) oneDNN is 24% slower than ``addmm``. So
+the choice is measured, once per CPU model, torch version and thread count, and
+remembered (:mod:`keras_vitmsn.backend.calibration`), or forced with the environment
+variable ``KERAS_VITMSN_TORCH_CPU_GEMM``:
 
-- ``auto`` (default): oneDNN on AMD x86 CPUs when torch's BLAS is MKL; else ``addmm``.
+- ``auto`` (default): whichever of the two is faster on this machine, timed on that
+  projection shape on first use (0.1-1 s, by the load on the machine) and remembered
+  in the calibration file; ``addmm`` unless oneDNN is more than 5% faster.
 - ``onednn``: oneDNN wherever the op exists.
 - ``addmm``: torch's ``addmm`` always (what ``nn.Linear`` runs).
 
@@ -25,6 +27,8 @@ Results equal ``addmm``'s up to float32 rounding (``tests/test_torch_gemm.py``).
 
 import functools
 import os
+
+from keras_vitmsn.backend import calibration
 
 SWITCH = "KERAS_VITMSN_TORCH_CPU_GEMM"
 CHOICES = ("auto", "onednn", "addmm")
@@ -43,28 +47,10 @@ def requested():
     value = os.environ.get(SWITCH, "auto").strip().lower() or "auto"
     if value not in CHOICES:
         raise ValueError(
-            f"{SWITCH}={os.environ[SWITCH]!r}: use auto (oneDNN on AMD CPUs, the "
-            "default), onednn or addmm"
+            f"{SWITCH}={os.environ[SWITCH]!r}: use auto (the faster of the two on this "
+            "machine, measured once; the default), onednn or addmm"
         )
     return value
-
-
-def cpu_vendor(cpuinfo="/proc/cpuinfo"):
-    """The CPU's ``vendor_id`` (e.g. ``"AuthenticAMD"``, ``"GenuineIntel"``), or
-    ``""`` where ``cpuinfo`` cannot be read (other systems).
-
-    Example:
-    >>> isinstance(cpu_vendor(), str)
-    True
-    """
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 @functools.cache
@@ -80,17 +66,34 @@ def _op():
         return None
 
 
-@functools.cache
-def _auto_prefers_onednn():
-    import platform
+# A vit_msn_small MLP projection at batch 8: the shape the models spend most time in.
+CALIBRATION_SHAPE = (1576, 384, 1536)
 
+
+def _measure():
     import torch
 
-    return (
-        platform.machine().lower() in ("x86_64", "amd64")
-        and torch.backends.mkl.is_available()
-        and cpu_vendor() == "AuthenticAMD"
-    )
+    rows, d_in, d_out = CALIBRATION_SHAPE
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, d_in, generator=gen)
+    kernel = torch.randn(d_in, d_out, generator=gen)
+    bias = torch.randn(d_out, generator=gen)
+    kernel_t = kernel.t().contiguous()
+    with torch.no_grad():
+        return calibration.fastest(
+            {
+                "addmm": lambda: torch.addmm(bias, x, kernel),
+                "onednn": lambda: _gemm(x, kernel_t, bias),
+            }
+        )
+
+
+@functools.cache
+def _auto_prefers_onednn():
+    import torch
+
+    key = f"torch {torch.__version__} | {torch.get_num_threads()} threads"
+    return calibration.decide("torch_cpu_gemm", key, ("addmm", "onednn"), _measure) == "onednn"
 
 
 def enabled():
