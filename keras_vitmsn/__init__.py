@@ -26,11 +26,13 @@ _LAZY_NAMES = {
     "ViTMSNBackbone": "keras_vitmsn.models.backbone",
     "ViTMSNClassifier": "keras_vitmsn.models.classifier",
     "ViTMSNFeatureExtractor": "keras_vitmsn.models.feature_extractor",
+    "ViTMSNImageClassifierPreprocessor": "keras_vitmsn.models.preprocessor",
     "ViTMSNImageConverter": "keras_vitmsn.images.converter",
     "convert_to_preset": "keras_vitmsn.presets.convert",
     "decode_predictions": "keras_vitmsn.models.class_names",
     "load_msn_pretraining_state": "keras_vitmsn.msn.head_state",
     "resample_position_embeddings": "keras_vitmsn.layers.resampling",
+    "upload_preset": "keras_vitmsn.presets.upload",
 }
 _SUBPACKAGES = ("conversion", "images", "layers", "lowshot", "models", "msn", "presets")
 
@@ -41,6 +43,7 @@ __all__ = [
     "ViTMSNBackbone",
     "ViTMSNClassifier",
     "ViTMSNFeatureExtractor",
+    "ViTMSNImageClassifierPreprocessor",
     "ViTMSNImageConverter",
     "__version__",
     "convert_to_preset",
@@ -48,6 +51,7 @@ __all__ = [
     "load_msn_pretraining_state",
     "resample_position_embeddings",
     "setup_tensorflow",
+    "upload_preset",
     *_SUBPACKAGES,
 ]
 

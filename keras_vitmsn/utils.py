@@ -44,6 +44,27 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+def _umask():
+    # Only os.umask reads it, by setting it: put back at once.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def apply_umask(path):
+    """Give ``path`` (and, for a folder, everything in it) the mode a plain ``open`` or
+    ``mkdir`` would have: ``mkstemp`` and ``mkdtemp`` make theirs private (0600, 0700),
+    which a written model or preset should not stay."""
+    umask = _umask()
+    for folder, dirs, files in os.walk(path) if os.path.isdir(path) else [("", [], [path])]:
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o666 & ~umask)
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o777 & ~umask)
+    if os.path.isdir(path):
+        os.chmod(path, 0o777 & ~umask)
+
+
 def write_json(obj, path):
     """Write ``obj`` as indented JSON (tuples as lists, NumPy scalars as numbers).
 
@@ -56,6 +77,7 @@ def write_json(obj, path):
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, default=_json_default)
             f.write("\n")
+        apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -68,7 +90,9 @@ def atomic_directory(target, replace=None):
     """Yield a temporary sibling of ``target`` to fill; on success it becomes ``target``.
 
     An error or interruption inside the block leaves ``target`` as it was and removes
-    the temporary folder, so readers never see a half-written directory.
+    the temporary folder, so readers never see a half-written directory. The result
+    and everything in it get the modes of a plain ``mkdir`` / ``open`` under the user's
+    umask (the temporary folder is private while it is written).
 
     Args:
         target: the directory to create or replace.
@@ -89,6 +113,7 @@ def atomic_directory(target, replace=None):
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
     try:
         yield tmp
+        apply_umask(tmp)  # the folder and every file in it, whoever wrote them
         if os.path.isdir(target):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=parent)
             os.rmdir(old)

@@ -1,8 +1,13 @@
 """Writes the three Kaggle-ready notebooks of this folder (run it after editing them here).
 
 Every notebook opens with a cell tagged ``parameters`` (papermill's convention): the
-test suite replaces it to run the notebook end to end on a tiny local preset and a
-generated image folder, under the backend being tested.
+test suite replaces it to run the notebook end to end on a tiny preset (served as a
+kaggle:// handle from a local kagglehub cache, or as a local folder) and a generated
+image folder, under the backend being tested.
+
+The model comes the Kaggle way first: ``KAGGLE_PRESET``, a kaggle:// handle of a model
+attached to the notebook (kagglehub reads the attached copy), when set; else
+``HF_PRESET`` (a built-in name, fetched from Hugging Face).
 
     python notebooks/build_notebooks.py
 """
@@ -17,7 +22,11 @@ from nbformat.v4 import new_notebook
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 PARAMETERS = """# Parameters (papermill / CI override this cell).
-PRESET = "vit_msn_small"   # a preset name, "hf://org/repo", or a local preset directory
+# Your model on Kaggle Models, attached to this notebook (Add Input -> Models), e.g.
+# "kaggle://me/vit-msn/keras/vit_msn_small/1" (uploaded with kv.upload_preset); empty
+# to use HF_PRESET.
+KAGGLE_PRESET = ""
+HF_PRESET = "vit_msn_small"  # a preset name, "hf://org/repo", or a local preset directory
 BACKEND = "jax"            # "jax", "torch" or "tensorflow"
 IMAGE_DIR = None           # a folder with one sub-folder per class; None generates a toy one
 INSTALL = True             # pip-install keras-vitmsn (turn off when it is installed)
@@ -27,8 +36,11 @@ SETUP = """import os, subprocess, sys
 
 # The backend must be chosen before keras is imported anywhere in the kernel.
 os.environ["KERAS_BACKEND"] = BACKEND
+# The Kaggle way first: the attached model (no download), else Hugging Face.
+PRESET = KAGGLE_PRESET or HF_PRESET
 if INSTALL:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "keras-vitmsn"], check=True)
+    package = "keras-vitmsn[kaggle]" if PRESET.startswith("kaggle://") else "keras-vitmsn"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", package], check=True)
 
 import keras
 import numpy as np
@@ -49,6 +61,7 @@ def detect_gpu():
 
 print("Keras", keras.__version__, "| backend", keras.backend.backend(),
       "| GPU:", detect_gpu() or "none")
+print("preset:", PRESET)
 """
 
 DATA = """from keras_vitmsn.images.folders import ImageFolder, write_toy_image_folder
@@ -72,6 +85,9 @@ def notebook(title, intro, cells):
     nb.cells = [new_markdown_cell(f"# {title}\n\n{intro}"), params, new_code_cell(SETUP)]
     for kind, source in cells:
         nb.cells.append(new_markdown_cell(source) if kind == "md" else new_code_cell(source))
+    # Fixed ids (nbformat draws random ones): rebuilding changes only what was edited.
+    for index, cell in enumerate(nb.cells):
+        cell.id = f"cell-{index:02d}"
     return nb
 
 
@@ -83,9 +99,11 @@ QUICKSTART = notebook(
         ("code", DATA),
         (
             "md",
-            "## Load a preset\n\n`from_preset` downloads and converts the transformers "
-            "checkpoint once, then loads from the Keras cache. The image converter resizes "
-            "to 224x224 and normalises like the released processor.",
+            "## Load a preset\n\nA `kaggle://` preset attached to the notebook is read "
+            "where Kaggle mounted it. From Hugging Face, `from_preset` downloads and "
+            "converts the transformers checkpoint once, then loads from the Keras cache. "
+            "The image converter resizes to 224x224 and normalises like the released "
+            "processor.",
         ),
         (
             "code",

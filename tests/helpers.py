@@ -65,6 +65,8 @@ def tiny_backbone(**kwargs):
         num_heads=4,
         intermediate_dim=64,
     )
+    if kwargs.get("data_format") == "channels_first":
+        config["image_shape"] = (3, 32, 32)  # image_shape follows data_format
     config.update(kwargs)
     return kv.ViTMSNBackbone(**config)
 

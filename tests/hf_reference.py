@@ -96,7 +96,8 @@ def strip_vit_prefix(state):
 def keras_backbone_from(state, config_dict, **overrides):
     kwargs = backbone_kwargs_from_hf_config(config_dict)
     kwargs.update(overrides)
-    backbone = kv.ViTMSNBackbone(**kwargs)
+    # (height, width, channels), read in that order in either data_format.
+    backbone = kv.ViTMSNBackbone.from_config(kwargs)
     state = {k: v for k, v in strip_vit_prefix(state).items() if not k.startswith("classifier.")}
     assign_weights(backbone_weight_map(backbone), state, optional_keys=OPTIONAL_KEYS)
     return backbone

@@ -353,8 +353,9 @@ def test_pretrain_from_scratch_at_another_size(tmp_path, preset, folders, capsys
     [
         (["--data", "MISSING"], "does not exist or is not a directory"),
         (["--epochs", "0"], "argument --epochs: must be a positive integer; got 0"),
-        (["--focal-size", "12"], "focal_size 12 must be a multiple of the patch size 8"),
-        (["--warmup-epochs", "1"], "warms up for 1.0 epochs of a 1-epoch run"),
+        (["--focal-size", "12"], "--focal-size 12 must be a multiple of the patch size 8"),
+        (["--warmup-epochs", "1"], "--warmup-epochs 1 must be below the run's 1 epochs (--epochs)"),
+        (["--focal-size", "40"], "--focal-size 40 must be below the global view size 32"),
     ],
 )
 def test_pretrain_errors(capsys, preset, folders, tmp_path, args, message):

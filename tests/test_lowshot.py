@@ -411,9 +411,9 @@ def test_extract_from_datasets_generators_and_uint8(extractor, colour_images, ca
     as_float = lowshot.extract_features(
         extractor, pixels.astype("float32"), batch_size=16, verbose=0
     )
-    np.testing.assert_allclose(
-        lowshot.extract_features(extractor, pixels, batch_size=16, verbose=0), as_float, atol=1e-5
-    )
+    # Raw integer pixels need a preprocessing choice (tests/test_lowshot_input.py).
+    with pytest.raises(ValueError, match="preprocessing=None"):
+        lowshot.extract_features(extractor, pixels, batch_size=16, verbose=0)
     scaled = lowshot.extract_features(
         extractor, pixels, batch_size=16, preprocessing=lambda x: x / 127.5 - 1.0, verbose=0
     )

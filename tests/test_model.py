@@ -70,6 +70,7 @@ def test_parameter_count_matches_vit_msn_small():
             "use_mask_token": True,
             "hidden_act": "gelu_new",
             "data_format": "channels_first",
+            "image_shape": (3, 32, 32),  # in data_format order
             "qkv_bias": False,
         },
     ],
@@ -316,10 +317,11 @@ def test_summary_shows_every_output_shape():
         "layernorm": "(None, 17, 32)",
     }
     converter = kv.ViTMSNImageConverter(image_size=(32, 32), name="converter")
+    # The preprocessor is called outside Keras' layer call (it takes labels too),
+    # so the summary has no output shape for it.
     classifier = kv.ViTMSNClassifier(backbone, num_classes=5, preprocessor=converter)
     assert summary_shapes(classifier) == {
         backbone.name: "(None, 17, 32)",
-        converter.name: "(None, 32, 32, 3)",
         "head_dropout": "(None, 32)",
         "classifier": "(None, 5)",
     }
@@ -340,7 +342,9 @@ def test_summary_shows_every_output_shape():
 def test_compute_output_spec_matches_call(rng, policy, call):
     call = dict(call)
     size = call.pop("size", 32)
-    backbone = tiny_backbone(dtype=policy, data_format=call.pop("data_format", "channels_last"))
+    data_format = call.pop("data_format", "channels_last")
+    image_shape = (32, 32, 3) if data_format == "channels_last" else (3, 32, 32)
+    backbone = tiny_backbone(dtype=policy, data_format=data_format, image_shape=image_shape)
     shape = (2, size, size, 3) if backbone.data_format == "channels_last" else (2, 3, size, size)
     images = rng.standard_normal(shape).astype("float32")
     spec = backbone.compute_output_spec(keras.KerasTensor(shape), **call)

@@ -37,7 +37,7 @@ FOCAL_HF = dict(
 
 
 def randomized_backbone(seed=0, **overrides):
-    backbone = kv.ViTMSNBackbone(**dict(TINY_KWARGS, **overrides))
+    backbone = kv.ViTMSNBackbone.from_config(dict(TINY_KWARGS, **overrides))
     rng = np.random.default_rng(seed)
     for v in backbone.weights:
         v.assign((0.1 * rng.standard_normal(v.shape)).astype(v.dtype))

@@ -142,8 +142,10 @@ def test_unknown_preset_name_lists_the_valid_ones(cls):
 
 
 def test_unusable_sources_are_rejected(tmp_path):
-    with pytest.raises(ValueError, match="only 'hf://org/repo' is supported"):
+    with pytest.raises(ValueError, match="Invalid Kaggle handle"):
         kv.ViTMSNBackbone.from_preset("kaggle://keras/vit_msn")
+    with pytest.raises(ValueError, match="Unsupported preset handle 'gs://"):
+        kv.ViTMSNBackbone.from_preset("gs://bucket/vit_msn")
     with pytest.raises(ValueError, match="Invalid Hugging Face handle"):
         kv.ViTMSNBackbone.from_preset("hf://just-a-name")
     with pytest.raises(ValueError, match="holds neither a Keras preset"):
@@ -201,7 +203,10 @@ def test_classifier_preset_round_trip_is_exact(tmp_path, tiny_hf_dir, rng):
     restored = kv.ViTMSNClassifier.from_preset(str(tmp_path / "keras"))
     assert (restored.num_classes, restored.dropout) == (3, 0.1)
     assert restored.activation is keras.activations.softmax
-    assert restored.preprocessor.get_config() == clf.preprocessor.get_config()
+    assert (
+        restored.preprocessor.image_converter.get_config()
+        == clf.preprocessor.image_converter.get_config()
+    )
     assert_same_weights(restored, clf)
     images = rng.integers(0, 256, (2, 40, 48, 3), dtype=np.uint8)
     np.testing.assert_array_equal(
@@ -343,7 +348,7 @@ def test_damaged_keras_presets(tmp_path, tiny_hf_dir):
 def test_classifier_from_preset_preprocesses_uint8(tiny_hf_dir, rng):
     _, hf_dir = tiny_hf_dir
     clf = kv.ViTMSNClassifier.from_preset(hf_dir, num_classes=4)
-    assert isinstance(clf.preprocessor, kv.ViTMSNImageConverter)
+    assert isinstance(clf.preprocessor.image_converter, kv.ViTMSNImageConverter)
     images = rng.integers(0, 256, (3, 50, 70, 3), dtype=np.uint8)
     logits = clf.predict(images, verbose=0)
     assert logits.shape == (3, 4)
@@ -369,7 +374,7 @@ def test_classifier_with_preprocessor_serialises(tmp_path, tiny_hf_dir, rng):
     path = str(tmp_path / "clf.keras")
     clf.save(path)
     loaded = keras.saving.load_model(path)
-    assert isinstance(loaded.preprocessor, kv.ViTMSNImageConverter)
+    assert isinstance(loaded.preprocessor.image_converter, kv.ViTMSNImageConverter)
     assert loaded.get_config() == config
     images = rng.integers(0, 256, (2, 40, 40, 3), dtype=np.uint8)
     np.testing.assert_array_equal(loaded.predict(images, verbose=0), clf.predict(images, verbose=0))

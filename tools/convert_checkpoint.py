@@ -92,7 +92,7 @@ def verify(source, output, seed=0):
     backbone = kv.ViTMSNBackbone.from_preset(output, data_format="channels_first")
     task = os.path.exists(os.path.join(output, "task.json"))
     reference = _transformers_reference(source, task, backbone.num_heads)
-    height, width, channels = backbone.image_shape
+    (height, width), channels = backbone.image_size, backbone.num_channels
     pixels = (
         np.random.default_rng(seed).standard_normal((2, channels, height, width)).astype("float32")
     )

@@ -55,10 +55,46 @@ def positive_float(text):
 
 
 def non_negative_float(text):
-    """argparse type: a finite float >= 0 (weight decay)."""
+    """argparse type: a finite float >= 0 (weight decay, warm-up epochs, loss weights)."""
     value = _number(text, float, "a number >= 0")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a number >= 0; got {text}")
+    return value
+
+
+def non_negative_int(text):
+    """argparse type: an int >= 0 (``--num-focal-views 0`` turns the focal views off)."""
+    value = _number(text, int, "an integer >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0; got {value}")
+    return value
+
+
+# NumPy's and Keras' global seeds take 32-bit unsigned ints.
+_MAX_SEED = 2**32 - 1
+
+
+def seed(text):
+    """argparse type: a random seed, an int in [0, 2**32 - 1]."""
+    value = _number(text, int, f"an integer in [0, {_MAX_SEED}]")
+    if not 0 <= value <= _MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {_MAX_SEED}]; got {value}")
+    return value
+
+
+def fraction_below_one(text):
+    """argparse type: a finite float in [0, 1) (the masking ratio)."""
+    value = _number(text, float, "a number in [0, 1)")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1); got {text}")
+    return value
+
+
+def at_least_one(text):
+    """argparse type: a finite float >= 1 (a schedule stretch)."""
+    value = _number(text, float, "a number >= 1")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number >= 1; got {text}")
     return value
 
 

@@ -1,14 +1,21 @@
-"""The files ``keras-vitmsn finetune`` writes and ``predict`` reads: a ``.keras`` model
-that holds its class names (``ViTMSNClassifier.class_names``, in its config)."""
+"""The files the commands write and read: a ``.keras`` model that holds its class names
+(``ViTMSNClassifier.class_names``, in its config; ``finetune`` writes it, ``predict``
+reads it), the checks of a preset ``--output`` folder, and the lock that keeps two runs
+out of one output (:func:`output_lock`)."""
 
+import contextlib
+import datetime
+import json
 import os
 import re
+import socket
 import sys
 import tempfile
 import zipfile
 
 from keras_vitmsn.cli.args import UsageError
 from keras_vitmsn.errors import CheckpointError
+from keras_vitmsn.utils import apply_umask
 from keras_vitmsn.utils import check_can_create
 
 # Written by earlier keras-vitmsn beside the model; never read, since nothing ties it
@@ -36,37 +43,167 @@ def check_model_output(path):
     return os.path.exists(path)
 
 
-def check_preset_output(path, command):
-    """Check a preset ``--output`` folder (``pretrain``) before any work.
+def check_preset_output(path, command, overwrite=False, refuse_any_preset=False):
+    """Check a preset ``--output`` folder (``pretrain``, ``convert``, ``demo``) before
+    any work.
 
     The rules ``save_to_preset`` applies at the end, checked up front so that a long
     run is not lost: not a file; an existing folder empty or one of our presets (then
-    replaced whole); the nearest existing parent writable.
+    replaced whole); the nearest existing parent writable. Replacing a preset that
+    holds MSN training state (``msn_training_state.h5``: a run that can be continued),
+    or any preset when ``refuse_any_preset``, needs ``overwrite`` (``--overwrite``).
     """
+    from keras_vitmsn.presets.file_format import MSN_TRAINING_STATE_FILE
     from keras_vitmsn.presets.file_format import check_replaceable
 
     if os.path.isfile(path):
         raise UsageError(
-            f"--output {path} is a file; {command} writes a preset FOLDER. Choose another name."
+            f"--output {path} exists and is a file; {command} writes a preset FOLDER. "
+            "Choose another name."
         )
     if os.path.isdir(path) and os.listdir(path):
         try:
             check_replaceable(path)
         except FileExistsError as e:
             raise UsageError(f"--output: {e}") from None
+        has_state = os.path.exists(os.path.join(path, MSN_TRAINING_STATE_FILE))
+        if not overwrite and (has_state or refuse_any_preset):
+            held = (
+                f"a preset with MSN training state ({MSN_TRAINING_STATE_FILE})"
+                if has_state
+                else "a preset"
+            )
+            raise UsageError(
+                f"--output {path} already holds {held}; pass --overwrite to replace it, "
+                "or choose another --output."
+            )
     try:
         check_can_create(path)
     except (NotADirectoryError, PermissionError) as e:
         raise UsageError(f"--output {path} cannot be written: {e}") from None
 
 
+LOCK_SUFFIX = ".lock"
+
+
+def _read_lock(lock):
+    try:
+        with open(lock, encoding="utf-8") as f:
+            holder = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _create_lock(lock, command):
+    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    holder = {
+        "pid": os.getpid(),
+        "hostname": socket.gethostname(),
+        "command": command,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(holder, f)
+        f.write("\n")
+
+
+@contextlib.contextmanager
+def output_lock(path, command):
+    """Hold ``<path>.lock`` while a command writes ``path``, so that two runs never
+    write one output.
+
+    The lock file is created atomically (``O_CREAT | O_EXCL``) beside ``path`` and holds
+    the process id, host name, command and start time. A lock held by a live process
+    (or by any process on another host, which cannot be checked from here) raises
+    :class:`UsageError` naming it; a lock whose process on this host is gone (a run
+    that was killed) is taken over with a note on stderr. The lock is removed when the
+    block ends, also on an error or Ctrl-C, and so are the parent folders it had to
+    create, if still empty.
+
+    Example:
+    >>> import os, tempfile
+    >>> out = os.path.join(tempfile.mkdtemp(), "run")
+    >>> with output_lock(out, "pretrain"):
+    ...     os.path.exists(out + ".lock")
+    True
+    >>> os.path.exists(out + ".lock")
+    False
+    """
+    path = os.path.abspath(os.fspath(path))
+    lock = path + LOCK_SUFFIX
+    created = []
+    parent = os.path.dirname(lock)
+    while not os.path.isdir(parent):
+        created.append(parent)
+        parent = os.path.dirname(parent)
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    try:
+        _acquire(lock, path, command)
+        try:
+            yield lock
+        finally:
+            holder = _read_lock(lock)
+            if holder is not None and holder.get("pid") == os.getpid():
+                os.remove(lock)
+    finally:
+        for folder in created:  # deepest first
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break  # the command wrote into it
+
+
+def _acquire(lock, path, command):
+    for _ in range(2):
+        try:
+            _create_lock(lock, command)
+            return
+        except FileExistsError:
+            pass
+        holder = _read_lock(lock)
+        if holder is None:
+            raise UsageError(
+                f"--output {path} is locked by {lock}, which cannot be read (another run "
+                f"may be starting); if no keras-vitmsn run writes {path}, remove {lock}."
+            )
+        pid, host = holder.get("pid"), holder.get("hostname")
+        who = f"process {pid} ({holder.get('command')}, started {holder.get('started')}"
+        if host != socket.gethostname():
+            raise UsageError(
+                f"--output {path} is in use by {who} on host {host}); wait for it to "
+                f"end, or remove {lock} if that run is gone."
+            )
+        if isinstance(pid, int) and _alive(pid):
+            raise UsageError(
+                f"--output {path} is in use by {who}); wait for it to end or choose "
+                "another --output."
+            )
+        print(
+            f"note: taking over the stale lock {lock} of {who}), which has ended",
+            file=sys.stderr,
+        )
+        try:
+            os.remove(lock)
+        except FileNotFoundError:
+            pass  # another run took it over first: try to create it again
+    raise UsageError(f"--output {path} is locked by {lock}; another run took it over.")
+
+
 def _temporary(folder, prefix, suffix):
     fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
     os.close(fd)
-    # mkstemp creates the file private (0600); a saved model gets the usual mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    apply_umask(path)  # mkstemp's file is private (0600); a saved model gets the usual mode
     return path
 
 

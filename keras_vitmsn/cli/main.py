@@ -9,13 +9,19 @@ status 2, never a traceback; outputs are checked before any work.
 
 import argparse
 import functools
+import signal
 import sys
+import threading
 
 from keras_vitmsn.cli.args import ArgumentParser
 from keras_vitmsn.cli.args import LazyChoices
+from keras_vitmsn.cli.args import at_least_one
+from keras_vitmsn.cli.args import fraction_below_one
 from keras_vitmsn.cli.args import non_negative_float
+from keras_vitmsn.cli.args import non_negative_int
 from keras_vitmsn.cli.args import positive_float
 from keras_vitmsn.cli.args import positive_int
+from keras_vitmsn.cli.args import seed
 from keras_vitmsn.cli.commands import SKIP_BAD_IMAGES_HELP
 from keras_vitmsn.cli.commands import USER_ERROR_EXIT
 from keras_vitmsn.cli.commands import _convert
@@ -41,6 +47,18 @@ def _recipe_names(before_import):
     return recipe_names()
 
 
+MIXED_PRECISION_HELP = (
+    "Train with this mixed-precision policy (default: off, float32; the flag alone "
+    "means mixed_bfloat16)."
+)
+OVERWRITE_HELP = (
+    "Replace an existing --output preset that holds MSN training state "
+    "(msn_training_state.h5; for pretrain: any existing preset). Without it such an "
+    "output is refused. A --output in use by another run is always refused (a lock file "
+    "beside it, OUTPUT.lock)."
+)
+
+
 def build_parser(before_import=None):
     """The parser; ``before_import()`` runs before it first imports keras (to list the
     recipes for ``--recipe``): building it and ``--version`` import nothing heavy."""
@@ -52,7 +70,7 @@ def build_parser(before_import=None):
         "CPU, KERAS_VITMSN_JAX_CPU_MEMORY=1 makes full-size training steps faster "
         "(keras_vitmsn.backend.jax_cpu_memory). On torch, "
         "KERAS_VITMSN_TORCH_CPU_GEMM=auto|onednn|addmm picks the float32 CPU GEMM (auto: "
-        "oneDNN on AMD CPUs; keras_vitmsn.backend.torch_gemm).",
+        "the faster on this machine, measured once; keras_vitmsn.backend.torch_gemm).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -73,7 +91,8 @@ def build_parser(before_import=None):
         default=None,
         help="Pretraining epochs (default: the demo recipe).",
     )
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=seed, default=0)
+    demo.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     demo.set_defaults(handler=_demo)
 
     supervised = commands.add_parser(
@@ -112,7 +131,8 @@ def build_parser(before_import=None):
     pretrain.add_argument(
         "--from-scratch",
         action="store_true",
-        help="Use the preset's architecture with random weights.",
+        help="Use the preset's architecture with random weights (a built-in preset name "
+        "needs no download).",
     )
     pretrain.add_argument(
         "--restore-optimizer",
@@ -123,13 +143,28 @@ def build_parser(before_import=None):
     pretrain.add_argument(
         "--output", required=True, help="Directory to write the pretrained preset to."
     )
+    pretrain.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    pretrain.add_argument(
+        "--checkpoint-every-epoch",
+        action="store_true",
+        help="Write a checkpoint at every epoch end, however short the epochs (default: "
+        "epoch ends that would make writing checkpoints more than 5%% of the run's time "
+        "are skipped). The same command run again continues from the newest checkpoint "
+        "in --output; --overwrite starts over.",
+    )
+    pretrain.add_argument(
+        "--checkpoint-every-minutes",
+        type=positive_float,
+        help="Also write a checkpoint every this many minutes within an epoch.",
+    )
     pretrain.add_argument(
         "--epochs", type=positive_int, help="Default: the recipe's (800 for msn_vits16)."
     )
     pretrain.add_argument(
         "--warmup-epochs",
-        type=float,
-        help="Learning-rate warm-up (default: the recipe's 15; must be below --epochs).",
+        type=non_negative_float,
+        help="Learning-rate warm-up (default: the recipe's 15; must be below --epochs; a "
+        "run shorter than the recipe's warm-up keeps its share, 15/800 for msn_vits16).",
     )
     pretrain.add_argument(
         "--batch-size",
@@ -144,16 +179,45 @@ def build_parser(before_import=None):
     pretrain.add_argument(
         "--focal-size",
         type=positive_int,
-        help="Focal view size (default: the recipe's 96/224 of the global size).",
+        help="Focal view size, below --image-size and a multiple of the patch size "
+        "(default: the recipe's 96/224 of the global size).",
     )
-    pretrain.add_argument("--num-focal-views", type=int, help="Default: the recipe's 10.")
+    pretrain.add_argument(
+        "--num-focal-views", type=non_negative_int, help="Default: the recipe's 10 (0: none)."
+    )
     pretrain.add_argument(
         "--mask-ratio",
-        type=float,
-        help="Patches dropped from the anchor view (default: the recipe's).",
+        type=fraction_below_one,
+        help="Patches dropped from the anchor view, in [0, 1) (default: the recipe's).",
+    )
+    for flag, key, default in (
+        ("--patch-size", "patch size", 16),
+        ("--hidden-dim", "width", 384),
+        ("--num-layers", "depth", 12),
+        ("--num-heads", "attention heads, dividing --hidden-dim", 6),
+        ("--intermediate-dim", "MLP width", 1536),
+    ):
+        pretrain.add_argument(
+            flag,
+            type=positive_int,
+            help=f"Encoder {key} of a run from scratch: without --preset, or with a "
+            f"built-in preset name and --from-scratch (default: the recipe's or that "
+            f"preset's; {default} for msn_vits16).",
+        )
+    pretrain.add_argument(
+        "--head-hidden-dim",
+        type=positive_int,
+        help="Projection head hidden width of a new head (default: the recipe's 2048).",
+    )
+    pretrain.add_argument(
+        "--head-output-dim",
+        type=positive_int,
+        help="Projection head output width of a new head (default: the recipe's 256).",
     )
     pretrain.add_argument("--num-prototypes", type=positive_int, help="Default: the recipe's 1024.")
-    pretrain.add_argument("--me-max-weight", type=float, help="Default: the recipe's 1.")
+    pretrain.add_argument(
+        "--me-max-weight", type=non_negative_float, help="Default: the recipe's 1."
+    )
     pretrain.add_argument(
         "--sinkhorn",
         action=argparse.BooleanOptionalAction,
@@ -167,8 +231,8 @@ def build_parser(before_import=None):
     )
     pretrain.add_argument(
         "--ipe-scale",
-        type=float,
-        help="Stretch the schedules by this factor (the original: 1.25; default 1).",
+        type=at_least_one,
+        help="Stretch the schedules by this factor, >= 1 (the original: 1.25; default 1).",
     )
     pretrain.add_argument(
         "--mixed-precision",
@@ -176,9 +240,9 @@ def build_parser(before_import=None):
         const="mixed_bfloat16",
         default=None,
         choices=["mixed_bfloat16", "mixed_float16"],
-        help="Mixed-precision policy (default mixed_bfloat16).",
+        help=MIXED_PRECISION_HELP,
     )
-    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--seed", type=seed, default=0)
     pretrain.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES_HELP)
     pretrain.set_defaults(handler=_pretrain)
 
@@ -192,6 +256,7 @@ def build_parser(before_import=None):
         "--source", required=True, help="hf://org/repo, a directory, or a .pth.tar file."
     )
     convert.add_argument("--output", required=True, help="Directory to write the preset to.")
+    convert.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     convert.set_defaults(handler=_convert)
 
     finetune = commands.add_parser("finetune", help="Fine-tune a classifier on an image folder.")
@@ -216,13 +281,13 @@ def build_parser(before_import=None):
         const="mixed_bfloat16",
         default=None,
         choices=["mixed_bfloat16", "mixed_float16"],
-        help="Mixed-precision policy (default mixed_bfloat16).",
+        help=MIXED_PRECISION_HELP,
     )
     finetune.add_argument(
         "--learning-rate", type=positive_float, help="Default 1e-3 (linear probe) or 5e-5."
     )
     finetune.add_argument("--weight-decay", type=non_negative_float, default=0.01)
-    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--seed", type=seed, default=0)
     finetune.add_argument("--skip-bad-images", action="store_true", help=SKIP_BAD_IMAGES_HELP)
     finetune.add_argument(
         "--output",
@@ -242,7 +307,7 @@ def build_parser(before_import=None):
         "--shots", default="1,2,5", help="Images per class (ints) or label fractions."
     )
     lowshot.add_argument("--splits", type=positive_int, default=3)
-    lowshot.add_argument("--seed", type=int, default=0)
+    lowshot.add_argument("--seed", type=seed, default=0)
     lowshot.add_argument(
         "--feature",
         choices=["cls_pre_norm", "cls"],
@@ -292,11 +357,24 @@ def _nothing():
     pass
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so the same cleanup runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated
+
+
 def main(argv=None):
     # Run as a program (argv None), the process is ours to configure, once: after parsing,
     # so that --version and usage errors import nothing heavy, or when --recipe's names
     # are first needed, if that comes first (loading them imports keras).
     setup = functools.cache(_setup_process) if argv is None else _nothing
+    previous_sigterm = None
+    if argv is None and threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C: the commands' cleanup of half-written output
+        # runs, and it ends in one line. Training installs its own (stop after the step).
+        previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         args = build_parser(before_import=setup).parse_args(argv)
         setup()
@@ -309,6 +387,17 @@ def main(argv=None):
         message = " ".join(str(exc).split()) or type(exc).__name__
         print(f"error: {message}", file=sys.stderr)
         return USER_ERROR_EXIT
+    except KeyboardInterrupt:
+        # Anywhere (loading, building, writing): the output is cleaned up by the
+        # commands' own handlers; a traceback would only say where it was.
+        print("interrupted (SIGINT): stopped", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except _Terminated:
+        print("terminated (SIGTERM): stopped", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":

@@ -129,7 +129,8 @@ def split_pool_test(labels, test_fraction=0.4, seed=0):
 def demo_backbone(config=None, seed=0):
     config = demo_config(config)
     keras.utils.set_random_seed(seed)
-    return ViTMSNBackbone(**backbone_kwargs(config))
+    # from_config: the recipe gives image_shape as (height, width, channels).
+    return ViTMSNBackbone.from_config(backbone_kwargs(config))
 
 
 def pretrain(images, config=None, seed=0, verbose=1, callbacks=None):

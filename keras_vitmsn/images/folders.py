@@ -15,7 +15,11 @@ import numpy as np
 
 from keras_vitmsn.images.converter import RESIZE_MODES
 from keras_vitmsn.images.converter import paper_resize_geometry
+from keras_vitmsn.images.image_files import DepthError
+from keras_vitmsn.images.image_files import folder_dtype
+from keras_vitmsn.images.image_files import pixel_depth
 from keras_vitmsn.images.image_files import read_class_folders
+from keras_vitmsn.images.image_files import read_pixels
 
 
 def load_image(path, size, channels=3, resize_mode="hub"):
@@ -28,12 +32,19 @@ def load_image(path, size, channels=3, resize_mode="hub"):
     (:func:`keras_vitmsn.images.converter.paper_resize_geometry`, the geometry
     ``ViTMSNImageConverter(resize_mode="paper")`` uses too).
 
+    Each file is read at its own depth onto [0, 255]
+    (:func:`keras_vitmsn.images.image_files.read_pixels`): 8-bit files as uint8,
+    16-bit grayscale files (read as [0, 65535]) and float files (read as [0, 1]) as
+    float32, resized with the same filter without rounding to 8 bits.
+
     Returns:
-        uint8 array ``(height, width, channels)``.
+        array ``(height, width, channels)`` on [0, 255]: uint8 for 8-bit files,
+        float32 for 16-bit and float ones.
 
     Raises:
-        ValueError: the file is missing or not an image Pillow can read, or an
-            unknown ``resize_mode``.
+        ValueError: naming the file, when it is missing, not an image Pillow can
+            read, or of a depth without a stated white (32-bit integers, float
+            values outside [0, 1]); or an unknown ``resize_mode``.
 
     Example:
     >>> import tempfile, os
@@ -51,19 +62,32 @@ def load_image(path, size, channels=3, resize_mode="hub"):
     height, width = int(size[0]), int(size[1])
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB" if channels == 3 else "L")
-            if resize_mode == "paper":
-                new_h, new_w, top, left = paper_resize_geometry(
-                    image.height, image.width, (height, width)
-                )
-                image = image.resize((new_w, new_h), Image.BILINEAR)
-                image = image.crop((left, top, left + width, top + height))
-            else:
-                image = image.resize((width, height), Image.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
+            depth = pixel_depth(image, os.fsdecode(path))
+            pixels = read_pixels(image, depth, os.fsdecode(path), channels)
+        # Deeper files are resized as Pillow float images: no rounding to 8 bits.
+        image = Image.fromarray(pixels)  # float32 pixels make a mode-F image
+        if resize_mode == "paper":
+            new_h, new_w, top, left = paper_resize_geometry(
+                image.height, image.width, (height, width)
+            )
+            image = image.resize((new_w, new_h), Image.BILINEAR)
+            image = image.crop((left, top, left + width, top + height))
+        else:
+            image = image.resize((width, height), Image.BILINEAR)
+        array = np.asarray(image)
+        if depth != "uint8":
+            # Bilinear weights are non-negative and sum to one: only float rounding
+            # can leave [0, 255], and the converter's range check would refuse it.
+            array = np.clip(array, 0.0, 255.0)
+    except DepthError:
+        raise
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ValueError(f"Cannot read image {path}: {exc}") from exc
-    return array if array.ndim == 3 else array[..., None]
+    if array.ndim == 2:
+        array = array[..., None]
+    if channels == 3 and array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    return array
 
 
 class ImageFolder:
@@ -71,7 +95,9 @@ class ImageFolder:
 
     Class names are the sub-folder names, sorted; labels index them. Images are
     found at any depth below each class folder and checked when the folder is read,
-    by the rules of :mod:`keras_vitmsn.images.image_files`.
+    by the rules of :mod:`keras_vitmsn.images.image_files`. Pixels are on [0, 255]:
+    uint8 when every file is 8-bit, float32 (``dtype``) when any is 16-bit or float,
+    so that every batch of a folder has one dtype.
 
     Args:
         directory: the root folder.
@@ -105,6 +131,8 @@ class ImageFolder:
         )
         self.paths = [image.path for image in images]
         self.labels = np.asarray(labels, dtype=np.int64)
+        #: "uint8", or "float32" when any file is deeper than 8 bits.
+        self.dtype = folder_dtype(images)
 
     def __len__(self):
         return len(self.paths)
@@ -113,13 +141,15 @@ class ImageFolder:
         return {name: int(np.sum(self.labels == i)) for i, name in enumerate(self.class_names)}
 
     def load(self, size, indices=None, channels=3, resize_mode="hub"):
-        """All (or ``indices``) images as one uint8 array ``(n, height, width, channels)``.
+        """All (or ``indices``) images as one array ``(n, height, width, channels)`` of
+        this folder's ``dtype``, on [0, 255].
 
         ``resize_mode``: ``"hub"`` (resize) or ``"paper"`` (resize, centre crop), as
         :func:`load_image`.
         """
         indices = range(len(self.paths)) if indices is None else indices
-        return np.stack([load_image(self.paths[i], size, channels, resize_mode) for i in indices])
+        images = [load_image(self.paths[i], size, channels, resize_mode) for i in indices]
+        return np.stack(images).astype(self.dtype, copy=False)
 
     def as_dataset(self, size, batch_size=32, shuffle=False, seed=0, channels=3, **kwargs):
         """A :class:`ImageFolderDataset` over this folder."""
@@ -127,31 +157,74 @@ class ImageFolder:
 
 
 class ImageFolderDataset(keras.utils.PyDataset):
-    """Batches ``(uint8 images, labels)`` decoded on the fly; reshuffled every epoch."""
+    """Batches ``(images, labels)`` decoded on the fly; reshuffled every epoch.
 
-    def __init__(self, folder, size, batch_size=32, shuffle=False, seed=0, channels=3, **kwargs):
+    Images are of the folder's ``dtype`` (uint8, or float32 on [0, 255] for folders
+    with 16-bit or float files).
+
+    With ``shuffle``, epoch ``e``'s order is a permutation drawn from a generator
+    seeded by ``(seed, e)``: a pure function of the seed and the epoch, not of how
+    many batches were read before. Keras may read ahead while it calls
+    ``on_epoch_end``, and a resumed run starts at its ``initial_epoch``: either way
+    each epoch sees the order an uninterrupted run's does. ``on_epoch_end`` moves to
+    the next epoch; :meth:`set_epoch` goes to any. ``seed=None`` draws a fresh seed.
+
+    Example:
+    >>> import tempfile
+    >>> folder = ImageFolder(write_toy_image_folder(tempfile.mkdtemp(), 2, 4, size=8))
+    >>> data = folder.as_dataset((8, 8), batch_size=8, shuffle=True, seed=0)
+    >>> first = data[0][1].tolist()
+    >>> data.on_epoch_end(); data.set_epoch(0)
+    >>> data[0][1].tolist() == first
+    True
+    """
+
+    def __init__(
+        self, folder, size, batch_size=32, shuffle=False, seed=0, channels=3, epoch=0, **kwargs
+    ):
         super().__init__(**kwargs)
         self.folder = folder
         self.size = tuple(size)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.channels = channels
-        self._rng = np.random.default_rng(seed)
-        self._order = np.arange(len(folder))
-        if shuffle:
-            self._rng.shuffle(self._order)
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % 2**63)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._orders = {}
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch):
+        """Serve epoch ``epoch``'s order (0-based) from now on."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"`epoch` must be a non-negative int; got {epoch!r}.")
+        self.epoch = int(epoch)
+
+    def order(self, epoch=None):
+        """The indices of the folder's images in epoch ``epoch`` (default: the
+        current one)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        if not self.shuffle:
+            return np.arange(len(self.folder))
+        if epoch not in self._orders:
+            # Only the current and the next epoch are asked for: keep a few.
+            if len(self._orders) > 4:
+                self._orders.clear()
+            rng = np.random.default_rng((self.seed, epoch))
+            self._orders[epoch] = rng.permutation(len(self.folder))
+        return self._orders[epoch]
 
     def __len__(self):
         return math.ceil(len(self.folder) / self.batch_size)
 
     def __getitem__(self, index):
-        idx = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        idx = self.order()[index * self.batch_size : (index + 1) * self.batch_size]
         images = self.folder.load(self.size, idx, self.channels)
         return images, self.folder.labels[idx]
 
     def on_epoch_end(self):
-        if self.shuffle:
-            self._rng.shuffle(self._order)
+        self.epoch += 1
 
 
 def write_toy_image_folder(root, num_classes=3, per_class=8, size=64, seed=0):

@@ -15,6 +15,15 @@ accepts the other accepts too, with the same images in the same order.
   the root are ignored. Symbolic links are followed, each real folder read once.
 - **Order**: deterministic. In each folder its images in name order, then its
   sub-folders in name order; classes in name order. A seed thus fixes a shuffle.
+- **Depth**: each file is read at its own depth and brought to one scale, [0, 255],
+  the scale :class:`~keras_vitmsn.images.converter.ViTMSNImageConverter` gives every
+  dtype (:func:`read_pixels`). 8-bit files (and every colour or palette file: Pillow
+  has no 16-bit colour mode, so 16-bit colour PNGs arrive as their high byte) are
+  read by Pillow's ``convert("RGB")`` and stay uint8; 16-bit grayscale files (PNG,
+  TIFF) are read as [0, 65535] and float files (32-bit float TIFF) as [0, 1], both
+  scaled to float32 [0, 255]. 32-bit integer files, signed 16-bit ones, and float
+  files with values outside [0, 1] or not finite have no stated white: they are bad
+  files. A folder holding any 16-bit or float file is read as float32 throughout.
 - **Bad files**: each image is opened and decoded by Pillow when the folder is read
   (JPEGs at 1/8 scale, which still reads all their data), so a corrupt, truncated or
   misnamed file shows up before training, not mid-epoch. That costs about one
@@ -22,7 +31,7 @@ accepts the other accepts too, with the same images in the same order.
   :class:`BadImageError` (a ``ValueError``); with ``skip_bad_images=True`` they are
   left out with one :class:`BadImageWarning` naming them.
 
-This module depends on Pillow and NumPy only.
+This module depends on Pillow and NumPy only (and on :mod:`.pixel_range`'s ranges).
 
 Example:
 >>> import os, tempfile
@@ -54,8 +63,18 @@ import warnings
 
 import numpy as np
 
-# One image's path, with the format and mode Pillow found in it.
-ImageInfo = collections.namedtuple("ImageInfo", ["path", "format", "mode"])
+# One image's path, with the format and mode Pillow found in it, and its depth
+# (one of DEPTHS).
+ImageInfo = collections.namedtuple(
+    "ImageInfo", ["path", "format", "mode", "depth"], defaults=("uint8",)
+)
+
+#: What one channel of an image file holds, as :func:`pixel_depth` reads it.
+DEPTHS = ("uint8", "uint16", "float")
+#: The values a float image file (mode "F") must hold; its white is the top.
+FLOAT_FILE_RANGE = (0.0, 1.0)
+# Pillow's modes of unsigned 16-bit grayscale, white at 65535.
+_UINT16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
 # Pillow opens these but cannot decode their pixels (identify-only plugins).
 _IDENTIFY_ONLY = frozenset({"MPEG"})
@@ -71,6 +90,11 @@ class BadImageError(ValueError):
     def __init__(self, message, bad=()):
         super().__init__(message)
         self.bad = list(bad)
+
+
+class DepthError(ValueError):
+    """An image file whose pixels cannot be read faithfully: a depth without a stated
+    white, or float values outside [0, 1]. The message names the file."""
 
 
 class BadImageWarning(UserWarning):
@@ -192,20 +216,140 @@ def read_class_folders(directory, min_classes=2, skip_bad_images=False):
 
 
 def decode_rgb(path):
-    """Decode ``path`` with Pillow to a uint8 RGB array ``(height, width, 3)``.
+    """Decode ``path`` with Pillow to an RGB array ``(height, width, 3)`` on [0, 255].
 
+    uint8 for 8-bit files, float32 for 16-bit and float ones (:func:`read_pixels`).
     The first frame of an animation; alpha is dropped, grayscale copied to 3 channels.
 
     Raises:
-        ValueError: naming the file, when Pillow cannot decode it.
+        ValueError: naming the file, when Pillow cannot decode it or its depth has no
+            stated white (:func:`pixel_depth`, :func:`scale_pixels`).
     """
     from PIL import Image
 
+    path = os.fsdecode(path)
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+            depth = pixel_depth(image, path)
+            pixels = read_pixels(image, depth, path)
+    except DepthError:
+        raise
     except Exception as exc:  # Pillow's plugins raise many types (OSError, SyntaxError...)
-        raise ValueError(f"Cannot decode image {os.fsdecode(path)}: {exc}") from exc
+        raise ValueError(f"Cannot decode image {path}: {exc}") from exc
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
+    return pixels
+
+
+def pixel_depth(image, path):
+    """What one channel of the opened (not yet loaded) Pillow ``image`` holds.
+
+    ``"uint8"`` for every 8-bit mode (1, L, LA, P, RGB, RGBA, CMYK, ...), which
+    ``convert("RGB")`` reads faithfully; ``"uint16"`` for unsigned 16-bit grayscale
+    (modes I;16, I;16L, I;16B, I;16N, and mode I decoded from 16-bit data, as older
+    Pillows open 16-bit PNGs); ``"float"`` for mode F (32-bit float TIFF).
+
+    Raises:
+        DepthError: (a ValueError) naming ``path``, for depths without a stated
+            white: 32-bit integers, signed 16-bit integers, other high-depth modes.
+
+    Example:
+    >>> from PIL import Image
+    >>> pixel_depth(Image.new("I;16", (2, 2)), "a.png")
+    'uint16'
+    >>> pixel_depth(Image.new("P", (2, 2)), "b.gif")
+    'uint8'
+    """
+    mode = image.mode
+    if mode in _UINT16_MODES:
+        return "uint16"
+    if mode == "F":
+        return "float"
+    if mode == "I":
+        # The tile's raw mode is what the file stores; it is gone once loaded.
+        rawmodes = {str(t[3][0] if isinstance(t[3], tuple) else t[3]) for t in image.tile}
+        if rawmodes and all(r.startswith("I;16") and "S" not in r for r in rawmodes):
+            return "uint16"
+        stored = ", ".join(sorted(rawmodes)) or "unknown"
+        raise DepthError(
+            f"Cannot read image {path}: its pixels are signed or 32-bit integers (Pillow mode I, "
+            f"stored as {stored}), which have no stated white. Save it as 8-bit, as "
+            "16-bit unsigned (white 65535) or as float in [0, 1]."
+        )
+    if mode.startswith("I;") or mode.startswith("F;"):
+        raise DepthError(
+            f"Cannot read image {path}: Pillow mode {mode} (signed or non-standard "
+            "integer/float pixels) has no stated white. Save it as 8-bit, as 16-bit "
+            "unsigned (white 65535) or as float in [0, 1]."
+        )
+    return "uint8"
+
+
+def scale_pixels(array, depth, path):
+    """Pixels decoded at their own ``depth`` mapped onto float32 [0, 255].
+
+    The one scaling of every reader: ``"uint16"`` as [0, 65535] (what
+    :class:`~keras_vitmsn.images.converter.ViTMSNImageConverter` reads uint16 arrays
+    as), ``"float"`` as :data:`FLOAT_FILE_RANGE`, [0, 1]. ``"uint8"`` arrays are
+    already on that scale and are returned as they are.
+
+    Raises:
+        DepthError: (a ValueError) naming ``path``, for float pixels that are not
+            finite or lie outside [0, 1], or uint16 values above 65535.
+
+    Example:
+    >>> scale_pixels(np.array([0, 257, 65535], "uint16"), "uint16", "a.png").tolist()
+    [0.0, 1.0, 255.0]
+    >>> scale_pixels(np.array([0.0, 0.5, 1.0], "float32"), "float", "a.tif").tolist()
+    [0.0, 127.5, 255.0]
+    """
+    from keras_vitmsn.images.pixel_range import DTYPE_RANGES
+    from keras_vitmsn.images.pixel_range import PIXEL_RANGE
+
+    if depth == "uint8":
+        return array
+    if depth == "uint16":
+        low, high = DTYPE_RANGES["uint16"]
+    elif depth == "float":
+        low, high = FLOAT_FILE_RANGE
+    else:
+        raise ValueError(f"`depth` must be one of {DEPTHS}; got {depth!r}.")
+    values = np.asarray(array, dtype=np.float64)
+    if values.size:
+        if not np.all(np.isfinite(values)):
+            raise DepthError(
+                f"Cannot read image {path}: {np.size(values) - np.isfinite(values).sum()} "
+                f"of its float pixels are not finite (NaN or infinity); float images must "
+                f"hold values in [{low:g}, {high:g}]."
+            )
+        found = (float(values.min()), float(values.max()))
+        if found[0] < low or found[1] > high:
+            raise DepthError(
+                f"Cannot read image {path}: its {depth} pixels hold values in "
+                f"[{found[0]:g}, {found[1]:g}], outside [{low:g}, {high:g}], the range "
+                f"{depth} image files are read in (white at {high:g}). Rescale it to "
+                f"[{low:g}, {high:g}] or save it as 8-bit."
+            )
+    return ((values - low) * (PIXEL_RANGE[1] / (high - low))).astype(np.float32)
+
+
+def read_pixels(image, depth, path, channels=3):
+    """The opened Pillow ``image`` as an array on [0, 255], at its ``depth``.
+
+    8-bit images: ``convert("RGB")`` (``"L"`` for ``channels=1``), uint8
+    ``(height, width, channels)``. 16-bit and float images (grayscale): float32
+    ``(height, width)`` from :func:`scale_pixels`; the caller resizes it as a Pillow
+    mode-F image if needed, and copies it to 3 channels.
+    """
+    if depth == "uint8":
+        return np.asarray(image.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
+    return scale_pixels(np.asarray(image), depth, path)
+
+
+def folder_dtype(images):
+    """``"float32"`` when any of ``images`` (:class:`ImageInfo`) is deeper than 8 bits,
+    else ``"uint8"``: the one dtype a folder is read in, so all its batches agree."""
+    return "uint8" if all(image.depth == "uint8" for image in images) else "float32"
 
 
 # -- internals -----------------------------------------------------------------------------
@@ -255,15 +399,22 @@ def _inspect(path):
 
     try:
         with Image.open(path) as image:
-            info = ImageInfo(path, image.format, image.mode)
+            depth = pixel_depth(image, path)
+            info = ImageInfo(path, image.format, image.mode, depth)
             image.verify()  # checksums, where the format has them (PNG's CRCs)
         # verify() leaves the image unusable and ignores truncated JPEGs: decode too.
         with Image.open(path) as image:
             if image.format in ("JPEG", "MPO"):
                 image.draft(image.mode, (1, 1))  # 1/8 scale: faster, still reads every byte
             image.load()
+            if depth != "uint8":
+                read_pixels(image, depth, path)  # its values: a float file's range
     except Exception as exc:  # Pillow's plugins raise many types (OSError, SyntaxError...)
-        return None, f"{type(exc).__name__}: {exc}"
+        message = str(exc)
+        prefix = f"Cannot read image {path}: "
+        if message.startswith(prefix):  # the listing names the file already
+            message = message[len(prefix) :]
+        return None, f"{type(exc).__name__}: {message}"
     return info, None
 
 

@@ -153,7 +153,10 @@ def extract_features(
             ``"cls"``: after the final LayerNorm, ``["last_hidden_state"][:, 0]``.
         interpolate_pos_encoding: bool, allow images of another size than the
             backbone's ``image_shape`` (None: False, or the extractor's setting).
-        preprocessing: None (images are already normalised, at the model size),
+        preprocessing: None (images are already normalised floats, at the model
+            size; integer images, i.e. raw pixels, are then refused with a
+            ValueError rather than fed to the backbone unnormalised, unless the
+            extractor has its own preprocessor),
             ``"hub"`` or ``"paper"`` (raw images of any size, uint8 or floats in
             [0, 255]: a :class:`keras_vitmsn.ViTMSNImageConverter` at the backbone's
             size with ImageNet mean/std and that ``resize_mode``; ``"paper"`` is the
@@ -175,6 +178,13 @@ def extract_features(
     >>> images = np.zeros((5, 32, 32, 3), "float32")
     >>> extract_features(backbone, images, batch_size=2, verbose=0).shape
     (5, 32)
+    >>> pixels = np.zeros((5, 40, 48, 3), "uint8")  # raw pixels: say how to normalise
+    >>> extract_features(backbone, pixels, preprocessing="hub", verbose=0).shape
+    (5, 32)
+    >>> extract_features(backbone, pixels, verbose=0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: `images` are uint8 integer images (raw pixels) and preprocessing=None...
     """
     model = feature_model(backbone, feature, interpolate_pos_encoding)
     return run_feature_model(model, data, batch_size, preprocessing, verbose)
@@ -208,6 +218,33 @@ def resolve_preprocessing(preprocessing, model):
         resize_mode=preprocessing,
         data_format=backbone.data_format,
     )
+
+
+def check_not_raw_pixels(images, preprocessing, model, what="`images`"):
+    """Refuse integer ``images`` that would reach ``model`` unnormalised.
+
+    With no ``preprocessing`` and no preprocessor in the extractor, images go to the
+    backbone as they are: integer ones are raw pixels (0-255 for uint8), which the
+    backbone would embed without the ImageNet normalisation it was trained with,
+    silently giving other features. Choosing ``"hub"`` for the caller would hide a
+    choice that changes the numbers (``"paper"`` crops), so the error names both.
+    """
+    if preprocessing is not None or model.preprocessor is not None:
+        return
+    dtype = getattr(images, "dtype", None)
+    if dtype is None:
+        return
+    dtype = keras.backend.standardize_dtype(dtype)
+    if dtype == "bool" or dtype.startswith(("int", "uint")):
+        raise ValueError(
+            f"{what} are {dtype} integer images (raw pixels) and preprocessing=None "
+            "would feed them to the backbone unnormalised. Pass preprocessing='hub' "
+            "(the released processor: resize to the backbone's size, rescale, ImageNet "
+            "mean/std), preprocessing='paper' (the paper's resize and centre crop, then "
+            "the same), or an image converter such as "
+            "kv.ViTMSNImageConverter.from_preset(preset); or pass float images already "
+            "normalised."
+        )
 
 
 def feature_model(backbone, feature, interpolate_pos_encoding):
@@ -256,6 +293,7 @@ def run_feature_model(model, data, batch_size, preprocessing, verbose):
 
     features, labels = [], []
     for step, (images, batch_labels) in enumerate(iterator):
+        check_not_raw_pixels(images, preprocessing, model)
         if preprocessing is not None:
             images = preprocessing(images)
         images = to_numpy(images)

@@ -13,6 +13,7 @@ import numbers
 import numpy as np
 
 from keras_vitmsn.lowshot.features import CENTERINGS
+from keras_vitmsn.lowshot.features import check_not_raw_pixels
 from keras_vitmsn.lowshot.features import feature_model
 from keras_vitmsn.lowshot.features import preprocess_features
 from keras_vitmsn.lowshot.features import run_feature_model
@@ -200,7 +201,11 @@ def lowshot_eval(
         shots, num_splits, seed, centering, l2_penalty, max_iter, tol: see
             :func:`evaluate`.
         feature, batch_size, interpolate_pos_encoding, preprocessing: see
-            :func:`extract_features`.
+            :func:`extract_features`. Integer images (raw pixels) need a
+            ``preprocessing`` choice (``"hub"``, ``"paper"`` or a converter) unless
+            the extractor has its own preprocessor: with ``preprocessing=None`` they
+            are refused with a ValueError, before any feature is extracted, instead
+            of reaching the backbone unnormalised.
         verbose: 1 shows progress bars and one line per setting.
 
     Returns:
@@ -209,6 +214,9 @@ def lowshot_eval(
     shots_list, num_splits = _check_common(shots, num_splits, centering)
     # One feature model for train and test: its compiled predict function is reused.
     model = feature_model(backbone, feature, interpolate_pos_encoding)
+    for name, data in (("train", train), ("test", test)):
+        # Arrays are checked here, so an integer `test` fails before `train` runs.
+        check_not_raw_pixels(data, preprocessing, model, f"`{name}`")
 
     def extract(data):
         return run_feature_model(model, data, batch_size, preprocessing, verbose)

@@ -29,8 +29,12 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
     LayerNorm and the explicit-path softmax computed in float32.
 
     Args:
-        image_shape: ``(height, width, channels)`` the position embeddings are trained
-            for, always in this order whatever ``data_format`` is.
+        image_shape: the image shape the position embeddings are trained for, in
+            ``data_format`` order as in keras-hub: ``(height, width, channels)``
+            for channels_last, ``(channels, height, width)`` for channels_first.
+            (Configs, ``.keras`` files and presets written before this order
+            applied stored ``(height, width, channels)`` whatever the layout;
+            ``from_config`` reads them as they were written.)
         patch_size: int, side of the square patches.
         hidden_dim: int, token width.
         num_layers: int, transformer blocks.
@@ -49,7 +53,10 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
         dtype: dtype or dtype policy, e.g. "float32", "bfloat16", "mixed_bfloat16".
 
     Call arguments:
-        images: float images in ``data_format`` layout.
+        images: float images in ``data_format`` layout, already normalised (an
+            integer dtype, e.g. uint8 pixels, is refused: run them through a
+            :class:`keras_vitmsn.ViTMSNImageConverter`, or use a task with a
+            preprocessor).
         bool_masked_pos: optional ``(batch, num_patches)`` bool; True patches are
             replaced by the mask token (needs ``use_mask_token=True``).
         head_mask: optional ``(num_heads,)`` or ``(num_layers, num_heads)``; multiplies
@@ -103,14 +110,24 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
         name=None,
         **kwargs,
     ):
+        # Keras' Layer stores a `trainable` argument without passing it on to the
+        # variables created below: applied once they exist, so a reloaded frozen
+        # backbone stays frozen.
+        trainable = bool(kwargs.pop("trainable", True))
         super().__init__(dtype=dtype, name=default_name(name, "vit_msn_backbone"), **kwargs)
+        data_format = data_format or keras.config.image_data_format()
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError(
+                f"`data_format` must be 'channels_last' or 'channels_first', got {data_format!r}."
+            )
         image_shape = tuple(image_shape)
         if len(image_shape) != 3 or not all(_is_positive_int(s) for s in image_shape):
             raise ValueError(
-                "`image_shape` must be (height, width, channels) of positive ints, got "
-                f"{image_shape}."
+                f"`image_shape` must be {_ORDER[data_format]} of positive ints, got "
+                f"{image_shape} (data_format={data_format!r})."
             )
         image_shape = tuple(int(s) for s in image_shape)
+        hwc = _to_hwc(image_shape, data_format)
         # Checked before any division by them (patch grid, head width).
         patch_size = positive_int(patch_size, "patch_size")
         hidden_dim = positive_int(hidden_dim, "hidden_dim")
@@ -118,14 +135,11 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
         num_layers = positive_int(num_layers, "num_layers", minimum=0)
         num_heads = positive_int(num_heads, "num_heads")
         intermediate_dim = positive_int(intermediate_dim, "intermediate_dim")
-        if image_shape[0] % patch_size or image_shape[1] % patch_size:
+        if hwc[0] % patch_size or hwc[1] % patch_size:
             raise ValueError(
-                f"`image_shape` {image_shape[:2]} must be divisible by `patch_size` ({patch_size})."
-            )
-        data_format = data_format or keras.config.image_data_format()
-        if data_format not in ("channels_last", "channels_first"):
-            raise ValueError(
-                f"`data_format` must be 'channels_last' or 'channels_first', got {data_format!r}."
+                f"`image_shape` {image_shape} is {_ORDER[data_format]} (data_format="
+                f"{data_format!r}); its height and width {hwc[:2]} must be divisible "
+                f"by `patch_size` ({patch_size})."
             )
         self.image_shape = image_shape
         self.patch_size = patch_size
@@ -144,8 +158,8 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
         self.embeddings = ViTMSNEmbeddings(
             self.hidden_dim,
             self.patch_size,
-            image_shape[:2],
-            num_channels=image_shape[2],
+            hwc[:2],
+            num_channels=hwc[2],
             dropout_rate=self.dropout_rate,
             use_mask_token=self.use_mask_token,
             data_format=self.data_format,
@@ -171,7 +185,9 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="layernorm"
         )
         # Create every variable now, so weights can be loaded before any call.
-        self.build((None,) + self._layout(image_shape))
+        self.build((None,) + image_shape)
+        if not trainable:
+            self.trainable = False
 
     @property
     def grid_size(self):
@@ -182,21 +198,28 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
     def num_patches(self):
         return self.embeddings.num_patches
 
+    @property
+    def image_size(self):
+        """``(height, width)`` of ``image_shape``, whatever ``data_format``."""
+        return _to_hwc(self.image_shape, self.data_format)[:2]
+
+    @property
+    def num_channels(self):
+        return _to_hwc(self.image_shape, self.data_format)[2]
+
     def _layout(self, hwc):
-        if self.data_format == "channels_first":
-            return (hwc[2], hwc[0], hwc[1])
-        return tuple(hwc)
+        return _from_hwc(hwc, self.data_format)
 
     def export_input_signature(self):
         """``[keras.InputSpec]`` of ``export``: float32 images named "images" of the
         model's ``image_shape`` in its ``data_format``, any batch size."""
-        shape = (None,) + self._layout(self.image_shape)
+        shape = (None,) + self.image_shape
         return [keras.InputSpec(shape=shape, dtype="float32", name=INPUT_NAME)]
 
     def build(self, input_shape=None):
         # Sublayers are built with the shapes they see at the native resolution (not
         # None), so that summary() shows each one's output shape.
-        images = (None,) + self._layout(self.image_shape)
+        images = (None,) + self.image_shape
         tokens = (None, 1 + self.num_patches, self.hidden_dim)
         with resolved_policy_map(self):  # a quantised model's config: see quantization.py
             self.embeddings.build(images)
@@ -224,6 +247,7 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
     ):
         # Without tracing `call`: the same checks, then shapes from the patch grid.
         shape = tuple(images.shape)
+        _check_float(images)
         self._check_size(shape, interpolate_pos_encoding)
         self._per_layer_head_masks(head_mask)
         batch = shape[0]
@@ -260,6 +284,7 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
         training=None,
         patch_keep_indices=None,
     ):
+        _check_float(images)
         self._check_size(images.shape, interpolate_pos_encoding)
         head_masks = self._per_layer_head_masks(head_mask)
 
@@ -301,7 +326,7 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
             channels, height, width = shape[1], shape[2], shape[3]
         else:
             height, width, channels = shape[1], shape[2], shape[3]
-        expected_h, expected_w, expected_c = self.image_shape
+        expected_h, expected_w, expected_c = _to_hwc(self.image_shape, self.data_format)
         if channels is not None and channels != expected_c:
             raise ValueError(
                 f"Images have {channels} channels but the model expects {expected_c} "
@@ -356,14 +381,29 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
             "hidden_act": self.hidden_act,
             "use_mask_token": self.use_mask_token,
             "data_format": self.data_format,
+            # The order of `image_shape`, kept apart from `data_format` because
+            # presets may leave `data_format` out (then the loading machine's
+            # applies); configs without it were written when `image_shape` was
+            # always (height, width, channels).
+            IMAGE_SHAPE_LAYOUT: self.data_format,
         }
 
     @classmethod
     def from_config(cls, config):
+        """The backbone of ``config``, in the layout its ``data_format`` names (the
+        loading machine's ``keras.config.image_data_format()`` when it names none),
+        with ``image_shape`` read in the order it was written."""
+        config = dict(config)
+        written = config.pop(IMAGE_SHAPE_LAYOUT, "channels_last")
+        data_format = config.get("data_format") or keras.config.image_data_format()
+        if "image_shape" in config:
+            hwc = _to_hwc(tuple(config["image_shape"]), written)
+            config["image_shape"] = _from_hwc(hwc, data_format)
         return cls(**config)
 
     @classmethod
     def _from_preset_source(cls, source, load_weights=True, **kwargs):
+        kwargs = preset_backbone_overrides(kwargs)
         return source.load_backbone(cls, load_weights=load_weights, **kwargs)
 
     def save_to_preset(self, preset_dir):
@@ -375,7 +415,77 @@ class ViTMSNBackbone(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
         existing ``preset_dir`` must be empty or a preset of ours; it is replaced
         whole (a classifier head or image converter saved there before is removed).
         """
-        save_preset_directory(preset_dir, lambda d: file_format.write_backbone(self, d))
+        save_preset_directory(preset_dir, lambda d: write_portable_backbone(self, d))
+
+
+def write_portable_backbone(backbone, directory):
+    """config.json, model.weights.h5 and metadata.json of ``backbone``, without its
+    ``data_format``: a preset loads in the layout of the loading machine's
+    ``keras.config.image_data_format()`` (or ``from_preset(..., data_format=...)``),
+    as converted checkpoints do; ``image_shape`` is written (height, width,
+    channels), the order every preset has used."""
+    file_format.write_backbone(
+        backbone,
+        directory,
+        drop_data_format=True,
+        config_overrides={
+            "image_shape": _to_hwc(backbone.image_shape, backbone.data_format),
+            IMAGE_SHAPE_LAYOUT: "channels_last",
+        },
+    )
+
+
+def preset_backbone_overrides(kwargs):
+    """``from_preset`` backbone arguments with ``image_shape`` (given in the
+    ``data_format`` order of the model asked for) in the (height, width, channels)
+    order presets store it in."""
+    kwargs = dict(kwargs)
+    if "image_shape" in kwargs:
+        data_format = kwargs.get("data_format") or keras.config.image_data_format()
+        kwargs["image_shape"] = _to_hwc(tuple(kwargs["image_shape"]), data_format)
+    return kwargs
+
+
+def image_shape_for(height, width, channels=3, data_format=None):
+    """``image_shape`` for ``ViTMSNBackbone(...)`` in ``data_format`` order (None: the
+    global ``keras.config.image_data_format()``).
+
+    Example:
+    >>> image_shape_for(224, 160, data_format="channels_first")
+    (3, 224, 160)
+    """
+    return _from_hwc((height, width, channels), data_format or keras.config.image_data_format())
+
+
+#: The backbone config key naming the order its ``image_shape`` is written in.
+IMAGE_SHAPE_LAYOUT = "image_shape_layout"
+_ORDER = {
+    "channels_last": "(height, width, channels)",
+    "channels_first": "(channels, height, width)",
+}
+
+
+def _to_hwc(shape, data_format):
+    if data_format == "channels_first":
+        return (shape[1], shape[2], shape[0])
+    return tuple(shape)
+
+
+def _from_hwc(hwc, data_format):
+    if data_format == "channels_first":
+        return (hwc[2], hwc[0], hwc[1])
+    return tuple(hwc)
+
+
+def _check_float(images):
+    dtype = keras.backend.standardize_dtype(images.dtype)
+    if "int" in dtype or dtype == "bool":
+        raise ValueError(
+            f"ViTMSNBackbone takes float images, already resized and normalised; got "
+            f"{dtype} images. Convert raw pixels with keras_vitmsn.ViTMSNImageConverter "
+            "first, or call a task (ViTMSNClassifier, ViTMSNFeatureExtractor) built "
+            "with a preprocessor, which converts uint8 images itself."
+        )
 
 
 def _is_positive_int(value):

@@ -20,7 +20,8 @@ from keras_vitmsn.utils import positive_int
 class ViTMSNClassifier(ViTMSNTask):
     """Image classifier: ``Dense(num_classes)`` on the final CLS token of a backbone.
 
-    The model is compiled on construction so ``fit`` works at once: torch's AdamW
+    The model is compiled on construction (unless ``compile=False``) so ``fit``
+    works at once: torch's AdamW
     (:class:`keras_vitmsn.models.optimizer.ScheduledAdamW`, the update transformers fine-tunes
     with, on every backend; learning rate 5e-5, weight decay 0.01), sparse
     categorical cross-entropy (``from_logits`` when ``activation`` is None) and
@@ -36,11 +37,17 @@ class ViTMSNClassifier(ViTMSNTask):
         interpolate_pos_encoding: bool, accept images of another size than the
             backbone's ``image_shape`` (e.g. fine-tune at 384 px from a 224 px model).
         preprocessor: None (the model takes images already resized and normalised) or
-            a :class:`keras_vitmsn.ViTMSNImageConverter` applied at the start of
-            ``call``, so raw uint8 images can be passed. Its ``data_format`` must be
-            the backbone's. ``from_preset`` attaches the preset's converter; pass
-            ``preprocessor=None`` there to leave preprocessing to your input
-            pipeline (e.g. ``tf.data.Dataset.map(converter)``).
+            a :class:`keras_vitmsn.models.preprocessor.ViTMSNImageClassifierPreprocessor`
+            (or a :class:`keras_vitmsn.ViTMSNImageConverter`, wrapped in one) applied
+            at the start of ``call``, so raw uint8 images can be passed. It takes
+            ``(x, y=None, sample_weight=None)``, so ``ds.map(clf.preprocessor)``
+            feeds a classifier built with ``preprocessor=None``. Its
+            ``data_format`` must be the backbone's. ``from_preset`` attaches the
+            preset's converter; pass ``preprocessor=None`` there to leave
+            preprocessing to your input pipeline (e.g.
+            ``tf.data.Dataset.map(preprocessor)``).
+        compile: bool, compile with the defaults above (keras-hub's ``Task``
+            argument); with False, ``fit`` asks for ``compile()`` first.
         class_names: None (unknown) or one string per output, e.g. the folder names
             of the training set. Stored in the config, so they travel inside
             ``.keras`` files and presets (``task.json``); ``from_preset`` reads them
@@ -69,6 +76,7 @@ class ViTMSNClassifier(ViTMSNTask):
         "dropout",
         "interpolate_pos_encoding",
         "class_names",
+        "compile",
     )
 
     def __init__(
@@ -82,6 +90,7 @@ class ViTMSNClassifier(ViTMSNTask):
         class_names=None,
         dtype=None,
         name=None,
+        compile=True,
         **kwargs,
     ):
         super().__init__(
@@ -108,7 +117,9 @@ class ViTMSNClassifier(ViTMSNTask):
         # The input shape is recorded (Keras' `_build_shapes_dict`) for TensorFlow's
         # SavedModel tracing of this model; the variables do not depend on it.
         self.build(self.export_input_signature()[0].shape)
-        self._compile_defaults()
+        self._apply_trainable()
+        if compile:
+            self._compile_defaults()
 
     def build(self, input_shape=None):
         # Every sublayer is built with a shape (not None), so that summary() can show
@@ -148,6 +159,25 @@ class ViTMSNClassifier(ViTMSNTask):
         cls = outputs["last_hidden_state"][:, 0, :]
         logits = self.classifier(self.head_dropout(cls, training=training))
         return ops.cast(self.activation(logits), "float32")
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """``keras.Model.fit``, after checking that class labels lie in
+        ``[0, num_classes)``: NumPy and tensor labels at once, a ``tf.data``
+        dataset's labels as its batches are read. (Out of range, torch and
+        TensorFlow fail inside the loss, but a compiled JAX step cannot raise and
+        would train on them.) Regressors (``num_classes=1``) are not checked."""
+        if self.num_classes > 1:
+            if y is not None:
+                _check_labels(y, self.num_classes)
+            elif _is_tf_dataset(x):
+                x = _checked_dataset(x, self.num_classes)
+        try:
+            return super().fit(x, y, *args, **kwargs)
+        except Exception as e:
+            label = _bad_label_in(e)
+            if label is None:
+                raise
+            raise ValueError(_label_message(label, self.num_classes)) from None
 
     def _compile_defaults(self):
         # Not an override of `compile`: Keras only restores the compile state of a
@@ -220,3 +250,64 @@ class ViTMSNClassifier(ViTMSNTask):
         task_kwargs["num_classes"] = num_classes
         task_kwargs["dtype"] = backbone_kwargs.get("dtype") or head_dtype
         return task_kwargs, not fresh_head
+
+
+# The tag a label check in a tf.data pipeline puts in its error, so that `fit` can
+# raise a ValueError (tf.data wraps every error of a pipeline in its own type).
+_LABEL_TAG = "keras_vitmsn-bad-label:"
+
+
+def _label_message(label, num_classes):
+    return (
+        f"Found label {label} outside the accepted range [0, {num_classes}) of this "
+        f"classifier's {num_classes} classes. Labels are class indices; to train on "
+        "more classes, build the classifier with a larger `num_classes`."
+    )
+
+
+def _check_labels(y, num_classes):
+    if not hasattr(y, "shape") or not hasattr(y, "dtype"):
+        return
+    labels = ops.convert_to_numpy(y)
+    if labels.dtype.kind not in "iuf" or labels.size == 0:
+        return
+    if labels.ndim == 2 and labels.shape[-1] == num_classes and labels.dtype.kind == "f":
+        return  # one-hot targets (categorical cross-entropy)
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+        raise ValueError(_label_message(bad.flat[0].item(), num_classes))
+
+
+def _is_tf_dataset(x):
+    return type(x).__module__.startswith("tensorflow") and hasattr(x, "element_spec")
+
+
+def _checked_dataset(ds, num_classes):
+    import tensorflow as tf
+
+    spec = ds.element_spec
+    if not isinstance(spec, tuple) or len(spec) < 2 or not spec[1].dtype.is_integer:
+        return ds
+
+    def check(*batch):
+        labels = tf.cast(batch[1], "int64")
+        bad = tf.boolean_mask(labels, (labels < 0) | (labels >= num_classes))
+        first = tf.concat([tf.reshape(bad, [-1]), tf.zeros([1], "int64")], 0)[0]
+        assertion = tf.debugging.Assert(tf.size(bad) == 0, [_LABEL_TAG, first, ":end"], summarize=1)
+        with tf.control_dependencies([assertion]):
+            return (batch[0], tf.identity(batch[1])) + tuple(batch[2:])
+
+    return ds.map(check)
+
+
+def _bad_label_in(error):
+    """The label a dataset's check reported in ``error``, or None."""
+    text = str(error)
+    if _LABEL_TAG not in text:
+        return None
+    tail = text.split(_LABEL_TAG, 1)[1]
+    value = tail.split(":end", 1)[0].strip(" ]\n[")
+    try:
+        return int(value)
+    except ValueError:
+        return value

@@ -46,11 +46,15 @@ class ViTMSNFeatureExtractor(ViTMSNTask):
         backbone: a :class:`ViTMSNBackbone`.
         pooling: one of ``"cls_pre_norm"``, ``"cls"``, ``"mean"``, ``"patch"``.
         preprocessor: None (images already resized and normalised) or a
-            :class:`keras_vitmsn.ViTMSNImageConverter` applied first, so raw uint8
-            images can be passed; ``from_preset`` attaches the preset's.
+            :class:`keras_vitmsn.models.preprocessor.ViTMSNImageClassifierPreprocessor`
+            (or a bare :class:`keras_vitmsn.ViTMSNImageConverter`, wrapped in one)
+            applied first, so raw uint8 images can be passed; ``from_preset``
+            attaches the preset's. It takes ``(x, y=None, sample_weight=None)``.
         interpolate_pos_encoding: bool, accept images of another size than the
             backbone's ``image_shape``.
         dtype: dtype policy; defaults to the backbone's float policy.
+        compile: bool, call ``compile()`` (no loss: there is nothing to train);
+            False by default, unlike the classifier.
 
     Example:
     >>> import numpy as np
@@ -69,7 +73,8 @@ class ViTMSNFeatureExtractor(ViTMSNTask):
     """
 
     #: ``from_preset`` arguments of the feature extractor; the others go to the backbone.
-    preset_arguments = ("pooling", "interpolate_pos_encoding")
+    preset_arguments = ("pooling", "interpolate_pos_encoding", "compile")
+    _casts_images = True
 
     def __init__(
         self,
@@ -79,6 +84,7 @@ class ViTMSNFeatureExtractor(ViTMSNTask):
         interpolate_pos_encoding=False,
         dtype=None,
         name=None,
+        compile=False,
         **kwargs,
     ):
         super().__init__(
@@ -97,6 +103,11 @@ class ViTMSNFeatureExtractor(ViTMSNTask):
         # As the classifier: the recorded input shape is for TensorFlow's SavedModel
         # tracing; the model has no variables of its own.
         self.build(self.export_input_signature()[0].shape)
+        self._apply_trainable()
+        if compile:
+            # Nothing to train: compiled only so that `evaluate` and the callbacks
+            # that need a compiled model run (keras-hub's Task argument).
+            self.compile()
 
     def build(self, input_shape=None):
         self.built = True

@@ -11,8 +11,11 @@ import keras
 
 from keras_vitmsn.images.converter import ViTMSNImageConverter
 from keras_vitmsn.models.backbone import ViTMSNBackbone
+from keras_vitmsn.models.backbone import preset_backbone_overrides
+from keras_vitmsn.models.backbone import write_portable_backbone
 from keras_vitmsn.models.export import INPUT_NAME
 from keras_vitmsn.models.export import ExportMixin
+from keras_vitmsn.models.preprocessor import ViTMSNImageClassifierPreprocessor
 from keras_vitmsn.models.quantization import QuantizationMixin
 from keras_vitmsn.models.quantization import dtype_config
 from keras_vitmsn.models.quantization import float_policy
@@ -29,30 +32,79 @@ class ViTMSNTask(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
     Args:
         backbone: a :class:`ViTMSNBackbone`.
         preprocessor: None (images already resized and normalised) or a
-            :class:`keras_vitmsn.ViTMSNImageConverter` applied at the start of
-            ``call``, so raw uint8 images can be passed. Its ``data_format`` must be
-            the backbone's, and its ``image_size`` the backbone's unless
+            :class:`~keras_vitmsn.models.preprocessor.ViTMSNImageClassifierPreprocessor`
+            (a bare :class:`keras_vitmsn.ViTMSNImageConverter` is wrapped in one)
+            applied at the start of ``call``, so raw uint8 images can be passed. It
+            takes ``(x, y=None, sample_weight=None)`` as keras-hub's preprocessors
+            do, so ``ds.map(task.preprocessor)`` feeds a task built with
+            ``preprocessor=None`` exactly as the task with it. Its ``data_format``
+            must be the backbone's, and its ``image_size`` the backbone's unless
             ``interpolate_pos_encoding``.
         interpolate_pos_encoding: bool, accept images of another size than the
             backbone's ``image_shape``.
         dtype: dtype policy; defaults to the backbone's float policy.
+
+    ``predict``, ``evaluate`` and ``fit`` check the shape of array and ``tf.data``
+    inputs symbolically before Keras compiles a step, so a wrong-shaped input
+    raises its ValueError and leaves the model usable (on JAX a failure inside the
+    compiled step would leave the model's variables emptied).
     """
 
     #: The ``from_preset`` keyword arguments that are the task's own; the others go
     #: to the backbone (``image_shape``, ``dtype`` ...).
-    preset_arguments = ("interpolate_pos_encoding",)
+    preset_arguments = ("interpolate_pos_encoding", "compile")
+    # Whether `call` casts images without a preprocessor to the backbone's dtype.
+    _casts_images = False
 
     def __init__(
         self, backbone, preprocessor=None, interpolate_pos_encoding=False, dtype=None, **kwargs
     ):
         if not isinstance(backbone, ViTMSNBackbone):
             raise ValueError(f"`backbone` must be a ViTMSNBackbone, got {type(backbone).__name__}.")
+        # Keras' Layer stores a `trainable` argument without passing it on to the
+        # variables of sublayers created later: subclasses apply it once built
+        # (`_apply_trainable`), so a reloaded frozen task stays frozen.
+        self._trainable_argument = bool(kwargs.pop("trainable", True))
         super().__init__(dtype=dtype or float_policy(backbone.dtype_policy), **kwargs)
         self.backbone = backbone
         self.interpolate_pos_encoding = bool(interpolate_pos_encoding)
         self.preprocessor = _check_preprocessor(
             preprocessor, backbone, self.interpolate_pos_encoding
         )
+
+    def _apply_trainable(self):
+        if not self._trainable_argument:
+            self.trainable = False
+
+    def _check_inputs(self, x):
+        """Run the backbone's checks on the shape and dtype of ``x`` (an array, a
+        tensor, or a ``tf.data`` dataset of images or ``(images, ...)`` tuples)
+        symbolically, so that a misfit raises here and not inside a compiled step.
+        Other inputs (generators, ``PyDataset``) are left to Keras."""
+        spec = _input_spec(x)
+        if spec is None:
+            return
+        shape, dtype = spec
+        if self.preprocessor is not None:
+            shape, dtype = self.preprocessor.compute_output_shape(shape), "float32"
+        elif self._casts_images:
+            dtype = self.backbone.compute_dtype
+        self.backbone.compute_output_spec(
+            keras.KerasTensor(shape, dtype=dtype),
+            interpolate_pos_encoding=self.interpolate_pos_encoding,
+        )
+
+    def predict(self, x, *args, **kwargs):
+        self._check_inputs(x)
+        return super().predict(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        self._check_inputs(x)
+        return super().evaluate(x, *args, **kwargs)
+
+    def fit(self, x=None, *args, **kwargs):
+        self._check_inputs(x)
+        return super().fit(x, *args, **kwargs)
 
     def export_input_signature(self):
         """``[keras.InputSpec]`` of ``export``: images named "images", any batch size.
@@ -76,8 +128,8 @@ class ViTMSNTask(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
         if self.preprocessor is None:
             return self.backbone.export_input_signature()
         backbone = self.backbone
-        size = self.preprocessor.image_size or backbone.image_shape[:2]
-        shape = (None,) + backbone._layout(tuple(size) + (backbone.image_shape[2],))
+        size = self.preprocessor.image_size or backbone.image_size
+        shape = (None,) + backbone._layout(tuple(size) + (backbone.num_channels,))
         return [keras.InputSpec(shape=shape, dtype="uint8", name=INPUT_NAME)]
 
     def get_config(self):
@@ -112,6 +164,7 @@ class ViTMSNTask(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
         backbone's."""
         overrides = {key: kwargs.pop(key) for key in cls.preset_arguments if key in kwargs}
         task_kwargs, load_head = cls._preset_task_kwargs(source, overrides, kwargs)
+        kwargs = preset_backbone_overrides(kwargs)
         backbone = source.load_backbone(ViTMSNBackbone, load_weights=load_weights, **kwargs)
         if preprocessor is _AUTO:
             preprocessor = _preset_image_converter(source, backbone, "image_shape" in kwargs)
@@ -130,27 +183,40 @@ class ViTMSNTask(ExportMixin, QuantizationMixin, PresetMixin, keras.Model):
     def save_to_preset(self, preset_dir):
         """Write the backbone preset plus task.json (the task's config), task.weights.h5
         (its own weights, if any) and, with a preprocessor, image_converter.json;
-        ``from_preset`` loads it back exactly.
+        ``from_preset`` loads it back exactly, in the layout of the loading machine's
+        ``keras.config.image_data_format()`` (as converted presets), a frozen
+        backbone (``backbone.trainable = False``) frozen.
 
         Written atomically; an existing ``preset_dir`` must be empty or a preset of
         ours, and is replaced whole (no stale image converter or head survives).
         """
 
         def write(directory):
-            file_format.write_backbone(self.backbone, directory)
-            file_format.write_task(self, directory)
+            write_portable_backbone(self.backbone, directory)
+            file_format.write_task(self, directory, drop_data_format=True)
+            if self.preprocessor is not None:
+                # image_converter.json holds the converter alone (keras-hub's
+                # layout), not the preprocessor that wraps it.
+                file_format.write_image_converter(
+                    self.preprocessor.image_converter, directory, drop_data_format=True
+                )
 
         save_preset_directory(preset_dir, write)
 
 
 def _check_preprocessor(preprocessor, backbone, interpolate_pos_encoding):
-    """``preprocessor`` (None or a ViTMSNImageConverter) if it fits ``backbone``, else
-    a ValueError saying what does not fit."""
+    """``preprocessor`` (None, a ViTMSNImageClassifierPreprocessor, or a
+    ViTMSNImageConverter, which is wrapped in one: configs and presets written before
+    the preprocessor existed store the converter) if it fits ``backbone``, else a
+    ValueError saying what does not fit."""
     if preprocessor is None:
         return None
-    if not isinstance(preprocessor, ViTMSNImageConverter):
+    if isinstance(preprocessor, ViTMSNImageConverter):
+        preprocessor = ViTMSNImageClassifierPreprocessor(preprocessor)
+    if not isinstance(preprocessor, ViTMSNImageClassifierPreprocessor):
         raise ValueError(
-            "`preprocessor` must be a keras_vitmsn.ViTMSNImageConverter or None, got "
+            "`preprocessor` must be a keras_vitmsn.ViTMSNImageConverter or None (or a "
+            "ViTMSNImageClassifierPreprocessor wrapping a converter), got "
             f"{type(preprocessor).__name__}."
         )
     if preprocessor.data_format != backbone.data_format:
@@ -159,10 +225,10 @@ def _check_preprocessor(preprocessor, backbone, interpolate_pos_encoding):
             f"the backbone's ({backbone.data_format!r})."
         )
     size = preprocessor.image_size
-    if size is not None and size != backbone.image_shape[:2] and not interpolate_pos_encoding:
+    if size is not None and size != backbone.image_size and not interpolate_pos_encoding:
         raise ValueError(
             f"The preprocessor resizes to {size} but the backbone expects "
-            f"{backbone.image_shape[:2]}; set the converter's image_size to match, or "
+            f"{backbone.image_size}; set the converter's image_size to match, or "
             "pass interpolate_pos_encoding=True."
         )
     return preprocessor
@@ -175,5 +241,29 @@ def _preset_image_converter(source, backbone, resized):
         return None
     overrides = {"data_format": backbone.data_format}
     if resized:
-        overrides["image_size"] = backbone.image_shape[:2]
+        overrides["image_size"] = backbone.image_size
     return source.load_image_converter(ViTMSNImageConverter, **overrides)
+
+
+def _input_spec(x):
+    """``(shape, dtype)`` of the images in ``x`` (any batch size), or None for inputs
+    whose elements are not known up front."""
+    if x is None:
+        return None
+    if type(x).__module__.startswith("tensorflow") and hasattr(x, "element_spec"):
+        spec = x.element_spec
+        while isinstance(spec, (tuple, list)):
+            if not spec:
+                return None
+            spec = spec[0]
+        if not hasattr(spec, "shape") or spec.shape.rank is None:
+            return None
+        return (None,) + tuple(spec.shape)[1:], spec.dtype.name
+    shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+    if shape is None or dtype is None:
+        return None
+    try:
+        dtype = keras.backend.standardize_dtype(dtype)
+    except ValueError:
+        return None
+    return (None,) + tuple(shape)[1:], dtype

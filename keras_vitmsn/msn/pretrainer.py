@@ -350,7 +350,7 @@ class MSNPretrainer(keras.Model):
         return (height // patch) * (width // patch)
 
     def _cls(self, encoder, images, training, patch_keep_indices=None):
-        resized = spatial_shape(images.shape, encoder.data_format) != encoder.image_shape[:2]
+        resized = spatial_shape(images.shape, encoder.data_format) != encoder.image_size
         outputs = encoder(
             images,
             interpolate_pos_encoding=resized,
@@ -652,7 +652,9 @@ class MSNPretrainer(keras.Model):
             architecture = recipes.backbone_kwargs(config)
             if "dtype" in kwargs:
                 architecture["dtype"] = kwargs.pop("dtype")
-            encoder = init_embeddings_like_msn(ViTMSNBackbone(**architecture), kwargs.get("seed"))
+            # from_config: the recipe's image_shape is (height, width, channels).
+            encoder = ViTMSNBackbone.from_config(architecture)
+            encoder = init_embeddings_like_msn(encoder, kwargs.get("seed"))
             return cls(encoder, **kwargs)
         if isinstance(backbone_or_preset, ViTMSNBackbone):
             return cls(backbone_or_preset, **kwargs)
@@ -680,7 +682,7 @@ class MSNPretrainer(keras.Model):
                 config_overrides={"name": self.encoder.name, "trainable": True},
             )
             converter = ViTMSNImageConverter(
-                image_size=self.encoder.image_shape[:2], data_format=self.encoder.data_format
+                image_size=self.encoder.image_size, data_format=self.encoder.data_format
             )
             file_format.write_image_converter(converter, directory)
             resume.write_msn_head(self, os.path.join(directory, MSN_HEAD_FILE))

@@ -214,7 +214,8 @@ def check_recipe(config):
 
 
 def backbone_kwargs(config):
-    """ViTMSNBackbone arguments of a recipe's architecture (for training from scratch)."""
+    """ViTMSNBackbone config of a recipe's architecture (for training from scratch),
+    ``image_shape`` as (height, width, channels): build with ``from_config``."""
     return dict(
         image_shape=(config["global_size"], config["global_size"], 3),
         patch_size=config["patch_size"],

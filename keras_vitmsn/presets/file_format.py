@@ -123,7 +123,9 @@ def write_task(task, preset_dir, drop_data_format=False):
         for key, variable in task_variables(task).items():
             f.create_dataset(key, data=keras.ops.convert_to_numpy(variable))
     if getattr(task, "preprocessor", None) is not None:
-        write_image_converter(task.preprocessor, preset_dir, drop_data_format)
+        # A task preprocessor wraps the converter; the preset stores the converter.
+        converter = getattr(task.preprocessor, "image_converter", task.preprocessor)
+        write_image_converter(converter, preset_dir, drop_data_format)
 
 
 def read_task_weights(task, path):

@@ -25,10 +25,18 @@ from keras_vitmsn.utils import read_json
 
 def is_current(repo_id):
     """A complete cache entry in the weights layout this version writes."""
-    return (
-        hub.is_cached(repo_id)
-        and ff.preset_format(hub.cache_dir_for(repo_id)) == ff.PRESET_FORMAT_VERSION
+    return is_current_entry(hub.cache_dir_for(repo_id))
+
+
+def is_current_entry(folder):
+    """``folder`` holds a complete converted preset in the layout this version writes
+    (the test for any hub's cache entry: hf:// here, kaggle:// in
+    :mod:`keras_vitmsn.presets.kaggle`)."""
+    complete = all(
+        os.path.exists(os.path.join(folder, name))
+        for name in (ff.CONFIG_FILE, ff.MODEL_WEIGHTS_FILE, ff.METADATA_FILE)
     )
+    return complete and ff.preset_format(folder) == ff.PRESET_FORMAT_VERSION
 
 
 def fetch_keras_preset(repo_id, config_path, load_weights=True):
@@ -51,7 +59,12 @@ def fetch_keras_preset(repo_id, config_path, load_weights=True):
 
 def write_cache_entry(source, repo_id, classes, metadata=None):
     """Write ``source`` (a :class:`ConvertedSource`) into the cache, atomically."""
-    target = hub.cache_dir_for(repo_id)
+    return write_entry(source, hub.cache_dir_for(repo_id), classes, metadata)
+
+
+def write_entry(source, target, classes, metadata=None):
+    """Write ``source`` as the converted preset ``target``, atomically: a temporary
+    sibling is renamed into place only when complete."""
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
@@ -67,7 +80,7 @@ def write_cache_entry(source, repo_id, classes, metadata=None):
         try:
             os.rename(tmp, target)
         except OSError:
-            if not is_current(repo_id):
+            if not is_current_entry(target):
                 raise
             # Another process finished the same conversion first: keep its entry.
             shutil.rmtree(tmp, ignore_errors=True)

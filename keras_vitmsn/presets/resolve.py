@@ -1,6 +1,6 @@
-"""Resolve a ``from_preset`` argument (a built-in name, ``hf://org/repo``, a directory or
-an MSN checkpoint file) to a source: :class:`KerasPresetSource` or
-:class:`ConvertedSource`."""
+"""Resolve a ``from_preset`` argument (a built-in name, ``hf://org/repo``,
+``kaggle://owner/model/framework/variation/version``, a directory or an MSN checkpoint
+file) to a source: :class:`KerasPresetSource` or :class:`ConvertedSource`."""
 
 import os
 
@@ -8,6 +8,7 @@ from keras_vitmsn.conversion import checkpoints
 from keras_vitmsn.conversion import msn_checkpoint
 from keras_vitmsn.presets import file_format as ff
 from keras_vitmsn.presets import hub_cache
+from keras_vitmsn.presets import kaggle
 from keras_vitmsn.presets import table
 from keras_vitmsn.presets.sources import ConvertedSource
 from keras_vitmsn.presets.sources import KerasPresetSource
@@ -28,6 +29,8 @@ def resolve_preset(preset, load_weights=True, classes=None):
         )
     if preset.startswith("hf://"):
         return hub_cache.load_hf_source(preset, load_weights, classes)
+    if preset.startswith(kaggle.KAGGLE_PREFIX):
+        return kaggle.load_kaggle_source(preset, load_weights, classes)
     # Built-in names win over a same-named local folder (pass "./name" for that).
     if table.is_preset_name(preset):
         handle = table.get_preset(preset)["hf_handle"]
@@ -44,12 +47,14 @@ def resolve_preset(preset, load_weights=True, classes=None):
         )
     if "://" in preset:
         raise ValueError(
-            f"Unsupported preset handle {preset!r}: only 'hf://org/repo' is supported."
+            f"Unsupported preset handle {preset!r}: only 'hf://org/repo' and "
+            "'kaggle://owner/model/framework/variation/version' are supported."
         )
     if os.sep in preset or preset.startswith(".") or (os.altsep and os.altsep in preset):
         raise FileNotFoundError(
             f"No such file or directory: {preset!r} (a preset is a built-in name, "
-            "'hf://org/repo', a preset or checkpoint directory, or an MSN .pth.tar file)."
+            "'hf://org/repo', 'kaggle://owner/model/framework/variation/version', a "
+            "preset or checkpoint directory, or an MSN .pth.tar file)."
         )
     # Neither a built-in name nor an existing path: the error lists the valid names.
     try:

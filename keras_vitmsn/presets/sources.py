@@ -284,10 +284,12 @@ class ConvertedSource:
                 "MSN widths (384, 768, 1024: 6, 12, 16 heads); pass it, e.g. "
                 "from_preset(path, num_heads=...)."
             )
+        # from_config: the checkpoint's image_shape is (height, width, channels) and
+        # is read in that order whatever layout the backbone is built in.
         if not load_weights:
-            return backbone_cls(**kwargs)
+            return backbone_cls.from_config(kwargs)
         return keras_internals.build_with_values(
-            lambda: backbone_cls(**kwargs),
+            lambda: backbone_cls.from_config(kwargs),
             lambda model: {id(v): value for v, value in self.convert_backbone(model).values()},
         )
 

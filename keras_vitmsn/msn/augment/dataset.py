@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from keras_vitmsn.images.image_files import decode_rgb
+from keras_vitmsn.images.image_files import folder_dtype
 from keras_vitmsn.images.image_files import read_image_folder
 from keras_vitmsn.msn.augment.batched import render_views
 from keras_vitmsn.msn.augment.batched import view_uniforms
@@ -33,6 +34,7 @@ def msn_multiview_dataset(
     num_parallel_calls=AUTOTUNE,
     shuffle_buffer_size=None,
     skip_bad_images=False,
+    start_batch=0,
 ):
     """A batched ``tf.data.Dataset`` of MSN views, the ``x`` of ``model.fit(dataset)``.
 
@@ -55,7 +57,10 @@ def msn_multiview_dataset(
               fine; labels are ignored), by the rules of
               :mod:`keras_vitmsn.images.image_files`: every format Pillow decodes, hidden
               files skipped, each file checked before the pipeline is built. Decoded
-              to RGB (the first frame of an animation);
+              to RGB (the first frame of an animation) at the file's own depth onto
+              [0, 255], as every folder reader does: 16-bit grayscale files read as
+              [0, 65535], float files as [0, 1] (see
+              :func:`keras_vitmsn.images.image_files.read_pixels`);
             - a NumPy array ``(N, H, W, C)``, uint8 or floats in [0, 255], C = 3 or
               C = 1 (replicated to 3 channels);
             - a ``tf.data.Dataset`` of images ``(H, W, C)`` or of ``(image, label,
@@ -79,6 +84,11 @@ def msn_multiview_dataset(
         skip_bad_images: for a directory, leave out with a warning the image files
             Pillow cannot decode, instead of raising
             :class:`keras_vitmsn.images.image_files.BadImageError` (which lists them all).
+        start_batch: non-negative int; the pipeline starts at this batch of the
+            stream, skipping ``start_batch * batch_size`` (image, seed) pairs before
+            any is decoded or augmented: its batches are the tail of the pipeline
+            without it (as ``.skip(start_batch)``, without rendering the skipped
+            views). A resumed run starts there (:func:`keras_vitmsn.msn.build_msn_training`).
 
     Returns:
         A prefetched ``tf.data.Dataset``.
@@ -126,6 +136,12 @@ def msn_multiview_dataset(
         raise ValueError(
             f"`shuffle_buffer_size` must be None or a positive int; got {shuffle_buffer_size!r}."
         )
+    if (
+        isinstance(start_batch, bool)
+        or not isinstance(start_batch, numbers.Integral)
+        or start_batch < 0
+    ):
+        raise ValueError(f"`start_batch` must be a non-negative int; got {start_batch!r}.")
     if seed is None:
         shuffle_seed = views_seed = None
     else:
@@ -143,7 +159,7 @@ def msn_multiview_dataset(
             ([os.fsencode(image.path) for image in images], by_tensorflow)
         )
         buffer = len(images)
-        load = _folder_loader(by_tensorflow)
+        load = _folder_loader(by_tensorflow, folder_dtype(images))
     elif isinstance(source, np.ndarray):
         array = _check_array(source)
         _check_enough(len(array), batch_size, drop_remainder, "the array")
@@ -175,6 +191,10 @@ def msn_multiview_dataset(
     seeds = tf.data.Dataset.random(seed=views_seed, rerandomize_each_iteration=True).batch(
         2, drop_remainder=True
     )
+    pairs = tf.data.Dataset.zip((elements, seeds))
+    if start_batch:
+        # Before the maps: skipping costs a file name and two ints an image.
+        pairs = pairs.skip(int(start_batch) * int(batch_size))
 
     if image_size is not None:
         # One size for all: per image only its views' uniforms are drawn, and the
@@ -187,9 +207,7 @@ def msn_multiview_dataset(
         def render(indices, uniforms):
             return render_views(augmentation, load(indices), uniforms)
 
-        dataset = tf.data.Dataset.zip((elements, seeds)).map(
-            draw, num_parallel_calls=num_parallel_calls
-        )
+        dataset = pairs.map(draw, num_parallel_calls=num_parallel_calls)
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
         dataset = dataset.map(render, num_parallel_calls=num_parallel_calls)
         return dataset.prefetch(AUTOTUNE)
@@ -198,9 +216,7 @@ def msn_multiview_dataset(
     def make_views(element, seed):
         return augmentation.views(load(element), seed)
 
-    dataset = tf.data.Dataset.zip((elements, seeds)).map(
-        make_views, num_parallel_calls=num_parallel_calls
-    )
+    dataset = pairs.map(make_views, num_parallel_calls=num_parallel_calls)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(AUTOTUNE)
 
@@ -212,23 +228,31 @@ def _tensorflow_decodes(image):
     """Whether TensorFlow's own decoder takes this file (faster: no Python, no GIL).
 
     Only JPEG and 8-bit PNG, which TensorFlow and Pillow decode with the same libraries
-    to the same pixels; every other file goes through Pillow, which checked it.
+    to the same pixels (16-bit colour PNGs, mode RGB in Pillow, to the same high
+    byte); every other file goes through Pillow, which checked it.
     """
+    if image.depth != "uint8":
+        return False
     if image.format == "JPEG":
         return image.mode in ("L", "RGB", "CMYK")
     return image.format == "PNG" and image.mode in ("1", "L", "LA", "P", "RGB", "RGBA")
 
 
-def _folder_loader(by_tensorflow):
-    """``load((path, by_tensorflow))`` decoding a file to uint8 RGB ``(H, W, 3)``."""
+def _folder_loader(by_tensorflow, dtype):
+    """``load((path, by_tensorflow))`` decoding a file to RGB ``(H, W, 3)`` on [0, 255],
+    of the folder's ``dtype`` (uint8, or float32 when some file is 16-bit or float)."""
     tf = _tf()
 
     def with_tensorflow(path):
-        return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return tf.cast(image, dtype)
 
     def with_pillow(path):
         return tf.numpy_function(
-            lambda p: decode_rgb(os.fsdecode(p)), [path], tf.uint8, stateful=False
+            lambda p: decode_rgb(os.fsdecode(p)).astype(dtype, copy=False),
+            [path],
+            tf.as_dtype(dtype),
+            stateful=False,
         )
 
     def load(element):
