@@ -18,6 +18,7 @@ import time
 
 import keras
 
+from keras_vitmsn.msn.checkpoints import current_step
 from keras_vitmsn.utils import apply_umask
 
 METRICS_FILE = "metrics.csv"
@@ -82,7 +83,7 @@ class MSNRunLog(keras.callbacks.Callback):
         self._seconds_per_step = None
 
     def _step(self):
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        return current_step(self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start_time = time.monotonic()

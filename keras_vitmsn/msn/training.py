@@ -15,6 +15,7 @@ from keras_vitmsn.msn import recipes
 from keras_vitmsn.msn.augment import MSNAugmentation
 from keras_vitmsn.msn.augment import list_image_files
 from keras_vitmsn.msn.augment import msn_multiview_dataset
+from keras_vitmsn.msn.checkpoints import current_step
 from keras_vitmsn.msn.pretrainer import MSNPretrainer
 
 
@@ -46,7 +47,7 @@ class MSNTraining:
     @property
     def step(self):
         """Optimizer steps taken so far (a resumed run starts at its checkpoint's)."""
-        return int(keras.ops.convert_to_numpy(self.pretrainer.optimizer.iterations))
+        return current_step(self.pretrainer)
 
     def fit(self, handle_signals=False, **kwargs):
         """``pretrainer.fit`` up to the recipe's epochs (``**kwargs``: verbose, callbacks,
