@@ -174,7 +174,8 @@ import numpy as np, keras_vitmsn as kv
 from keras_vitmsn.backend import keras_internals as k
 assert not (k.FAST_INIT or k.DATA_LAYER_IS_PRIVATE or k.VARIABLE_INDEX_IS_PRIVATE
             or k.FLATTEN_LAYERS_IS_PRIVATE or k.DTYPE_POLICY_IS_PRIVATE
-            or k.BACKEND_UPDATE_STEP_IS_PRIVATE or k.STATELESS_SCOPE_IS_PRIVATE)
+            or k.BACKEND_UPDATE_STEP_IS_PRIVATE or k.STATELESS_SCOPE_IS_PRIVATE
+            or k.INT8_CALL_IS_PRIVATE)
 clf = kv.ViTMSNClassifier.from_preset({str(tmp_path / "p")!r})
 out = clf.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0)
 diff = np.max(np.abs(np.asarray(out) - np.load({str(tmp_path / "expected.npy")!r})))

@@ -2,7 +2,8 @@
 Keras backend. Everything else in the package calls these (``backend.matmul_add(...)``)
 and never asks which backend runs.
 
-The model's math: ``matmul_add`` (projection GEMM with its bias), ``einsum``,
+The model's math: ``matmul_add`` (projection GEMM with its bias), ``int8_matmul`` (an
+int8 Dense's quantised GEMM, with ``int8_speed_note``), ``einsum``,
 ``layer_norm``, ``dot_product_attention``, ``exact_gelu``, ``mlp_activation`` (the MLP's
 first activation), ``gradient_fusion_barrier``.
 Layout and compilation choices: ``mlp_on_token_rows``, ``head_major_attention``,
@@ -44,6 +45,8 @@ def _choose(name):
 
 
 matmul_add = _choose("matmul_add")
+int8_matmul = _choose("int8_matmul")
+int8_speed_note = _choose("int8_speed_note")
 einsum = _choose("einsum")
 layer_norm = _choose("layer_norm")
 dot_product_attention = _choose("dot_product_attention")

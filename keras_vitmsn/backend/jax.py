@@ -12,6 +12,7 @@ compiles better written another way.
 - The exact GELU stays the ``erf`` formula (``jax.nn.gelu``'s ``erfc`` is 2.8x slower on
   XLA:CPU), except in exports to a TensorFlow SavedModel (:func:`erfc_gelu_on_jax`).
 - The MSN train step threads the EMA target's new values through the stateless state.
+- An int8 layer's GEMM runs as XLA:CPU's bf16 dot into float32 (exact int8 products).
 """
 
 import contextlib
@@ -51,6 +52,27 @@ def matmul_add(x, kernel, bias):
         out = jnp.matmul(x, kernel, preferred_element_type=jnp.float32) + bias
         return out.astype(x.dtype)
     return portable.matmul_add(x, kernel, bias)
+
+
+def _int8_gemm(x, kernel):
+    x, kernel = ops.convert_to_tensor(x), ops.convert_to_tensor(kernel)
+    if x.dtype == jnp.int8 and kernel.dtype == jnp.int8 and jax.default_backend() == "cpu":
+        # XLA:CPU's bf16 dot with a float32 result is faster than its int8 dot with an
+        # int32 one (Keras' matmul): 1576x384 @ 384x1152 7.4 vs 9.4 ms, vit_msn_small
+        # int8 inference 1.55x float32 vs 1.36x on a Zen 4 CPU. int8 values are exact
+        # in bf16 and their products in float32; sums stay exact below 2**24 (any K
+        # up to 1040 at int8's full range), beyond that they round as the int32
+        # result's cast to float32 does, within a few float32 ulps.
+        return jnp.matmul(
+            x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), preferred_element_type=jnp.float32
+        )
+    return ops.matmul(x, kernel)
+
+
+def int8_matmul(inputs, kernel, kernel_scale, inputs_quantizer, compute_dtype):
+    return portable.int8_matmul_with(
+        _int8_gemm, inputs, kernel, kernel_scale, inputs_quantizer, compute_dtype
+    )
 
 
 def head_major_attention():

@@ -25,13 +25,20 @@ take every public path).
    optimizers override). Fallback: the per-variable ``update_step``.
 9. Whether a ``keras.StatelessScope`` is active (the torch updates write in place
    outside one). Fallback: assume one is, so every update goes through ``assign``.
+10. An int8 Dense's forward with the backend's int8 GEMM (:func:`dense_int8_call`):
+   Keras' ``Dense._int8_call`` with its ``_kernel``, ``kernel_scale`` and
+   ``inputs_quantizer``, probed on first use against Keras' own result. Fallback:
+   Keras' ``_int8_call``.
 """
 
 import contextlib
 import gc
+import inspect
 import os
+import threading
 
 import keras
+import numpy as np
 
 # KERAS_VITMSN_PUBLIC_KERAS_ONLY=1 in the environment: every probe here answers "not
 # available", so a whole process takes the public paths (the fallbacks tested end to end).
@@ -397,8 +404,20 @@ def optimizer_reads_weight_decay_property():
     """Whether Keras' AdamW applies the ``weight_decay`` a subclass property returns."""
     global _WEIGHT_DECAY_PROPERTY
     if _WEIGHT_DECAY_PROPERTY is None:
-        _WEIGHT_DECAY_PROPERTY = _probe_weight_decay_property()
+        _WEIGHT_DECAY_PROPERTY = _in_fresh_thread(_probe_weight_decay_property)
     return _WEIGHT_DECAY_PROPERTY
+
+
+def _in_fresh_thread(probe):
+    """``probe()`` run in a new thread, outside the caller's thread-local scopes: an
+    optimizer built inside a ``tf.distribute`` strategy's scope must not run the
+    probe's optimizer step in that strategy's cross-replica context (where Keras'
+    step cannot run: it merges across replicas it is not in)."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(probe()), daemon=True)
+    thread.start()
+    thread.join()
+    return bool(result and result[0])
 
 
 def _probe_weight_decay_property():
@@ -566,13 +585,109 @@ def in_stateless_scope():
     return True if _IN_STATELESS_SCOPE is None else bool(_IN_STATELESS_SCOPE())
 
 
-# FAST_INIT, VARIABLE_INDEX_IS_PRIVATE and BACKEND_UPDATE_STEP_IS_PRIVATE compute (they
-# build a variable or run an optimizer step), so they are probed on first use.
+# -- 10. an int8 Dense's forward through the backend's int8 GEMM -----------------------
+
+
+def _int8_call(layer, inputs, int8_matmul):
+    """Keras' ``Dense._int8_call`` (Keras 3.x, Apache 2.0) with ``int8_matmul`` (see
+    :func:`keras_vitmsn.backend.portable.int8_matmul`) for the forward of its custom
+    gradient; the gradient (through the dequantised kernel), LoRA, bias and activation
+    are Keras' own."""
+    ops = keras.ops
+    compute_dtype = layer.compute_dtype
+    quantizer = layer.inputs_quantizer
+
+    @ops.custom_gradient
+    def matmul_with_inputs_gradient(inputs, kernel, kernel_scale):
+        def grad_fn(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            float_kernel = ops.divide(ops.cast(kernel, dtype=compute_dtype), kernel_scale)
+            return (ops.matmul(upstream, ops.transpose(float_kernel)), None, None)
+
+        return int8_matmul(inputs, kernel, kernel_scale, quantizer, compute_dtype), grad_fn
+
+    x = matmul_with_inputs_gradient(
+        inputs, ops.convert_to_tensor(layer._kernel), ops.convert_to_tensor(layer.kernel_scale)
+    )
+    if layer.lora_enabled:
+        lora_x = ops.matmul(inputs, layer.lora_kernel_a)
+        lora_x = ops.matmul(lora_x, layer.lora_kernel_b)
+        x = ops.add(x, (layer.lora_alpha / layer.lora_rank) * lora_x)
+        x = ops.cast(x, compute_dtype)
+    if layer.bias is not None:
+        x = ops.add(x, layer.bias)
+    if layer.activation is not None:
+        x = layer.activation(x)
+    return x
+
+
+def _probe_int8_call():
+    if PUBLIC_ONLY:
+        return False
+    try:
+        from keras_vitmsn.backend import portable
+
+        parameters = list(inspect.signature(keras.layers.Dense._int8_call).parameters)
+        if parameters != ["self", "inputs", "training"]:
+            return False
+        layer = _probe_dense(activation="relu")
+        layer.build((None, 3))
+        layer.kernel.assign(np.asarray([[0.5, -1.0], [0.25, 2.0], [-0.75, 1.5]], "float32"))
+        layer.bias.assign(np.asarray([0.125, -0.5], "float32"))
+        with one_garbage_collection():
+            layer.quantize("int8")
+        if layer.quantization_mode != "int8" or not isinstance(
+            layer.inputs_quantizer, keras.quantizers.AbsMaxQuantizer
+        ):
+            return False
+        x = keras.ops.convert_to_tensor([[1.0, -2.0, 0.5], [0.3, 0.7, -1.1]])
+        expected = keras.ops.convert_to_numpy(layer._int8_call(x))
+        ours = keras.ops.convert_to_numpy(_int8_call(layer, x, portable.int8_matmul))
+        return bool(np.array_equal(expected, ours)) and bool(np.any(expected))
+    except Exception:  # attributes renamed, signature or math changed: Keras' own call
+        return False
+
+
+def dense_int8_call(layer, inputs, keras_call, int8_matmul):
+    """An int8 ``Dense`` layer's output for ``inputs``: Keras' ``_int8_call`` with
+    ``int8_matmul`` (:func:`keras_vitmsn.backend.int8_matmul`) computing its GEMM, or
+    ``keras_call()`` (Keras' own ``_int8_call`` bound to the call's arguments) where
+    the probe finds Keras' int8 Dense changed.
+
+    Example:
+    >>> from keras_vitmsn import backend
+    >>> layer = keras.layers.Dense(2, kernel_initializer="ones")
+    >>> layer.build((None, 3))
+    >>> layer.quantize("int8")
+    >>> x = keras.ops.ones((1, 3))
+    >>> y = dense_int8_call(layer, x, lambda: layer._int8_call(x), backend.int8_matmul)
+    >>> [round(float(v), 4) for v in keras.ops.convert_to_numpy(y)[0]]
+    [3.0, 3.0]
+    """
+    if not probed(globals(), "INT8_CALL_IS_PRIVATE"):
+        return keras_call()
+    return _int8_call(layer, inputs, int8_matmul)
+
+
+def probe_int8_call():
+    """Run :func:`dense_int8_call`'s probe now, if it has not run (it builds, quantises
+    and calls a layer, in a thread of its own): an int8 layer runs it when it is built
+    or quantised, so that no call, and no trace of one, pays for it."""
+    return probed(globals(), "INT8_CALL_IS_PRIVATE")
+
+
+# FAST_INIT, VARIABLE_INDEX_IS_PRIVATE, BACKEND_UPDATE_STEP_IS_PRIVATE and
+# INT8_CALL_IS_PRIVATE compute (they build a variable, run an optimizer step or a
+# layer), so they are probed on first use.
 __getattr__ = module_getattr(
     globals(),
     {
         "FAST_INIT": lambda: _probe_fast_init(_GLOBAL_STATE),
         "VARIABLE_INDEX_IS_PRIVATE": _probe_variable_index,
         "BACKEND_UPDATE_STEP_IS_PRIVATE": _probe_backend_update_step,
+        # Its own thread: outside a StatelessScope (where the probe layer's assigns
+        # would not land), a tf.function or JAX trace, or a distribution scope.
+        "INT8_CALL_IS_PRIVATE": lambda: _in_fresh_thread(_probe_int8_call),
     },
 )

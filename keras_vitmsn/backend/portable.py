@@ -27,6 +27,47 @@ def matmul_add(x, kernel, bias):
     return ops.add(ops.matmul(x, kernel), bias)
 
 
+def int8_matmul(inputs, kernel, kernel_scale, inputs_quantizer, compute_dtype):
+    """The forward of Keras' int8 ``Dense``: ``inputs`` quantised per row by
+    ``inputs_quantizer`` (Keras' ``AbsMaxQuantizer``: int8 values and a scale per
+    token; None leaves them in float), ``@ kernel`` (int8, ``(in, out)``) into int32,
+    then cast to ``compute_dtype`` and divided by ``kernel_scale * inputs_scale``.
+
+    Bias, LoRA and activation are the layer's; gradients are its custom gradient's
+    (the dequantised kernel), so this is the forward only.
+
+    Example:
+    >>> kernel = keras.ops.convert_to_tensor([[127, 0], [0, 64]], "int8")
+    >>> y = int8_matmul(keras.ops.convert_to_tensor([[1.0, -1.0]]), kernel,
+    ...     keras.ops.convert_to_tensor([127.0, 32.0]), keras.quantizers.AbsMaxQuantizer(),
+    ...     "float32")
+    >>> [round(float(v), 3) for v in keras.ops.convert_to_numpy(y)[0]]
+    [1.0, -2.0]
+    """
+    return int8_matmul_with(
+        ops.matmul, inputs, kernel, kernel_scale, inputs_quantizer, compute_dtype
+    )
+
+
+def int8_matmul_with(gemm, inputs, kernel, kernel_scale, inputs_quantizer, compute_dtype):
+    """:func:`int8_matmul` with ``gemm(quantised_inputs, kernel)`` for its
+    ``keras.ops.matmul`` (a backend's int8 kernel, returning the int32 products or
+    their exact float32 values; every other step, and so every rounding, is Keras')."""
+    output_scale = kernel_scale
+    if inputs_quantizer:
+        inputs, inputs_scale = inputs_quantizer(inputs, axis=-1)
+        output_scale = ops.multiply(output_scale, inputs_scale)
+    x = gemm(inputs, kernel)
+    x = ops.cast(x, compute_dtype)
+    return ops.divide(x, output_scale)
+
+
+def int8_speed_note():
+    """None, or one line on why ``quantize("int8")`` does not speed up inference on
+    this backend (the measured ratio to float32 and where it comes from)."""
+    return None
+
+
 def einsum(subscripts, *operands, dtype=None):
     """``keras.ops.einsum``, with the result in ``dtype`` (default: the operands' dtype).
 

@@ -10,11 +10,16 @@ oneDNN kernels, which Keras' own ops keep apart.
 - ``dot_product_attention``: batched matmuls on head-major copies instead of token-major
   einsums that transpose inside each call (attention forward + backward 19.5 -> 14 ms).
 Together: vit_msn_small float32 inference 1.12-1.14x, training 1.04x on CPU.
+
+``int8_matmul``: oneDNN's int8 GEMM (``QuantizedMatMulWithBias``) for an int8 layer,
+where Keras' int8 ``MatMul`` runs Eigen's integer GEMM (2.3x the float32 time).
 """
 
+import contextvars
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_vitmsn.backend import portable
@@ -41,6 +46,112 @@ def matmul_bias_add(x, kernel, bias):
     # Static sizes where known, so that shape inference keeps them.
     dims = [d if d is not None else tf.shape(x)[i] for i, d in enumerate(x.shape[:-1])]
     return tf.reshape(rows, dims + [kernel.shape[-1]])
+
+
+# oneDNN's int8 GEMM, as the one TensorFlow op on CPU that reaches it: Keras' int8
+# MatMul (output_type=int32) runs Eigen's integer GEMM, 2.3x the time of float32.
+# QuantizedMatMulWithBias takes uint8 x int8 and, with min_a=-128, subtracts the
+# 128 zero point itself, so the int8 inputs XOR 0x80 (+128) give the exact int32
+# product. It exists only in oneDNN builds and XLA has no kernel for it: probed once,
+# and a graph XLA compiles, or an export (tf2onnx and other runtimes know no such
+# op), takes Keras' MatMul.
+_QUANTIZED_MATMUL = None
+_PORTABLE_INT8 = contextvars.ContextVar("keras_vitmsn_portable_int8_on_tf", default=False)
+
+
+def _quantized_matmul(rows, kernel):
+    shifted = tf.bitwise.bitwise_xor(tf.bitcast(rows, tf.uint8), tf.constant(128, tf.uint8))
+    out, _, _ = tf.raw_ops.QuantizedMatMulWithBias(
+        a=tf.bitcast(shifted, tf.quint8),
+        b=tf.bitcast(kernel, tf.qint8),
+        bias=tf.zeros([kernel.shape[-1]], tf.float32),
+        min_a=-128.0,
+        max_a=127.0,
+        min_b=-127.0,
+        max_b=127.0,
+        Toutput=tf.qint32,
+    )
+    return tf.bitcast(out, tf.int32)
+
+
+def _quantized_matmul_runs():
+    if tf.config.list_logical_devices("GPU"):
+        return False  # a CPU-only kernel: TensorFlow would copy a GPU's tensors to it
+    # The worst case for the values int8 layers feed it (+-127): every value at full
+    # scale, rows of one sign. Without VNNI, a GEMM summing u8 x s8 pairs into 16 bits
+    # (vpmaddubsw) saturates there (2 * 255 * 127 > 2**15); then Keras' MatMul runs.
+    a = np.full((32, 512), 127, np.int8)
+    a[1::2] = -127
+    a[::4, ::3] = 3
+    b = np.full((512, 64), 127, np.int8)
+    b[:, 1::2] = -127
+    try:
+        out = _quantized_matmul(tf.constant(a), tf.constant(b)).numpy()
+        return bool(np.array_equal(out, a.astype(np.int32) @ b))
+    except Exception:  # no oneDNN kernel in this build, or it is turned off
+        return False
+
+
+def _probe_quantized_matmul():
+    global _QUANTIZED_MATMUL
+    if _QUANTIZED_MATMUL is None:
+        with tf.init_scope():  # eagerly, also when first reached inside a tf.function
+            _QUANTIZED_MATMUL = _quantized_matmul_runs()
+    return _QUANTIZED_MATMUL
+
+
+def _compiling_with_xla():
+    if tf.executing_eagerly():
+        return False
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # can't tell: any graph may be one XLA compiles
+        return True
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _int8_gemm(x, kernel):
+    x, kernel = tf.convert_to_tensor(x), tf.convert_to_tensor(kernel)
+    if (
+        x.dtype == tf.int8
+        and kernel.dtype == tf.int8
+        and len(kernel.shape) == 2
+        and len(x.shape) >= 2
+        and not _PORTABLE_INT8.get()
+        and not _compiling_with_xla()
+        and _probe_quantized_matmul()
+    ):
+        rows = _quantized_matmul(tf.reshape(x, (-1, kernel.shape[0])), kernel)
+        dims = [d if d is not None else tf.shape(x)[i] for i, d in enumerate(x.shape[:-1])]
+        return tf.reshape(rows, dims + [kernel.shape[-1]])
+    return keras.ops.matmul(x, kernel)
+
+
+def int8_matmul(inputs, kernel, kernel_scale, inputs_quantizer, compute_dtype):
+    return portable.int8_matmul_with(
+        _int8_gemm, inputs, kernel, kernel_scale, inputs_quantizer, compute_dtype
+    )
+
+
+def int8_speed_note():
+    if _probe_quantized_matmul() or tf.config.list_logical_devices("GPU"):
+        return None
+    return (
+        "int8 layers run Keras' int8 MatMul on this TensorFlow, which has no oneDNN int8 "
+        "kernel (TF_ENABLE_ONEDNN_OPTS=0, or a build without oneDNN): measured 0.37x the "
+        "float32 inference speed (vit_msn_small, batch 8, 2-core AMD Zen 4 CPU; "
+        "benchmarks/quantize_benchmark.py)."
+    )
+
+
+def export(parent_export, model, filepath, format, verbose=None, input_signature=None, **kwargs):
+    token = _PORTABLE_INT8.set(True)  # the graph holds only ops every runtime knows
+    try:
+        return portable.export(
+            parent_export, model, filepath, format, verbose, input_signature, **kwargs
+        )
+    finally:
+        _PORTABLE_INT8.reset(token)
 
 
 def mlp_on_token_rows():

@@ -10,6 +10,9 @@
 - Variable updates (optimizer, EMA, clipping): torch's multi-tensor kernels in place,
   as ``torch.optim.AdamW`` and ``clip_grad_norm_`` run them (training 1.08x).
   ``torch._foreach_*`` is private: probed at import, with a per-tensor fallback.
+- ``int8_matmul``: ``torch._int_mm`` (oneDNN's int8 GEMM) where Keras' matmul runs
+  int8 x int8 as an int32 matmul on CPU, with Keras' abs-max input quantiser and
+  descaling in fewer passes (same values); exported to ONNX as ``MatMulInteger``.
 - ``export``: ONNX through torch.onnx's dynamo exporter, ``.pt2`` with a dynamic batch.
 """
 
@@ -39,6 +42,93 @@ def matmul_add(x, kernel, bias):
     else:
         out = torch.addmm(bias, rows, kernel)
     return out.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+def _probe_int_mm():
+    """Whether ``torch._int_mm`` gives the exact int32 products on this CPU for the
+    values int8 layers feed it (+-127). Without VNNI, an int8 GEMM that multiplies
+    u8 x s8 pairs into 16-bit sums (``vpmaddubsw``) saturates at 2 * 255 * 127 > 2**15:
+    checked once, at import (as the foreach probe below), on that worst case: every
+    value at full scale, rows of one sign. Where it is not exact, Keras' int32 matmul
+    runs."""
+    rows = torch.full((32, 512), 127, dtype=torch.int8)
+    rows[1::2] = -127
+    rows[::4, ::3] = 3
+    kernel = torch.full((512, 64), 127, dtype=torch.int8)
+    kernel[:, 1::2] = -127
+    try:
+        got = torch._int_mm(rows, kernel)
+        return bool(torch.equal(got, rows.to(torch.int32) @ kernel.to(torch.int32)))
+    except (RuntimeError, AttributeError):  # no int8 GEMM for this CPU in this torch
+        return False
+
+
+INT_MM_EXACT_ON_CPU = _probe_int_mm()
+
+
+def _int_mm_applies(rows, kernel):
+    if rows.dtype != torch.int8 or kernel.dtype != torch.int8 or kernel.ndim != 2:
+        return False
+    if rows.device.type == "cpu":
+        return INT_MM_EXACT_ON_CPU
+    # CUDA's kernel takes fewer shapes (the ones Keras' own matmul checks for).
+    m, k = rows.shape
+    n = kernel.shape[1]
+    return m > 16 and k >= 16 and k % 8 == 0 and n % 8 == 0
+
+
+def _int8_gemm(x, kernel):
+    # Keras' matmul computes int8 x int8 on CPU as an int32 torch.matmul (vit_msn_small
+    # int8 inference 0.22x float32); torch._int_mm is oneDNN's int8 GEMM (VNNI where
+    # the CPU has it): vit_msn_small's projections 4.7-6.2x faster than float32 on a
+    # Zen 4 CPU, and int8 inference 1.85x float32.
+    x, kernel = ops.convert_to_tensor(x), ops.convert_to_tensor(kernel)
+    if x.ndim >= 1:
+        rows = x.reshape(-1, x.shape[-1])
+        if _int_mm_applies(rows, kernel):
+            try:
+                out = torch._int_mm(rows, kernel)
+            except RuntimeError:  # a shape or device this torch's kernel refuses
+                pass
+            else:
+                return out.reshape(*x.shape[:-1], kernel.shape[-1])
+    return ops.matmul(x, kernel)
+
+
+def _abs_max_rows(x, quantizer):
+    """Keras' ``AbsMaxQuantizer`` per row of float32 ``x`` in four torch passes (Keras'
+    ops take eight): the same int8 values and scales."""
+    top = x.abs().amax(dim=-1, keepdim=True)  # torch.aminmax: 15x slower
+    # A true division: torch's ``127 / tensor`` multiplies by the reciprocal.
+    scale = torch.div(x.new_tensor(127.0), top + quantizer.epsilon)
+    # No clip to +-127: |x| <= top < top + epsilon, so |x * scale| rounds to at most 127.
+    return torch.round_(x * scale).to(torch.int8), scale
+
+
+def _is_keras_abs_max(quantizer):
+    return (
+        type(quantizer) is keras.quantizers.AbsMaxQuantizer
+        and tuple(quantizer.value_range) == (-127, 127)
+        and quantizer.output_dtype == "int8"
+    )
+
+
+def int8_matmul(inputs, kernel, kernel_scale, inputs_quantizer, compute_dtype):
+    x, kernel = ops.convert_to_tensor(inputs), ops.convert_to_tensor(kernel)
+    if not (
+        _is_keras_abs_max(inputs_quantizer)
+        and x.dtype == torch.float32
+        and x.ndim >= 1
+        and compute_dtype == "float32"
+    ):
+        return portable.int8_matmul_with(
+            _int8_gemm, inputs, kernel, kernel_scale, inputs_quantizer, compute_dtype
+        )
+    values, inputs_scale = _abs_max_rows(x, inputs_quantizer)
+    out = _int8_gemm(values, kernel)
+    # Keras' cast then divide; dividing the int32 tensor directly converts per element
+    # inside the division (1.4x the time).
+    return out.to(torch.float32).div_(ops.convert_to_tensor(kernel_scale) * inputs_scale)
 
 
 def layer_norm(x, gamma, beta, epsilon):
@@ -308,6 +398,25 @@ def export(parent_export, model, filepath, format, verbose=None, input_signature
     )
 
 
+def _onnx_translations():
+    """ONNX for the aten operators torch.onnx has none for: ``_int_mm`` (an int8
+    layer's GEMM, :func:`int8_matmul`) as ``MatMulInteger``."""
+    import onnx
+    from onnxscript import opset18 as op
+
+    def int_mm(a, b):
+        # onnxruntime's fast integer GEMM (VNNI) takes uint8 x int8: the int8 inputs
+        # shifted by 128, with 128 as their zero point, are the same integers. Its
+        # int8 x int8 kernel measured 10x slower (vit_msn_small's qkv GEMM, Zen 4).
+        wide = op.Cast(a, to=onnx.TensorProto.INT16)
+        shift = op.CastLike(op.Constant(value_int=128), wide)
+        shifted = op.Cast(op.Add(wide, shift), to=onnx.TensorProto.UINT8)
+        zero_point = op.Cast(op.Constant(value_int=128), to=onnx.TensorProto.UINT8)
+        return op.MatMulInteger(shifted, b, zero_point)
+
+    return {torch.ops.aten._int_mm.default: int_mm}
+
+
 def _export_onnx(model, filepath, input_signature, verbose=None, opset_version=None):
     """ONNX with a dynamic batch through torch.onnx's dynamo exporter: Keras' torch
     path hands a dynamic dimension to the TorchScript exporter, which cannot trace
@@ -326,6 +435,7 @@ def _export_onnx(model, filepath, input_signature, verbose=None, opset_version=N
         model,
         samples,
         dynamo=True,
+        custom_translation_table=_onnx_translations(),
         # Keras models take `*args`: one entry for the whole positional tuple.
         dynamic_shapes=[tuple(dynamic)],
         input_names=names,

@@ -8,6 +8,7 @@ import functools
 import keras
 
 from keras_vitmsn import backend
+from keras_vitmsn.backend import keras_internals
 
 INITIALIZER_RANGE = 0.02
 
@@ -79,7 +80,9 @@ class ViTMSNDense(keras.layers.Dense):
     LoRA (the fused path reads the ``kernel`` property, which includes the LoRA
     update), and ``quantize``: a quantised layer runs Keras' ``quantized_call``, not
     this ``call``. Only an un-quantised layer with a bias and no activation takes
-    :func:`keras_vitmsn.backend.matmul_add` (one ``addmm`` on torch; see there).
+    :func:`keras_vitmsn.backend.matmul_add` (one ``addmm`` on torch; see there), and
+    an int8 layer's GEMM is :func:`keras_vitmsn.backend.int8_matmul` (the backend's
+    int8 kernel; Keras' input quantiser, descaling and gradient).
 
     Example:
     >>> layer = ViTMSNDense(3, kernel_initializer="ones")
@@ -96,7 +99,19 @@ class ViTMSNDense(keras.layers.Dense):
         # Keras refuses to quantise Dense subclasses, whose call might compute
         # something else. This call is Dense's own function, and a quantised layer
         # runs Keras' quantized_call instead of it.
-        return super().quantize(mode, type_check=False, **kwargs)
+        result = super().quantize(mode, type_check=False, **kwargs)
+        if self.quantization_mode == "int8":
+            keras_internals.probe_int8_call()
+        return result
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.quantization_mode == "int8":  # built from a quantised model's config
+            keras_internals.probe_int8_call()
+
+    def _int8_call(self, inputs, training=None):
+        keras_call = functools.partial(super()._int8_call, inputs, training=training)
+        return keras_internals.dense_int8_call(self, inputs, keras_call, backend.int8_matmul)
 
 
 @keras.saving.register_keras_serializable(package="keras_vitmsn")

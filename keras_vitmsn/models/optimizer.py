@@ -27,6 +27,7 @@ temporaries. vit_msn_small training at batch 8 on 2 CPUs (same-process A/B again
 """
 
 import math
+import threading
 
 import keras
 from keras import ops
@@ -35,6 +36,7 @@ from keras_vitmsn import backend
 from keras_vitmsn.backend.keras_internals import VariableIndex
 from keras_vitmsn.backend.keras_internals import optimizer_reads_weight_decay_property
 from keras_vitmsn.backend.keras_internals import route_batched_update
+from keras_vitmsn.backend.replicas import current as current_replicas
 
 TORCH_CLIP_EPSILON = 1e-6  # torch.nn.utils.clip_grad_norm_ divides by norm + 1e-6.
 
@@ -95,6 +97,7 @@ class ScheduledAdamW(keras.optimizers.Optimizer):
         super().__init__(
             learning_rate=learning_rate, weight_decay=weight_decay, name=name, **kwargs
         )
+        self._clipping_done = threading.local()
         if self.global_clipnorm and (self.gradient_accumulation_steps or self.loss_scale_factor):
             raise ValueError(
                 "ScheduledAdamW clips the gradients it is given in apply(); it cannot "
@@ -124,6 +127,19 @@ class ScheduledAdamW(keras.optimizers.Optimizer):
     @weight_decay.setter
     def weight_decay(self, value):
         self._weight_decay_value = value
+
+    @property
+    def global_clipnorm(self):
+        # None to Keras' own clipping while apply() hands it gradients this optimizer
+        # already clipped. Per thread: tf.distribute traces the replicas' steps in
+        # concurrent threads, and one replica's apply() must not switch another's off.
+        if getattr(getattr(self, "_clipping_done", None), "value", False):
+            return None
+        return self._global_clipnorm_value
+
+    @global_clipnorm.setter
+    def global_clipnorm(self, value):
+        self._global_clipnorm_value = value
 
     def build(self, var_list):
         if self.built:
@@ -180,11 +196,11 @@ class ScheduledAdamW(keras.optimizers.Optimizer):
             grads = self._clip_global_norm(list(grads), variables)
             # Already clipped: the base class would clip every gradient again, the
             # prototypes' too. Its public attribute is what it reads to decide.
-            clipnorm, self.global_clipnorm = self.global_clipnorm, None
+            self._clipping_done.value = True
             try:
                 return super().apply(grads, trainable_variables)
             finally:
-                self.global_clipnorm = clipnorm
+                self._clipping_done.value = False
         return super().apply(grads, trainable_variables)
 
     def _clip_global_norm(self, grads, variables):
@@ -192,16 +208,25 @@ class ScheduledAdamW(keras.optimizers.Optimizer):
         clipped = [g is not None and self.is_clipped(v) for g, v in zip(grads, variables)]
         if not any(clipped):
             return grads
-        # Autograd's own buffers (what the torch trainer passes) are scaled in place.
-        in_place = backend.autograd_gradients(grads, variables)
-        scaled = iter(
-            backend.clip_by_global_norm(
-                [g for g, c in zip(grads, clipped) if c],
-                self.global_clipnorm,
-                TORCH_CLIP_EPSILON,
-                in_place=in_place,
+        selected = [g for g, c in zip(grads, clipped) if c]
+        replicas = current_replicas()
+        if replicas.count > 1:
+            # Under tf.distribute Keras sums the replicas' gradients after this clipping;
+            # the norm to clip is that of the sum. So: sum here, clip, and hand each
+            # replica 1 / count of the clipped sum, which Keras' sum restores.
+            summed = replicas.sum(selected)
+            scaled = backend.clip_by_global_norm(summed, self.global_clipnorm, TORCH_CLIP_EPSILON)
+            scaled = iter([g / replicas.count for g in scaled])
+        else:
+            # Autograd's own buffers (what the torch trainer passes) are scaled in place.
+            scaled = iter(
+                backend.clip_by_global_norm(
+                    selected,
+                    self.global_clipnorm,
+                    TORCH_CLIP_EPSILON,
+                    in_place=backend.autograd_gradients(grads, variables),
+                )
             )
-        )
         return [next(scaled) if c else g for g, c in zip(grads, clipped)]
 
     def batched_update(self, grads, variables, learning_rate):

@@ -5,7 +5,10 @@ output, MLP, classifier head) is a ``keras.layers.Dense`` (ViTMSNDense, whose
 float call only fuses the bias add) or ``EinsumDense``,
 so ``quantize`` runs Keras' own code for those layers: int8 / int4 weights with
 per-output-channel scales (and dynamically quantised int8 inputs), or float8 with
-scale histories. Position embeddings, CLS token and LayerNorms stay in float.
+scale histories. An int8 layer's GEMM runs on the backend's int8 kernel
+(:func:`keras_vitmsn.backend.int8_matmul`); where the backend has none that beats
+float32, ``quantize("int8")`` warns with the measured ratio. Position embeddings,
+CLS token and LayerNorms stay in float.
 
 A quantised layer's dtype policy (e.g. ``int8_from_float32``) is what makes it build
 its int8 variables, and our layers create their sublayers from the parent's policy.
@@ -21,9 +24,11 @@ absolute when the model builds, before any sublayer looks its policy up.
 
 import contextlib
 import re
+import warnings
 
 import keras
 
+from keras_vitmsn import backend
 from keras_vitmsn.backend.keras_internals import all_layers
 from keras_vitmsn.backend.keras_internals import one_garbage_collection
 from keras_vitmsn.backend.keras_internals import replace_dtype_policy
@@ -157,6 +162,9 @@ class QuantizationMixin:
         # Keras collects garbage after every replaced kernel; once is enough.
         with one_garbage_collection():
             super().quantize(mode, config=config, filters=selected, **kwargs)
+        note = backend.int8_speed_note() if resolved == "int8" else None
+        if note:
+            warnings.warn(note, stacklevel=2)
 
 
 def _matches(layer, filters):

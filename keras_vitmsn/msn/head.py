@@ -15,6 +15,8 @@ import math
 import keras
 from keras import ops
 
+from keras_vitmsn.backend.replicas import current as current_replicas
+from keras_vitmsn.backend.replicas import global_rows
 from keras_vitmsn.layers.core import ViTMSNDense
 from keras_vitmsn.layers.core import exact_gelu
 from keras_vitmsn.layers.core import kernel_initializer
@@ -37,6 +39,8 @@ class TorchBatchNormalization(keras.layers.BatchNormalization):
     and the moving variance is updated with the unbiased one. The original's EMA target
     head runs in training mode under ``no_grad`` (batch statistics and a moving-statistics
     update although nothing in it is trainable): ``use_batch_statistics`` does that.
+    The batch statistics are those of the global batch where a ``tf.distribute``
+    strategy splits it over replicas (all-reduced, as the authors' ``SyncBatchNorm``).
 
     Call arguments:
         inputs: ``(batch, features)``.
@@ -67,11 +71,14 @@ class TorchBatchNormalization(keras.layers.BatchNormalization):
         if not batch_statistics:
             return super().call(inputs, training=False)
         x = ops.cast(inputs, "float32")
+        # Over the global batch where it is split over tf.distribute replicas, as the
+        # authors' SyncBatchNorm; all-reduced sums, which gradients flow through.
+        replicas = current_replicas()
+        count = ops.cast(global_rows(ops.shape(x)[0], replicas), "float32")
         # Two passes, as torch: ops.moments' E[x^2] - E[x]^2 loses ~1e-5 to cancellation.
-        mean = ops.mean(x, axis=0)
-        variance = ops.mean(ops.square(x - mean), axis=0)
+        mean = replicas.sum(ops.sum(x, axis=0)) / count
+        variance = replicas.sum(ops.sum(ops.square(x - mean), axis=0)) / count
         if update:
-            count = ops.cast(ops.shape(x)[0], "float32")
             # torch: running_var from the unbiased variance (a batch of one would
             # divide by zero; torch refuses it, here it contributes the biased value).
             unbiased = variance * count / ops.maximum(count - 1.0, 1.0)

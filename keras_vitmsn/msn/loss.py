@@ -32,16 +32,24 @@ Numerical choices (all mathematically identical to the formulas above):
   sample picks does not divide by zero.
 - Everything is computed in float32 whatever the inputs' dtype (mixed precision).
 
-Global batch: the batch reductions (``p_bar``, Sinkhorn sums) are plain ``ops.mean`` /
-``ops.logsumexp`` over axis 0. Under ``keras.distribution.DataParallel`` on JAX the
-arrays are global (sharded) arrays, so these are already reductions over the GLOBAL
-batch, as the paper's all-reduce does; nothing else is needed.
+Global batch: every batch statistic (``p_bar``, the Sinkhorn sums, the means of
+``L_ce`` and the entropies) is over the GLOBAL batch, as the paper's all-reduce. Under
+``keras.distribution.DataParallel`` on JAX the arrays are global (sharded) arrays, so
+plain ``ops.mean`` / ``ops.logsumexp`` over axis 0 already are. Under a ``tf.distribute``
+strategy each replica holds a slice of the batch: given its ``replicas``
+(:mod:`keras_vitmsn.backend.replicas`), :func:`msn_loss` sums the statistics over them,
+Sinkhorn balances the gathered targets of the whole batch, and every replica gets the
+global values, with gradients that add up over the replicas to the single-device ones.
 """
 
 import math
 
 import keras  # noqa: F401 (the doctests use it)
 from keras import ops
+
+from keras_vitmsn.backend.replicas import SINGLE
+from keras_vitmsn.backend.replicas import global_rows
+from keras_vitmsn.backend.replicas import local_rows
 
 _EPSILON = 1e-12  # L2-normalisation floor, as torch.nn.functional.normalize.
 
@@ -136,6 +144,7 @@ def msn_loss(
     num_anchor_views_per_target=None,
     sinkhorn_iters=3,
     entropy_weight=0.0,
+    replicas=None,
 ):
     """The MSN loss and its parts.
 
@@ -156,6 +165,11 @@ def msn_loss(
         sinkhorn_iters: Sinkhorn iterations (3).
         entropy_weight: weight of the mean per-anchor entropy (the original's optional
             ``use_ent`` term; 0 = off, the default of every released model).
+        replicas: where the batch is split over replicas (a ``tf.distribute``
+            replica context: :func:`keras_vitmsn.backend.replicas.current`), this
+            replica's view of them; the inputs are then this replica's slice of the
+            global batch (anchors view-major within the slice) and every returned
+            value is the global one. None: the inputs are the whole batch.
 
     Returns:
         dict of float32 scalars:
@@ -194,6 +208,12 @@ def msn_loss(
     num_prototypes = protos.shape[0]
     log_k = math.log(num_prototypes)
 
+    replicas = SINGLE if replicas is None else replicas
+    local_batch = ops.shape(targets_in)[0]
+    # Global counts (the replicas of an odd last batch hold different numbers of rows).
+    num_targets = ops.cast(global_rows(local_batch, replicas), "float32")
+    num_anchors = num_targets * num_views
+
     # Step 1: anchor predictions, as log-probabilities (log-softmax: no log(0)).
     log_p = ops.log_softmax(_cosine_logits(anchors, protos) / temperature, axis=-1)
     p = ops.exp(log_p)
@@ -205,23 +225,25 @@ def msn_loss(
         _cosine_logits(targets_in, protos) / (temperature * sharpen_temperature), axis=-1
     )
     if use_sinkhorn:
-        log_targets = log_sinkhorn(log_targets, num_iters=sinkhorn_iters)
+        # Balanced over the global batch: the gathered targets of every replica, then
+        # this replica's rows of the result.
+        balanced = log_sinkhorn(replicas.gather(log_targets), num_iters=sinkhorn_iters)
+        log_targets = local_rows(balanced, replicas, local_batch)
     targets = ops.stop_gradient(ops.exp(log_targets))
     # Each of the M views of image i is matched with target i (anchors are view-major).
     targets = ops.tile(targets, (num_views, 1))
 
     # Step 3: cross-entropy H(p+, p), averaged over all M*B anchors.
-    ce = ops.mean(-ops.sum(targets * log_p, axis=-1))
+    ce = replicas.sum(ops.sum(-ops.sum(targets * log_p, axis=-1))) / num_anchors
 
     # Step 4: me-max. log p_bar = log mean_a p[a] as a log-mean-exp (finite), then
     # sum p_bar log p_bar + log K = log K - H(p_bar) >= 0 (0 iff p_bar is uniform).
-    num_anchors = ops.cast(ops.shape(log_p)[0], "float32")
-    log_p_bar = ops.logsumexp(log_p, axis=0) - ops.log(num_anchors)
+    log_p_bar = _global_logsumexp(log_p, replicas) - ops.log(num_anchors)
     me_max = ops.sum(ops.exp(log_p_bar) * log_p_bar) + log_k
     prototype_entropy = log_k - me_max
 
     # Optional: mean entropy of each anchor prediction (the original's `use_ent`).
-    anchor_entropy = ops.mean(-ops.sum(p * log_p, axis=-1))
+    anchor_entropy = replicas.sum(ops.sum(-ops.sum(p * log_p, axis=-1))) / num_anchors
 
     loss = ce + me_max_weight * me_max
     if entropy_weight:
@@ -230,6 +252,8 @@ def msn_loss(
     # Logging only (no gradient): how peaked the targets are, how many prototypes win.
     target_probs = ops.stop_gradient(ops.exp(log_targets))
     winners = ops.one_hot(ops.argmax(target_probs, axis=-1), num_prototypes)
+    target_max = replicas.sum(ops.sum(ops.max(target_probs, axis=-1))) / num_targets
+    won = replicas.sum(ops.max(winners, axis=0))
     return {
         "loss": loss,
         "ce": ce,
@@ -237,9 +261,20 @@ def msn_loss(
         "anchor_entropy": anchor_entropy,
         "prototype_entropy": prototype_entropy,
         "prototype_perplexity": ops.exp(prototype_entropy),
-        "target_max": ops.mean(ops.max(target_probs, axis=-1)),
-        "num_target_prototypes": ops.sum(ops.max(winners, axis=0)),
+        "target_max": target_max,
+        "num_target_prototypes": ops.sum(ops.cast(won > 0, "float32")),
     }
+
+
+def _global_logsumexp(log_p, replicas):
+    """``logsumexp`` over axis 0 of the rows of every replica, ``(K,)``."""
+    local = ops.logsumexp(log_p, axis=0)
+    if replicas.count == 1:
+        return local
+    # log sum_r exp(local_r) = c + log sum_r exp(local_r - c), with c the largest
+    # local_r (a constant: no gradient), so that each exp is <= 1 and one is exactly 1.
+    shift = ops.stop_gradient(ops.max(replicas.gather(local[None]), axis=0))
+    return shift + ops.log(replicas.sum(ops.exp(local - shift)))
 
 
 def _cosine_logits(x, prototypes):

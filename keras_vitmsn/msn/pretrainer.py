@@ -20,7 +20,10 @@ and the authors' ``src/msn_train.py`` (facebookresearch/msn):
 
 Step 4 runs inside the compiled train step, on every backend (JAX's stateless step
 threads the new target values through the state it returns), so plain ``compile()`` +
-``fit()`` is all it takes. ``docs/msn.md`` lists what still differs from the original.
+``fit()`` is all it takes. On several devices (JAX's ``DataParallel``, a TensorFlow
+``tf.distribute`` strategy) the masks, the loss's batch statistics, the head's BatchNorm
+and the gradient clipping are those of the global batch, as on one device.
+``docs/msn.md`` lists what still differs from the original.
 """
 
 import os
@@ -29,6 +32,9 @@ import keras
 from keras import ops
 
 from keras_vitmsn import backend
+from keras_vitmsn.backend.replicas import current as current_replicas
+from keras_vitmsn.backend.replicas import global_rows
+from keras_vitmsn.backend.replicas import local_rows
 from keras_vitmsn.conversion.msn_checkpoint import is_msn_checkpoint_path
 from keras_vitmsn.images.converter import ViTMSNImageConverter
 from keras_vitmsn.layers.core import spatial_shape
@@ -315,15 +321,22 @@ class MSNPretrainer(keras.Model):
             sinkhorn_iters=self.sinkhorn_iters,
             entropy_weight=self.entropy_weight,
             num_anchor_views_per_target=num_views,
+            replicas=current_replicas(),
         )
 
     def _anchor_keep_indices(self, anchor, layout):
-        return random_patch_keep_indices(
-            ops.shape(anchor)[0],
+        # Under tf.distribute every replica draws the masks of the whole global batch
+        # from its copy of the (identical) seed state and keeps its own rows: the masks
+        # of a single-device run with the same seed.
+        replicas = current_replicas()
+        local_batch = ops.shape(anchor)[0]
+        keep = random_patch_keep_indices(
+            global_rows(local_batch, replicas),
             self._num_patches(anchor.shape, layout),
             self.mask_ratio,
             seed=self.seed_generator,
         )
+        return local_rows(keep, replicas, local_batch)
 
     def _views(self, inputs):
         if not isinstance(inputs, dict) or not {"target", "anchor"} <= set(inputs):
@@ -429,7 +442,12 @@ class MSNPretrainer(keras.Model):
         loss = y_pred["loss"]
         if self.losses:
             loss = loss + ops.sum(ops.stack([ops.cast(term, "float32") for term in self.losses]))
-        return loss
+        # Under tf.distribute the loss is already the global one on every replica, and
+        # its all-reduced statistics carry every replica's gradient to every replica:
+        # the share 1 / count is what Keras' losses return there (the optimizer sums
+        # the replicas' gradients; the loss tracker multiplies the share back).
+        count = current_replicas().count
+        return loss if count == 1 else loss / count
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         for tracker in self.part_trackers:
