@@ -258,13 +258,21 @@ def test_int8_speed_note_warns_only_without_a_fast_kernel(monkeypatch):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tiny_backbone().quantize("int8")
-    assert not [w for w in caught if "float32 inference speed" in str(w.message)]
-    if BACKEND != "tensorflow":
-        return
-    from keras_vitmsn.backend import tensorflow as module
+    slow = [w for w in caught if "float32 inference speed" in str(w.message)]
+    assert bool(slow) == (backend.int8_speed_note() is not None)
+    if BACKEND == "tensorflow":
+        from keras_vitmsn.backend import tensorflow as module
 
-    monkeypatch.setattr(module, "_QUANTIZED_MATMUL", False)
-    with pytest.warns(UserWarning, match=r"0\.37x the float32 inference speed"):
+        monkeypatch.setattr(module, "_QUANTIZED_MATMUL", False)
+        ratio = "0.37x"
+    elif BACKEND == "torch":
+        from keras_vitmsn.backend import torch as module
+
+        monkeypatch.setattr(module, "INT_MM_EXACT_ON_CPU", False)
+        ratio = "0.22x"
+    else:
+        return
+    with pytest.warns(UserWarning, match=rf"{ratio} the float32 inference speed"):
         tiny_backbone().quantize("int8")
 
 
