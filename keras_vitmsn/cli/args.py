@@ -46,56 +46,67 @@ def positive_int(text):
         raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}") from None
 
 
-def positive_float(text):
-    """argparse type: a finite float > 0 (learning rates)."""
-    value = _number(text, float, "a positive number")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number; got {text}")
-    return value
+def _ranged(name, kind, what, accepts, doc):
+    """An argparse type: ``kind(text)``, finite, for which ``accepts(value)`` holds;
+    otherwise "must be <what>; got <the value>" (ints as parsed, floats as typed)."""
 
+    def parse(text):
+        value = _number(text, kind, what)
+        if not accepts(value):
+            shown = value if kind is int else text
+            raise argparse.ArgumentTypeError(f"must be {what}; got {shown}")
+        return value
 
-def non_negative_float(text):
-    """argparse type: a finite float >= 0 (weight decay, warm-up epochs, loss weights)."""
-    value = _number(text, float, "a number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0; got {text}")
-    return value
-
-
-def non_negative_int(text):
-    """argparse type: an int >= 0 (``--num-focal-views 0`` turns the focal views off)."""
-    value = _number(text, int, "an integer >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0; got {value}")
-    return value
+    parse.__name__ = parse.__qualname__ = name
+    parse.__doc__ = doc
+    return parse
 
 
 # NumPy's and Keras' global seeds take 32-bit unsigned ints.
 _MAX_SEED = 2**32 - 1
 
-
-def seed(text):
-    """argparse type: a random seed, an int in [0, 2**32 - 1]."""
-    value = _number(text, int, f"an integer in [0, {_MAX_SEED}]")
-    if not 0 <= value <= _MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, {_MAX_SEED}]; got {value}")
-    return value
-
-
-def fraction_below_one(text):
-    """argparse type: a finite float in [0, 1) (the masking ratio)."""
-    value = _number(text, float, "a number in [0, 1)")
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1); got {text}")
-    return value
-
-
-def at_least_one(text):
-    """argparse type: a finite float >= 1 (a schedule stretch)."""
-    value = _number(text, float, "a number >= 1")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number >= 1; got {text}")
-    return value
+positive_float = _ranged(
+    "positive_float",
+    float,
+    "a positive number",
+    lambda v: v > 0,
+    "argparse type: a finite float > 0 (learning rates).",
+)
+non_negative_float = _ranged(
+    "non_negative_float",
+    float,
+    "a number >= 0",
+    lambda v: v >= 0,
+    "argparse type: a finite float >= 0 (weight decay, warm-up epochs, loss weights).",
+)
+non_negative_int = _ranged(
+    "non_negative_int",
+    int,
+    "an integer >= 0",
+    lambda v: v >= 0,
+    "argparse type: an int >= 0 (``--num-focal-views 0`` turns the focal views off).",
+)
+seed = _ranged(
+    "seed",
+    int,
+    f"an integer in [0, {_MAX_SEED}]",
+    lambda v: 0 <= v <= _MAX_SEED,
+    "argparse type: a random seed, an int in [0, 2**32 - 1].",
+)
+fraction_below_one = _ranged(
+    "fraction_below_one",
+    float,
+    "a number in [0, 1)",
+    lambda v: 0 <= v < 1,
+    "argparse type: a finite float in [0, 1) (the masking ratio).",
+)
+at_least_one = _ranged(
+    "at_least_one",
+    float,
+    "a number >= 1",
+    lambda v: v >= 1,
+    "argparse type: a finite float >= 1 (a schedule stretch).",
+)
 
 
 class LazyChoices(collections.abc.Sequence):
