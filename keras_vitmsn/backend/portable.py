@@ -8,6 +8,7 @@ here, and a backend without an override runs this one.
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_vitmsn.backend import jax_cpu_memory
@@ -60,6 +61,26 @@ def int8_matmul_with(gemm, inputs, kernel, kernel_scale, inputs_quantizer, compu
     x = gemm(inputs, kernel)
     x = ops.cast(x, compute_dtype)
     return ops.divide(x, output_scale)
+
+
+def int8_gemm_worst_case():
+    """``(a, b)``, int8 NumPy arrays ``(32, 512)`` and ``(512, 64)``: the hardest
+    product for an int8 GEMM fed what int8 layers give it (values in +-127). Every
+    value at full scale, rows of one sign: a GEMM that sums u8 x s8 pairs into 16 bits
+    (``vpmaddubsw``, CPUs without VNNI) saturates there, 2 * 255 * 127 > 2**15. A
+    backend uses its int8 kernel only where it gives ``a @ b`` exactly on these.
+
+    Example:
+    >>> a, b = int8_gemm_worst_case()
+    >>> a.shape, b.shape, int((a.astype("int32") @ b).max())
+    ((32, 512), (512, 64), 8258048)
+    """
+    a = np.full((32, 512), 127, np.int8)
+    a[1::2] = -127
+    a[::4, ::3] = 3
+    b = np.full((512, 64), 127, np.int8)
+    b[:, 1::2] = -127
+    return a, b
 
 
 def int8_speed_note():

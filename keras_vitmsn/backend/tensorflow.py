@@ -77,14 +77,8 @@ def _quantized_matmul(rows, kernel):
 def _quantized_matmul_runs():
     if tf.config.list_logical_devices("GPU"):
         return False  # a CPU-only kernel: TensorFlow would copy a GPU's tensors to it
-    # The worst case for the values int8 layers feed it (+-127): every value at full
-    # scale, rows of one sign. Without VNNI, a GEMM summing u8 x s8 pairs into 16 bits
-    # (vpmaddubsw) saturates there (2 * 255 * 127 > 2**15); then Keras' MatMul runs.
-    a = np.full((32, 512), 127, np.int8)
-    a[1::2] = -127
-    a[::4, ::3] = 3
-    b = np.full((512, 64), 127, np.int8)
-    b[:, 1::2] = -127
+    # Exact on the case a CPU without VNNI saturates, or Keras' MatMul runs.
+    a, b = portable.int8_gemm_worst_case()
     try:
         out = _quantized_matmul(tf.constant(a), tf.constant(b)).numpy()
         return bool(np.array_equal(out, a.astype(np.int32) @ b))

@@ -45,17 +45,11 @@ def matmul_add(x, kernel, bias):
 
 
 def _probe_int_mm():
-    """Whether ``torch._int_mm`` gives the exact int32 products on this CPU for the
-    values int8 layers feed it (+-127). Without VNNI, an int8 GEMM that multiplies
-    u8 x s8 pairs into 16-bit sums (``vpmaddubsw``) saturates at 2 * 255 * 127 > 2**15:
-    checked once, at import (as the foreach probe below), on that worst case: every
-    value at full scale, rows of one sign. Where it is not exact, Keras' int32 matmul
-    runs."""
-    rows = torch.full((32, 512), 127, dtype=torch.int8)
-    rows[1::2] = -127
-    rows[::4, ::3] = 3
-    kernel = torch.full((512, 64), 127, dtype=torch.int8)
-    kernel[:, 1::2] = -127
+    """Whether ``torch._int_mm`` gives the exact int32 products on this CPU on
+    :func:`~keras_vitmsn.backend.portable.int8_gemm_worst_case` (where a CPU without
+    VNNI saturates); checked once, at import, as the foreach probe below. Where it is
+    not exact, Keras' int32 matmul runs."""
+    rows, kernel = (torch.from_numpy(t) for t in portable.int8_gemm_worst_case())
     try:
         got = torch._int_mm(rows, kernel)
         return bool(torch.equal(got, rows.to(torch.int32) @ kernel.to(torch.int32)))
